@@ -1,0 +1,842 @@
+//! The YAML config: what to watch, how to index it, what to render, what to run.
+//!
+//! Loading validates everything it can without a cluster and reports every problem
+//! at once, each with its YAML path and position (DESIGN section 2).
+
+mod humane;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::index::{FieldPath, Indexer};
+use crate::source::selector::{FieldSelector, LabelSelector};
+use yaml::{Node, NodeValue, Position};
+
+pub use humane::ByteSize;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted YAML path, e.g. `watched_resources.ingresses.index_by[0]`.
+    pub path: String,
+    /// Where the offending node is, when known.
+    pub position: Option<Position>,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(p) if p.line > 0 => write!(f, "{}:{}: {}: {}", p.line, p.column, self.path, self.message),
+            _ => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read at all.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and has one or more problems, all listed.
+    #[error("{} has {} problem(s):\n{}", path.display(), issues.len(), list(path, issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+fn list(path: &Path, issues: &[Issue]) -> String {
+    let file = path.display();
+    issues.iter().map(|i| format!("  {file}:{i}")).collect::<Vec<_>>().join("\n")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A loaded and validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself.
+    pub file: PathBuf,
+    /// The directory relative paths in the config are resolved against.
+    pub base_dir: PathBuf,
+    pub watched_resources: BTreeMap<String, Resource>,
+    pub templates: BTreeMap<String, Template>,
+    pub actions: Vec<Action>,
+    pub render: RenderSettings,
+    pub admin: AdminSettings,
+    /// The YAML tree, kept so that later checks (template compilation) can point
+    /// at the line they are about.
+    pub(crate) tree: Node,
+}
+
+/// A `watched_resources` entry as the user writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedResource {
+    /// `apiVersion` of the kind, e.g. `v1` or `networking.k8s.io/v1`.
+    pub api_version: String,
+    /// The kind, e.g. `Ingress` or a CRD's kind.
+    pub kind: String,
+    /// Namespaces to watch; empty means all. Ignored for cluster-scoped kinds.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Kubernetes label selector, applied server-side.
+    #[serde(default)]
+    pub label_selector: String,
+    /// Kubernetes field selector, applied server-side.
+    #[serde(default)]
+    pub field_selector: String,
+    /// Expressions whose values form each object's key.
+    #[serde(default = "default_index_by")]
+    pub index_by: Vec<String>,
+    /// `full` keeps whole objects, `on-demand` only references.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// Fields pruned from every object before it is stored.
+    #[serde(default = "default_ignore_fields")]
+    pub ignore_fields: Vec<String>,
+    /// What a missing `index_by` value does to an object.
+    #[serde(default)]
+    pub on_missing_key: OnMissingKey,
+    /// Cache bounds of an on-demand store.
+    #[serde(default)]
+    pub cache: Option<CacheSettings>,
+}
+
+fn default_index_by() -> Vec<String> {
+    vec!["metadata.namespace".into(), "metadata.name".into()]
+}
+
+fn default_ignore_fields() -> Vec<String> {
+    vec!["metadata.managedFields".into()]
+}
+
+/// Which store holds a resource's objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    #[default]
+    Full,
+    OnDemand,
+}
+
+/// What happens to an object whose `index_by` value is missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMissingKey {
+    /// The missing part of the key is `""`.
+    #[default]
+    Empty,
+    /// The object is not stored (and counted).
+    Skip,
+}
+
+/// Bounds of an on-demand store's cache.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long a fetched body may be used before it is fetched again.
+    #[serde(default = "default_cache_ttl", with = "humane::duration")]
+    pub ttl: Duration,
+    /// How many bodies the cache holds at most (least recently used go first).
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            ttl: default_cache_ttl(),
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_cache_entries() -> usize {
+    512
+}
+
+/// A validated `watched_resources` entry.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// The entry's name: `resources.<name>` in templates.
+    pub name: String,
+    pub spec: WatchedResource,
+    pub indexer: Indexer,
+    pub ignore_fields: Vec<FieldPath>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub cache: CacheSettings,
+}
+
+/// A `templates` entry as the user writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateEntry {
+    /// Template file, relative to the config file.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// Template text given in the config itself.
+    #[serde(default)]
+    pub inline: Option<String>,
+    /// Single-file output.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Directory output: the files the template emits with `file(name, content)`.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// File mode of written files, octal (`"0644"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// fsync each staged file and the directory before renaming (durable writes).
+    #[serde(default)]
+    pub fsync: bool,
+    /// Command that validates a staged file; `{file}` is replaced by its path.
+    #[serde(default)]
+    pub check: Vec<String>,
+    /// How long `check` may run.
+    #[serde(default = "default_check_timeout", with = "humane::duration")]
+    pub check_timeout: Duration,
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A validated template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub source: TemplateSource,
+    pub output: OutputTarget,
+    /// File mode, e.g. `0o644`.
+    pub mode: u32,
+    pub fsync: bool,
+    pub check: Vec<String>,
+    pub check_timeout: Duration,
+}
+
+/// Where a template's text comes from.
+#[derive(Debug, Clone)]
+pub enum TemplateSource {
+    /// A file; the name is its path relative to the config directory.
+    File { name: String, path: PathBuf },
+    /// Text from the config.
+    Inline { name: String, text: String },
+}
+
+impl TemplateSource {
+    /// The name the template has in the environment and in error messages.
+    pub fn name(&self) -> &str {
+        match self {
+            TemplateSource::File { name, .. } | TemplateSource::Inline { name, .. } => name,
+        }
+    }
+}
+
+/// Where a template's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// One file. `written` is the path as the config has it (for `--out`).
+    File { path: PathBuf, written: PathBuf },
+    /// A directory holding exactly the files the render emitted.
+    Directory { path: PathBuf, written: PathBuf },
+}
+
+impl OutputTarget {
+    pub fn path(&self) -> &Path {
+        match self {
+            OutputTarget::File { path, .. } | OutputTarget::Directory { path, .. } => path,
+        }
+    }
+
+    /// The same target moved under `root`, as `render --out` does: an absolute
+    /// `/etc/x` becomes `root/etc/x`, a relative `out/x` becomes `root/out/x`.
+    pub fn rerooted(&self, root: &Path) -> OutputTarget {
+        let move_under = |written: &Path| {
+            let relative: PathBuf = written
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::ParentDir))
+                .collect();
+            root.join(relative)
+        };
+        match self {
+            OutputTarget::File { written, .. } => OutputTarget::File {
+                path: move_under(written),
+                written: written.clone(),
+            },
+            OutputTarget::Directory { written, .. } => OutputTarget::Directory {
+                path: move_under(written),
+                written: written.clone(),
+            },
+        }
+    }
+}
+
+/// An `actions` entry as the user writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionEntry {
+    /// Program and arguments; no shell unless you write one.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// An HTTP request.
+    #[serde(default)]
+    pub http: Option<HttpAction>,
+    /// How long the command may run.
+    #[serde(default = "default_action_timeout", with = "humane::duration")]
+    pub timeout: Duration,
+}
+
+fn default_action_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// An HTTP action.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAction {
+    /// `http://` URL to call.
+    pub url: String,
+    /// HTTP method.
+    #[serde(default = "default_http_method")]
+    pub method: String,
+    /// Timeout of one attempt.
+    #[serde(default = "default_action_timeout", with = "humane::duration")]
+    pub timeout: Duration,
+    /// Further attempts after a failure, with backoff.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+fn default_http_method() -> String {
+    "POST".into()
+}
+
+/// A validated action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Command { argv: Vec<String>, timeout: Duration },
+    Http(HttpAction),
+}
+
+/// `render:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderSettings {
+    /// Quiescence before a render.
+    #[serde(default)]
+    pub wait: Wait,
+    /// Template instruction budget per render of one template.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Largest output one template may produce (all its files together).
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: ByteSize,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            wait: Wait::default(),
+            fuel: default_fuel(),
+            max_output_bytes: default_max_output(),
+        }
+    }
+}
+
+fn default_fuel() -> u64 {
+    100_000_000
+}
+
+fn default_max_output() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+/// Render after `min` without events, but never later than `max` after the first.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    #[serde(default = "default_wait_min", with = "humane::duration")]
+    pub min: Duration,
+    #[serde(default = "default_wait_max", with = "humane::duration")]
+    pub max: Duration,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Wait {
+            min: default_wait_min(),
+            max: default_wait_max(),
+        }
+    }
+}
+
+fn default_wait_min() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_wait_max() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `admin:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of the admin HTTP server.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9090".into()
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin"];
+
+impl Config {
+    /// Reads and validates a config file. Templates are not compiled here; the
+    /// renderer does that and reports through [`Config::issue_at`].
+    pub fn load(path: &Path) -> Result<Config> {
+        let (text, base_dir) = Config::read(path)?;
+        Config::parse(&text, path, &base_dir).map_err(|issues| Error::Invalid {
+            path: path.to_owned(),
+            issues,
+        })
+    }
+
+    /// Validates config text; `file` names it, `base_dir` anchors relative paths.
+    pub fn parse(text: &str, file: &Path, base_dir: &Path) -> std::result::Result<Config, Vec<Issue>> {
+        match Config::parse_lenient(text, file, base_dir)? {
+            (config, issues) if issues.is_empty() => Ok(config),
+            (_, issues) => Err(issues),
+        }
+    }
+
+    /// Like [`Config::parse`], but also returns the config made of the entries
+    /// that are valid, so that later checks (template compilation) can add
+    /// their problems to the same list. Fails outright only on invalid YAML.
+    pub fn parse_lenient(
+        text: &str,
+        file: &Path,
+        base_dir: &Path,
+    ) -> std::result::Result<(Config, Vec<Issue>), Vec<Issue>> {
+        let tree = Node::parse(text).map_err(|e| {
+            vec![Issue {
+                path: "(document)".into(),
+                position: e.location().map(|l| Position {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                }),
+                message: format!("not valid YAML: {}", e.without_snippet()),
+            }]
+        })?;
+        let mut v = Validator {
+            tree: &tree,
+            issues: Vec::new(),
+        };
+        let mut config = v.config(file, base_dir);
+        let issues = v.issues;
+        config.tree = tree;
+        Ok((config, issues))
+    }
+
+    /// Reads a config file for [`Config::parse_lenient`].
+    pub fn read(path: &Path) -> Result<(String, PathBuf)> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        Ok((text, base_dir))
+    }
+
+    /// An issue about the node at `path` (dotted segments), with its position.
+    pub fn issue_at(&self, path: &[&str], message: String) -> Issue {
+        let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        Issue {
+            path: path.join("."),
+            position: Some(self.tree.deepest(&segments).position),
+            message,
+        }
+    }
+}
+
+struct Validator<'a> {
+    tree: &'a Node,
+    issues: Vec<Issue>,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, path: &[String], message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: display_path(path),
+            position: Some(self.tree.deepest(path).position),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, file: &Path, base_dir: &Path) -> Config {
+        let mut config = Config {
+            file: file.to_owned(),
+            base_dir: base_dir.to_owned(),
+            watched_resources: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            actions: Vec::new(),
+            render: RenderSettings::default(),
+            admin: AdminSettings::default(),
+            tree: Node {
+                position: Position::default(),
+                value: NodeValue::Null,
+            },
+        };
+        let Some(entries) = self.tree.entries() else {
+            if !matches!(self.tree.value, NodeValue::Null) {
+                self.issue(&[], format!("expected a mapping, found {}", self.tree.type_name()));
+            } else {
+                self.issue(&[], "the config is empty: `templates` is required");
+            }
+            return config;
+        };
+        for (key, _) in entries {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                self.issue(
+                    &[key.clone()],
+                    format!("unknown key `{key}`, expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+                );
+            }
+        }
+        for (name, entry) in self.named_entries("watched_resources") {
+            let path = vec!["watched_resources".to_string(), name.clone()];
+            if let Some(spec) = self.typed::<WatchedResource>(&path, &entry)
+                && let Some(resource) = self.resource(&path, name.clone(), spec)
+            {
+                config.watched_resources.insert(name, resource);
+            }
+        }
+        let templates = self.named_entries("templates");
+        if templates.is_empty() && !self.issues.iter().any(|i| i.path.starts_with("templates")) {
+            self.issue(&["templates".into()], "at least one template is required");
+        }
+        for (name, entry) in templates {
+            let path = vec!["templates".to_string(), name.clone()];
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry)
+                && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
+            {
+                config.templates.insert(name, template);
+            }
+        }
+        self.outputs_do_not_overlap(&config.templates);
+        if let Some(node) = self.tree.get("actions").cloned() {
+            match &node.value {
+                NodeValue::Sequence(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let path = vec!["actions".to_string(), i.to_string()];
+                        if let Some(entry) = self.typed::<ActionEntry>(&path, item)
+                            && let Some(action) = self.action(&path, entry)
+                        {
+                            config.actions.push(action);
+                        }
+                    }
+                }
+                NodeValue::Null => {}
+                _ => self.issue(&["actions".into()], format!("expected a list, found {}", node.type_name())),
+            }
+        }
+        if let Some(node) = self.tree.get("render").cloned()
+            && let Some(render) = self.typed::<RenderSettings>(&["render".into()], &node)
+        {
+            if render.wait.min > render.wait.max {
+                self.issue(
+                    &["render".into(), "wait".into()],
+                    format!(
+                        "`min` ({}) is longer than `max` ({})",
+                        humantime::format_duration(render.wait.min),
+                        humantime::format_duration(render.wait.max)
+                    ),
+                );
+            }
+            config.render = render;
+        }
+        if let Some(node) = self.tree.get("admin").cloned()
+            && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node)
+        {
+            config.admin = admin;
+        }
+        config
+    }
+
+    /// The entries of a top-level mapping section, or none (with an issue) when it
+    /// is not a mapping.
+    fn named_entries(&mut self, section: &str) -> Vec<(String, Node)> {
+        let Some(node) = self.tree.get(section) else {
+            return Vec::new();
+        };
+        match &node.value {
+            NodeValue::Mapping(entries) => entries.clone(),
+            NodeValue::Null => Vec::new(),
+            _ => {
+                let found = node.type_name();
+                self.issue(&[section.into()], format!("expected a mapping of names to entries, found {found}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deserializes one node into a typed entry; on failure records the issue at
+    /// the exact path inside the entry.
+    fn typed<T: DeserializeOwned>(&mut self, path: &[String], node: &Node) -> Option<T> {
+        let json = node.to_json();
+        match serde_path_to_error::deserialize::<_, T>(json) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                let mut full = path.to_vec();
+                for segment in err.path().iter() {
+                    match segment {
+                        serde_path_to_error::Segment::Seq { index } => full.push(index.to_string()),
+                        serde_path_to_error::Segment::Map { key } => full.push(key.clone()),
+                        serde_path_to_error::Segment::Enum { variant } => full.push(variant.clone()),
+                        serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let message = err.into_inner().to_string();
+                // serde names unknown fields in its message, and the path then stops
+                // at their parent: point at the unknown key itself.
+                if let Some(unknown) = unknown_field(&message) {
+                    full.push(unknown);
+                }
+                self.issue(&full, message);
+                None
+            }
+        }
+    }
+
+    fn resource(&mut self, path: &[String], name: String, spec: WatchedResource) -> Option<Resource> {
+        let before = self.issues.len();
+        let at = |field: &str| -> Vec<String> {
+            let mut p = path.to_vec();
+            p.push(field.to_string());
+            p
+        };
+        if spec.api_version.trim().is_empty() {
+            self.issue(&at("api_version"), "must not be empty");
+        }
+        if spec.kind.trim().is_empty() {
+            self.issue(&at("kind"), "must not be empty");
+        }
+        let mut paths = Vec::new();
+        if spec.index_by.is_empty() {
+            self.issue(&at("index_by"), "needs at least one expression");
+        }
+        for (i, expr) in spec.index_by.iter().enumerate() {
+            match FieldPath::parse(expr) {
+                Ok(p) => paths.push(p),
+                Err(e) => self.issue(&[at("index_by"), vec![i.to_string()]].concat(), format!("bad expression `{expr}`: {e}")),
+            }
+        }
+        let mut ignore_fields = Vec::new();
+        for (i, expr) in spec.ignore_fields.iter().enumerate() {
+            match FieldPath::parse(expr) {
+                Ok(p) => ignore_fields.push(p),
+                Err(e) => self.issue(
+                    &[at("ignore_fields"), vec![i.to_string()]].concat(),
+                    format!("bad expression `{expr}`: {e}"),
+                ),
+            }
+        }
+        let labels = LabelSelector::parse(&spec.label_selector)
+            .map_err(|e| self.issue(&at("label_selector"), format!("bad selector `{}`: {e}", spec.label_selector)))
+            .ok();
+        let fields = FieldSelector::parse(&spec.field_selector)
+            .map_err(|e| self.issue(&at("field_selector"), format!("bad selector `{}`: {e}", spec.field_selector)))
+            .ok();
+        if spec.cache.is_some() && spec.store != StoreKind::OnDemand {
+            self.issue(&at("cache"), "`cache` applies only to `store: on-demand`");
+        }
+        if let Some(cache) = spec.cache
+            && cache.max_entries == 0
+        {
+            self.issue(&at("cache").into_iter().chain(["max_entries".into()]).collect::<Vec<_>>(), "must be at least 1");
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(Resource {
+            name,
+            indexer: Indexer::new(paths, spec.on_missing_key),
+            ignore_fields,
+            labels: labels?,
+            fields: fields?,
+            cache: spec.cache.unwrap_or_default(),
+            spec,
+        })
+    }
+
+    fn template(&mut self, path: &[String], name: String, spec: TemplateEntry, base_dir: &Path) -> Option<Template> {
+        let before = self.issues.len();
+        let source = match (&spec.source, &spec.inline) {
+            (Some(file), None) => Some(TemplateSource::File {
+                name: file.to_string_lossy().replace('\\', "/"),
+                path: base_dir.join(file),
+            }),
+            (None, Some(text)) => Some(TemplateSource::Inline {
+                name: format!("templates.{name}.inline"),
+                text: text.clone(),
+            }),
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `source` and `inline`; give one");
+                None
+            }
+            (None, None) => {
+                self.issue(path, "needs `source` (a template file) or `inline` (template text)");
+                None
+            }
+        };
+        let output = match (&spec.path, &spec.directory) {
+            (Some(file), None) => Some(OutputTarget::File {
+                path: base_dir.join(file),
+                written: file.clone(),
+            }),
+            (None, Some(dir)) => Some(OutputTarget::Directory {
+                path: base_dir.join(dir),
+                written: dir.clone(),
+            }),
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `path` and `directory`; give one");
+                None
+            }
+            (None, None) => {
+                self.issue(path, "needs `path` (one output file) or `directory` (files emitted with file())");
+                None
+            }
+        };
+        let mode = match &spec.mode {
+            None => Some(0o644),
+            Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+                Ok(mode) if mode <= 0o7777 => Some(mode),
+                _ => {
+                    let at = [path, &["mode".to_string()]].concat();
+                    self.issue(&at, format!("bad file mode `{text}`: expected octal such as \"0644\""));
+                    None
+                }
+            },
+        };
+        if let Some(first) = spec.check.first()
+            && first.trim().is_empty()
+        {
+            self.issue(&[path, &["check".to_string()]].concat(), "the command is empty");
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(Template {
+            name,
+            source: source?,
+            output: output?,
+            mode: mode?,
+            fsync: spec.fsync,
+            check: spec.check,
+            check_timeout: spec.check_timeout,
+        })
+    }
+
+    fn outputs_do_not_overlap(&mut self, templates: &BTreeMap<String, Template>) {
+        let all: Vec<_> = templates.values().collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                let (pa, pb) = (a.output.path(), b.output.path());
+                let clash = pa == pb
+                    || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(pa)
+                    || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(pb);
+                if clash {
+                    self.issue(
+                        &["templates".into(), b.name.clone()],
+                        format!("output {} overlaps the output of template `{}`", pb.display(), a.name),
+                    );
+                }
+            }
+        }
+    }
+
+    fn action(&mut self, path: &[String], entry: ActionEntry) -> Option<Action> {
+        match (entry.command, entry.http) {
+            (Some(argv), None) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    self.issue(&[path, &["command".to_string()]].concat(), "the command is empty");
+                    return None;
+                }
+                Some(Action::Command {
+                    argv,
+                    timeout: entry.timeout,
+                })
+            }
+            (None, Some(http)) => {
+                if !http.url.starts_with("http://") && !http.url.starts_with("https://") {
+                    let at = [path, &["http".to_string(), "url".to_string()]].concat();
+                    self.issue(&at, format!("`{}` is not an http:// or https:// URL", http.url));
+                    return None;
+                }
+                Some(Action::Http(http))
+            }
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `command` and `http`; give one per action");
+                None
+            }
+            (None, None) => {
+                self.issue(path, "needs `command` or `http`");
+                None
+            }
+        }
+    }
+}
+
+/// Extracts `x` from serde's "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+fn display_path(path: &[String]) -> String {
+    if path.is_empty() {
+        return "(document)".into();
+    }
+    let mut out = String::new();
+    for segment in path {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! The `kube-template` command line (DESIGN section 6).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kube_template::pipeline::{self, Prepared};
+use kube_template::source::manifests;
+use kube_template::telemetry::{self, LogFormat};
+use kube_template::config;
+
+/// Exit status for a bad config (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "kube-template", version, about = "Render config files from Kubernetes resources with Jinja templates")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `debug`, `kube_template=trace`); default from RUST_LOG, else `info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config and compile its templates; exit 64 listing every problem.
+    Check {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Render once from manifests (files or directories of YAML/JSON) and exit.
+    Render {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Manifest files or directories.
+        #[arg(long, required = true, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Re-root every output under this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, cli.log_level.as_deref());
+    match cli.command {
+        Command::Check { config } => match pipeline::prepare(&config) {
+            Ok(prepared) => {
+                println!(
+                    "{}: ok ({} watched resources, {} templates)",
+                    config.display(),
+                    prepared.config.watched_resources.len(),
+                    prepared.config.templates.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Render { config, from, out } => {
+            let prepared = match pipeline::prepare(&config) {
+                Ok(p) => p,
+                Err(e) => return config_failure(&e),
+            };
+            render(&prepared, &from, out.as_deref()).await
+        }
+    }
+}
+
+fn config_failure(e: &config::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn render(prepared: &Prepared, from: &[PathBuf], out: Option<&std::path::Path>) -> ExitCode {
+    let objects = match manifests::load(from) {
+        Ok(objects) => objects,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stores = pipeline::stores_from(&prepared.config, &objects);
+    for (name, store) in &stores {
+        tracing::info!(store = %name, objects = store.len(), skipped = store.skipped(), "store loaded");
+    }
+    match pipeline::render_and_write(prepared, &pipeline::snapshot(&stores), out).await {
+        Ok(report) => {
+            for path in &report.written {
+                tracing::info!(path = %path.display(), "file written");
+            }
+            for path in &report.removed {
+                tracing::info!(path = %path.display(), "stale file removed");
+            }
+            if !report.changed() {
+                tracing::info!("outputs unchanged");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

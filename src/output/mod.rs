@@ -1,0 +1,334 @@
+//! Outputs: rendered bytes into files, atomically and only when they change
+//! (DESIGN sections 1 and 5.6–5.7).
+//!
+//! A write goes in three steps over all templates of a render: stage every
+//! changed file as a temp file beside its target, run each template's `check`
+//! on its staged files, then — only if every check passed — rename them into
+//! place and remove stale files of directory outputs. A failure at any step
+//! before the renames leaves every previous file untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::NamedTempFile;
+
+use crate::config::{OutputTarget, Template};
+use crate::render::Content;
+
+/// Prefix of staged files; such files in an output directory are never outputs.
+const STAGING_PREFIX: &str = ".kube-template-";
+
+/// Why outputs could not be written. Previous files are in place whenever this
+/// is returned before the commit step (everything but a failed rename).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory operation failed.
+    #[error("template `{template}`: {action} {}: {source}", path.display())]
+    Io {
+        template: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The template's `check` command rejected a staged file.
+    #[error("template `{template}`: check {command:?} rejected {} ({status}){}", file.display(), output_suffix(output))]
+    CheckFailed {
+        template: String,
+        command: Vec<String>,
+        file: PathBuf,
+        status: String,
+        output: String,
+    },
+    /// The `check` command could not be started.
+    #[error("template `{template}`: cannot run check {command:?}: {source}")]
+    CheckSpawn {
+        template: String,
+        command: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `check` command ran longer than `check_timeout`.
+    #[error("template `{template}`: check {command:?} did not finish within {}", humantime::format_duration(*timeout))]
+    CheckTimeout {
+        template: String,
+        command: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+fn output_suffix(output: &str) -> String {
+    if output.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", output.trim())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a write did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Files replaced or created.
+    pub written: Vec<PathBuf>,
+    /// Stale files removed from directory outputs.
+    pub removed: Vec<PathBuf>,
+    /// Templates at least one of whose files changed.
+    pub changed_templates: Vec<String>,
+}
+
+impl Report {
+    /// Whether any file changed (actions run only then).
+    pub fn changed(&self) -> bool {
+        !self.written.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// One template's rendered content and where it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub template: &'a Template,
+    pub target: &'a OutputTarget,
+    pub content: &'a Content,
+}
+
+/// A template's changes, staged but not yet in place.
+struct Staged {
+    template: String,
+    fsync_dirs: BTreeSet<PathBuf>,
+    files: Vec<(NamedTempFile, PathBuf)>,
+    stale: Vec<PathBuf>,
+    /// Directories (inside a directory output) that may be empty afterwards.
+    root: Option<PathBuf>,
+}
+
+/// Writes all outputs of one render, or none of them.
+pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
+    let mut staged = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let s = stage(job)?;
+        for (file, _) in &s.files {
+            check(job.template, file.path()).await?;
+        }
+        staged.push(s);
+    }
+    let mut report = Report::default();
+    for s in staged {
+        let changed = !s.files.is_empty() || !s.stale.is_empty();
+        for (file, target) in s.files {
+            file.persist(&target).map_err(|e| Error::Io {
+                template: s.template.clone(),
+                action: "cannot replace",
+                path: target.clone(),
+                source: e.error,
+            })?;
+            report.written.push(target);
+        }
+        for path in s.stale {
+            match fs::remove_file(&path) {
+                Ok(()) => report.removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        template: s.template.clone(),
+                        action: "cannot remove stale file",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(root) = &s.root {
+            remove_empty_dirs(root, root);
+        }
+        for dir in &s.fsync_dirs {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io {
+                template: s.template.clone(),
+                action: "cannot fsync directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if changed {
+            report.changed_templates.push(s.template);
+        }
+    }
+    Ok(report)
+}
+
+fn stage(job: &Job<'_>) -> Result<Staged> {
+    let template = &job.template.name;
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io {
+            template: template.clone(),
+            action,
+            path,
+            source,
+        }
+    };
+    let mut staged = Staged {
+        template: template.clone(),
+        fsync_dirs: BTreeSet::new(),
+        files: Vec::new(),
+        stale: Vec::new(),
+        root: None,
+    };
+    let wanted: BTreeMap<PathBuf, &[u8]> = match (job.target, job.content) {
+        (OutputTarget::File { path, .. }, Content::File(bytes)) => [(path.clone(), bytes.as_slice())].into(),
+        (OutputTarget::Directory { path, .. }, Content::Directory(files)) => {
+            fs::create_dir_all(path).map_err(io("cannot create directory", path))?;
+            let existing = list_files(path).map_err(io("cannot list directory", path))?;
+            staged.stale = existing
+                .into_iter()
+                .filter(|rel| !files.contains_key(rel.to_string_lossy().as_ref()))
+                .map(|rel| path.join(rel))
+                .collect();
+            staged.root = Some(path.clone());
+            files.iter().map(|(name, bytes)| (path.join(name), bytes.as_slice())).collect()
+        }
+        _ => unreachable!("a template's content always matches its output kind"),
+    };
+    for (target, bytes) in wanted {
+        match fs::read(&target) {
+            Ok(old) if old == bytes => {
+                ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot read", &target)(e)),
+        }
+        let dir = target.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
+        let mut file = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempfile_in(dir)
+            .map_err(io("cannot create a temp file in", dir))?;
+        file.write_all(bytes).map_err(io("cannot write", file.path()))?;
+        fs::set_permissions(file.path(), fs::Permissions::from_mode(job.template.mode))
+            .map_err(io("cannot set the mode of", file.path()))?;
+        if job.template.fsync {
+            file.as_file().sync_all().map_err(io("cannot fsync", file.path()))?;
+            staged.fsync_dirs.insert(dir.to_owned());
+        }
+        staged.files.push((file, target));
+    }
+    Ok(staged)
+}
+
+fn ensure_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    let current = fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Regular files below `root`, relative to it; leftover staged files are
+/// removed on the way.
+fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        for entry in fs::read_dir(root.join(&rel))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let kind = entry.file_type()?;
+            if name.to_string_lossy().starts_with(STAGING_PREFIX) {
+                if kind.is_file() {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            if kind.is_dir() {
+                pending.push(rel.join(&name));
+            } else {
+                out.push(rel.join(&name));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes directories below `root` left empty by stale-file removal.
+fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && remove_empty_dirs(root, &path) {
+            continue;
+        }
+        empty = false;
+    }
+    empty && dir != root && fs::remove_dir(dir).is_ok()
+}
+
+/// Runs the template's `check` on a staged file.
+async fn check(template: &Template, staged: &Path) -> Result<()> {
+    let Some((program, args)) = template.check.split_first() else {
+        return Ok(());
+    };
+    let file = staged.to_string_lossy();
+    let argv: Vec<String> = std::iter::once(program)
+        .chain(args)
+        .map(|a| a.replace("{file}", &file))
+        .collect();
+    let child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| Error::CheckSpawn {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            source,
+        })?;
+    let output = tokio::time::timeout(template.check_timeout, child.wait_with_output())
+        .await
+        .map_err(|_| Error::CheckTimeout {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            timeout: template.check_timeout,
+        })?
+        .map_err(|source| Error::CheckSpawn {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    const MAX: usize = 2048;
+    if text.len() > MAX {
+        let cut = (0..=MAX).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    Err(Error::CheckFailed {
+        template: template.name.clone(),
+        command: template.check.clone(),
+        file: staged.to_owned(),
+        status: output.status.to_string(),
+        output: text,
+    })
+}
+
+#[cfg(test)]
+mod tests;

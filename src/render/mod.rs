@@ -1,0 +1,332 @@
+//! The renderer: a minijinja environment in which templates see every store as
+//! `resources.<name>` (DESIGN section 4).
+//!
+//! Renders are level-triggered and deterministic: the same snapshot always
+//! gives the same bytes. A render produces every template's output in memory
+//! first; nothing is written unless all of them succeeded.
+
+mod filters;
+pub mod objects;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::{Object, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
+
+use crate::config::{Config, Issue, OutputTarget, TemplateSource};
+pub use objects::{Resources, StoresSnapshot};
+
+/// Why a template could not be rendered. The message names the template, its
+/// file and line, and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("template `{template}`: {message}")]
+pub struct Error {
+    /// The `templates` entry.
+    pub template: String,
+    pub message: String,
+}
+
+/// What one template produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The bytes of a single-file output.
+    File(Vec<u8>),
+    /// The files a directory template emitted with `file()`, by relative name.
+    Directory(BTreeMap<String, Vec<u8>>),
+}
+
+/// One template's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub template: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    name: String,
+    source: String,
+    directory: bool,
+}
+
+/// Compiled templates, ready to render snapshots.
+#[derive(Debug)]
+pub struct Renderer {
+    env: Environment<'static>,
+    jobs: Vec<Job>,
+    fuel: u64,
+    max_output: u64,
+}
+
+impl Renderer {
+    /// Builds the environment and compiles every template; compile errors are
+    /// config issues pointing at the template's entry.
+    pub fn new(config: &Config) -> Result<Renderer, Vec<Issue>> {
+        let mut env = environment(&config.base_dir);
+        env.set_fuel(Some(config.render.fuel));
+        let mut issues = Vec::new();
+        let mut jobs = Vec::new();
+        for (name, template) in &config.templates {
+            let field = match &template.source {
+                TemplateSource::File { .. } => "source",
+                TemplateSource::Inline { name: source, text } => {
+                    if let Err(e) = env.add_template_owned(source.clone(), text.clone()) {
+                        issues.push(config.issue_at(&["templates", name, "inline"], describe(&e)));
+                    }
+                    "inline"
+                }
+            };
+            let source = template.source.name().to_string();
+            if let Err(e) = env.get_template(&source) {
+                if !issues.iter().any(|i| i.path == format!("templates.{name}.inline")) {
+                    issues.push(config.issue_at(&["templates", name, field], describe(&e)));
+                }
+                continue;
+            }
+            jobs.push(Job {
+                name: name.clone(),
+                source,
+                directory: matches!(template.output, OutputTarget::Directory { .. }),
+            });
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Renderer {
+            env,
+            jobs,
+            fuel: config.render.fuel,
+            max_output: config.render.max_output_bytes.0,
+        })
+    }
+
+    /// Renders every template against one snapshot. All errors are returned,
+    /// one per failing template.
+    pub fn render_all(&self, snapshot: &StoresSnapshot) -> Result<Vec<Rendered>, Vec<Error>> {
+        let resources = Value::from_object(Resources::new(snapshot));
+        let mut rendered = Vec::with_capacity(self.jobs.len());
+        let mut errors = Vec::new();
+        for job in &self.jobs {
+            match self.render_one(job, &resources) {
+                Ok(content) => rendered.push(Rendered {
+                    template: job.name.clone(),
+                    content,
+                }),
+                Err(message) => errors.push(Error {
+                    template: job.name.clone(),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(rendered) } else { Err(errors) }
+    }
+
+    fn render_one(&self, job: &Job, resources: &Value) -> Result<Content, String> {
+        let template = self.env.get_template(&job.source).map_err(|e| describe(&e))?;
+        let budget = Arc::new(Budget::new(self.max_output));
+        let sink = Arc::new(FileSink {
+            directory: job.directory,
+            budget: Arc::clone(&budget),
+            files: Mutex::default(),
+        });
+        let ctx = minijinja::context! {
+            resources => resources.clone(),
+            file => Value::from_dyn_object(Arc::clone(&sink)),
+        };
+        let mut text = Vec::new();
+        let writer = BudgetWriter {
+            out: &mut text,
+            budget: &budget,
+            counted: !job.directory,
+        };
+        if let Err(e) = template.render_captured_to(ctx, writer) {
+            if budget.exceeded.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "output is larger than render.max_output_bytes ({} bytes)",
+                    self.max_output
+                ));
+            }
+            if e.kind() == ErrorKind::OutOfFuel {
+                return Err(format!(
+                    "{} (render.fuel is {}; is there an endless loop?)",
+                    describe(&e),
+                    self.fuel
+                ));
+            }
+            return Err(describe(&e));
+        }
+        if job.directory {
+            let files = std::mem::take(&mut *sink.files.lock().unwrap_or_else(|e| e.into_inner()));
+            Ok(Content::Directory(files))
+        } else {
+            Ok(Content::File(text))
+        }
+    }
+}
+
+/// The environment every template renders in.
+fn environment(base_dir: &Path) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("the default syntax is valid"),
+    );
+    let base = base_dir.to_owned();
+    env.set_loader(move |name| {
+        if !safe_relative(name) {
+            return Err(minijinja::Error::new(
+                ErrorKind::TemplateNotFound,
+                format!("`{name}` is outside the config directory"),
+            ));
+        }
+        match std::fs::read_to_string(base.join(name)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("cannot read `{name}`: {e}"))),
+        }
+    });
+    // include/import names are relative to the including template's directory.
+    env.set_path_join_callback(|name, parent| match parent.rsplit_once('/') {
+        Some((dir, _)) if !name.starts_with('/') => format!("{dir}/{name}").into(),
+        _ => name.into(),
+    });
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    filters::register(&mut env);
+    env
+}
+
+/// A relative path that stays below its root: not absolute, no `..`, no empty
+/// or `.` segments.
+pub fn safe_relative(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && name.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// A message for a template error: the cause, then where (template file and
+/// line), then any nested cause (e.g. inside an included template).
+fn describe(err: &minijinja::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        message.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    message
+}
+
+/// Bytes a template may still produce.
+#[derive(Debug)]
+struct Budget {
+    left: AtomicU64,
+    exceeded: AtomicBool,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Budget {
+        Budget {
+            left: AtomicU64::new(limit),
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    fn spend(&self, n: usize) -> bool {
+        let n = n as u64;
+        let ok = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n))
+            .is_ok();
+        if !ok {
+            self.exceeded.store(true, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+struct BudgetWriter<'a> {
+    out: &'a mut Vec<u8>,
+    budget: &'a Budget,
+    /// Directory templates' own text is discarded, so it is not counted.
+    counted: bool,
+}
+
+impl io::Write for BudgetWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.counted {
+            return Ok(buf.len());
+        }
+        if !self.budget.spend(buf.len()) {
+            return Err(io::Error::other("output too large"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `file(name, content)`: collects the files of a directory template.
+#[derive(Debug)]
+struct FileSink {
+    directory: bool,
+    budget: Arc<Budget>,
+    files: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Object for FileSink {
+    fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, minijinja::Error> {
+        let invalid = |message: String| minijinja::Error::new(ErrorKind::InvalidOperation, message);
+        if !self.directory {
+            return Err(invalid(
+                "file() works only in templates with a `directory` output".into(),
+            ));
+        }
+        let (name, content): (&str, Value) = minijinja::value::from_args(args)?;
+        if !safe_relative(name) {
+            return Err(invalid(format!(
+                "file({name:?}): names must be relative paths without `..`, `.` or empty parts"
+            )));
+        }
+        let bytes = if let Some(s) = content.as_str() {
+            s.as_bytes().to_vec()
+        } else if let Some(b) = content.as_bytes() {
+            b.to_vec()
+        } else if content.is_undefined() {
+            return Err(minijinja::Error::new(
+                ErrorKind::UndefinedError,
+                format!("file({name:?}): the content is undefined"),
+            ));
+        } else {
+            content.to_string().into_bytes()
+        };
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = files.get(name) {
+            if *existing == bytes {
+                return Ok(Value::from(""));
+            }
+            return Err(invalid(format!("file({name:?}) was emitted twice with different content")));
+        }
+        if !self.budget.spend(bytes.len()) {
+            return Err(invalid("output too large".into()));
+        }
+        files.insert(name.to_string(), bytes);
+        Ok(Value::from(""))
+    }
+}
+
+#[cfg(test)]
+mod tests;
