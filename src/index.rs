@@ -196,7 +196,14 @@ mod tests {
         let obj = json!({"metadata": {"labels": {"kubernetes.io/service-name": "web"}}});
         assert_eq!(path.get(&obj), Some(&json!("web")));
         let double = FieldPath::parse(r#"metadata.labels["a.b"]"#).unwrap();
-        assert_eq!(double.segments(), &[Segment::Field("metadata".into()), Segment::Field("labels".into()), Segment::Field("a.b".into())]);
+        assert_eq!(
+            double.segments(),
+            &[
+                Segment::Field("metadata".into()),
+                Segment::Field("labels".into()),
+                Segment::Field("a.b".into())
+            ]
+        );
     }
 
     #[test]
@@ -235,14 +242,19 @@ mod tests {
         assert_eq!(empty.key(&obj).unwrap().parts(), ["", "x"]);
         let skip = indexer(&["metadata.labels.app", "metadata.name"], OnMissingKey::Skip);
         assert_eq!(skip.key(&obj), None);
-        assert_eq!(skip.key(&json!({"metadata": {"name": "x", "labels": {"app": null}}})), None);
+        assert_eq!(
+            skip.key(&json!({"metadata": {"name": "x", "labels": {"app": null}}})),
+            None
+        );
     }
 
     #[test]
     fn remove_prunes_only_the_named_field() {
         let mut obj = json!({"metadata": {"name": "x", "managedFields": [1], "annotations": {"a.b/c": "1", "d": "2"}}});
         FieldPath::parse("metadata.managedFields").unwrap().remove(&mut obj);
-        FieldPath::parse("metadata.annotations['a.b/c']").unwrap().remove(&mut obj);
+        FieldPath::parse("metadata.annotations['a.b/c']")
+            .unwrap()
+            .remove(&mut obj);
         FieldPath::parse("spec.absent").unwrap().remove(&mut obj);
         assert_eq!(obj, json!({"metadata": {"name": "x", "annotations": {"d": "2"}}}));
     }

@@ -11,14 +11,14 @@
 //!   selectors)
 //! ```
 //!
-//! - [`config`]: the YAML config, validated with every problem reported at once.
-//! - [`source`]: where objects come from (a manifests directory; selectors).
-//! - [`index`]: `index_by` expressions and composite keys.
-//! - [`store`]: ordered, non-unique, snapshot-able stores of objects.
-//! - [`render`]: the template environment, filters and the `resources` view.
-//! - [`output`]: atomic, change-only writes of files and directories, with `check`.
-//! - [`pipeline`]: ties the stages together.
-//! - [`telemetry`]: logging.
+//! - [`config`] — the YAML config, validated with every problem reported at once.
+//! - [`source`] — where objects come from (a manifests directory; selectors).
+//! - [`index`] — `index_by` expressions and composite keys.
+//! - [`store`] — ordered, non-unique, snapshot-able stores of objects.
+//! - [`render`] — the template environment, filters and the `resources` view.
+//! - [`output`] — atomic, change-only writes of files and directories, with `check`.
+//! - [`pipeline`] — ties the stages together.
+//! - [`telemetry`] — logging.
 #![forbid(unsafe_code)]
 
 pub mod config;

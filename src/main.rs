@@ -4,16 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kube_template::config;
 use kube_template::pipeline::{self, Prepared};
 use kube_template::source::manifests;
 use kube_template::telemetry::{self, LogFormat};
-use kube_template::config;
 
 /// Exit status for a bad config (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "kube-template", version, about = "Render config files from Kubernetes resources with Jinja templates")]
+#[command(
+    name = "kube-template",
+    version,
+    about = "Render config files from Kubernetes resources with Jinja templates"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text")]

@@ -34,6 +34,7 @@ pub fn prepare(path: &Path) -> config::Result<Prepared> {
         Ok(_) => Err(invalid(issues)),
         Err(more) => {
             issues.extend(more);
+            config::sort_issues(&mut issues);
             Err(invalid(issues))
         }
     }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// `serde(with = "humane::duration")` for `Duration` fields.
 pub mod duration {
@@ -13,9 +13,8 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("bad duration `{text}` ({e}): expected e.g. 500ms, 2s, 1m"))
-        })
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration `{text}` ({e}): expected e.g. 500ms, 2s, 1m")))
     }
 }
 
@@ -40,7 +39,11 @@ impl ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => return Err(format!("bad size unit `{other}` in `{text}`: use KiB, MiB, GiB, KB, MB or GB")),
+            other => {
+                return Err(format!(
+                    "bad size unit `{other}` in `{text}`: use KiB, MiB, GiB, KB, MB or GB"
+                ));
+            }
         };
         number
             .checked_mul(factor)
@@ -61,7 +64,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)

@@ -56,7 +56,11 @@ pub enum Error {
 
 fn list(path: &Path, issues: &[Issue]) -> String {
     let file = path.display();
-    issues.iter().map(|i| format!("  {file}:{i}")).collect::<Vec<_>>().join("\n")
+    issues
+        .iter()
+        .map(|i| format!("  {file}:{i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -404,7 +408,9 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        AdminSettings { listen: default_listen() }
+        AdminSettings {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -456,7 +462,8 @@ impl Config {
             issues: Vec::new(),
         };
         let mut config = v.config(file, base_dir);
-        let issues = v.issues;
+        let mut issues = v.issues;
+        sort_issues(&mut issues);
         config.tree = tree;
         Ok((config, issues))
     }
@@ -525,7 +532,7 @@ impl Validator<'_> {
         for (key, _) in entries {
             if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
                 self.issue(
-                    &[key.clone()],
+                    std::slice::from_ref(key),
                     format!("unknown key `{key}`, expected one of {}", TOP_LEVEL_KEYS.join(", ")),
                 );
             }
@@ -564,7 +571,10 @@ impl Validator<'_> {
                     }
                 }
                 NodeValue::Null => {}
-                _ => self.issue(&["actions".into()], format!("expected a list, found {}", node.type_name())),
+                _ => self.issue(
+                    &["actions".into()],
+                    format!("expected a list, found {}", node.type_name()),
+                ),
             }
         }
         if let Some(node) = self.tree.get("render").cloned()
@@ -601,7 +611,10 @@ impl Validator<'_> {
             NodeValue::Null => Vec::new(),
             _ => {
                 let found = node.type_name();
-                self.issue(&[section.into()], format!("expected a mapping of names to entries, found {found}"));
+                self.issue(
+                    &[section.into()],
+                    format!("expected a mapping of names to entries, found {found}"),
+                );
                 Vec::new()
             }
         }
@@ -626,7 +639,9 @@ impl Validator<'_> {
                 let message = err.into_inner().to_string();
                 // serde names unknown fields in its message, and the path then stops
                 // at their parent: point at the unknown key itself.
-                if let Some(unknown) = unknown_field(&message) {
+                if let Some(unknown) = unknown_field(&message)
+                    && full.last() != Some(&unknown)
+                {
                     full.push(unknown);
                 }
                 self.issue(&full, message);
@@ -655,7 +670,10 @@ impl Validator<'_> {
         for (i, expr) in spec.index_by.iter().enumerate() {
             match FieldPath::parse(expr) {
                 Ok(p) => paths.push(p),
-                Err(e) => self.issue(&[at("index_by"), vec![i.to_string()]].concat(), format!("bad expression `{expr}`: {e}")),
+                Err(e) => self.issue(
+                    &[at("index_by"), vec![i.to_string()]].concat(),
+                    format!("bad expression `{expr}`: {e}"),
+                ),
             }
         }
         let mut ignore_fields = Vec::new();
@@ -669,10 +687,20 @@ impl Validator<'_> {
             }
         }
         let labels = LabelSelector::parse(&spec.label_selector)
-            .map_err(|e| self.issue(&at("label_selector"), format!("bad selector `{}`: {e}", spec.label_selector)))
+            .map_err(|e| {
+                self.issue(
+                    &at("label_selector"),
+                    format!("bad selector `{}`: {e}", spec.label_selector),
+                )
+            })
             .ok();
         let fields = FieldSelector::parse(&spec.field_selector)
-            .map_err(|e| self.issue(&at("field_selector"), format!("bad selector `{}`: {e}", spec.field_selector)))
+            .map_err(|e| {
+                self.issue(
+                    &at("field_selector"),
+                    format!("bad selector `{}`: {e}", spec.field_selector),
+                )
+            })
             .ok();
         if spec.cache.is_some() && spec.store != StoreKind::OnDemand {
             self.issue(&at("cache"), "`cache` applies only to `store: on-demand`");
@@ -680,7 +708,13 @@ impl Validator<'_> {
         if let Some(cache) = spec.cache
             && cache.max_entries == 0
         {
-            self.issue(&at("cache").into_iter().chain(["max_entries".into()]).collect::<Vec<_>>(), "must be at least 1");
+            self.issue(
+                &at("cache")
+                    .into_iter()
+                    .chain(["max_entries".into()])
+                    .collect::<Vec<_>>(),
+                "must be at least 1",
+            );
         }
         if self.issues.len() > before {
             return None;
@@ -730,7 +764,10 @@ impl Validator<'_> {
                 None
             }
             (None, None) => {
-                self.issue(path, "needs `path` (one output file) or `directory` (files emitted with file())");
+                self.issue(
+                    path,
+                    "needs `path` (one output file) or `directory` (files emitted with file())",
+                );
                 None
             }
         };
@@ -812,6 +849,11 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Orders issues as they appear in the file.
+pub fn sort_issues(issues: &mut [Issue]) {
+    issues.sort_by_key(|i| i.position.map(|p| (p.line, p.column)));
 }
 
 /// Extracts `x` from serde's "unknown field `x`, expected …".

@@ -1,0 +1,112 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> std::result::Result<Config, Vec<Issue>> {
+    Config::parse(text, Path::new("config.yaml"), Path::new("/cfg"))
+}
+
+const MINIMAL: &str = "watched_resources:\n  ings:\n    api_version: networking.k8s.io/v1\n    kind: Ingress\ntemplates:\n  t:\n    inline: x\n    path: out/t.cfg\n";
+
+#[test]
+fn defaults_follow_the_design() {
+    let config = parse(MINIMAL).unwrap();
+    let ings = &config.watched_resources["ings"];
+    assert_eq!(ings.spec.index_by, ["metadata.namespace", "metadata.name"]);
+    assert_eq!(ings.spec.ignore_fields, ["metadata.managedFields"]);
+    assert_eq!(ings.spec.store, StoreKind::Full);
+    assert_eq!(ings.spec.on_missing_key, OnMissingKey::Empty);
+    assert_eq!(config.render.wait.min, Duration::from_millis(200));
+    assert_eq!(config.render.wait.max, Duration::from_secs(2));
+    assert_eq!(config.render.max_output_bytes, ByteSize(64 << 20));
+    assert_eq!(config.admin.listen, "0.0.0.0:9090");
+    let t = &config.templates["t"];
+    assert_eq!(t.mode, 0o644);
+    assert_eq!(t.output.path(), Path::new("/cfg/out/t.cfg"));
+}
+
+#[test]
+fn humane_values_are_understood() {
+    let text = format!(
+        "{MINIMAL}render:\n  wait: {{min: 500ms, max: 1m}}\n  max_output_bytes: 2MiB\nactions:\n  - command: [\"true\"]\n    timeout: 2s\n  - http: {{url: \"http://127.0.0.1:1/reload\", retries: 3}}\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.render.wait.min, Duration::from_millis(500));
+    assert_eq!(config.render.wait.max, Duration::from_secs(60));
+    assert_eq!(config.render.max_output_bytes, ByteSize(2 << 20));
+    assert_eq!(
+        config.actions,
+        [
+            Action::Command {
+                argv: vec!["true".into()],
+                timeout: Duration::from_secs(2)
+            },
+            Action::Http(HttpAction {
+                url: "http://127.0.0.1:1/reload".into(),
+                method: "POST".into(),
+                timeout: Duration::from_secs(30),
+                retries: 3
+            })
+        ]
+    );
+}
+
+#[test]
+fn invalid_yaml_is_one_issue_with_a_position() {
+    let issues = parse("templates:\n  t: [unclosed\n").unwrap_err();
+    assert_eq!(issues.len(), 1);
+    assert!(issues[0].message.starts_with("not valid YAML"), "{}", issues[0]);
+    assert!(issues[0].position.is_some_and(|p| p.line >= 2));
+}
+
+#[test]
+fn an_empty_config_says_what_is_missing() {
+    let issues = parse("").unwrap_err();
+    assert!(issues[0].message.contains("`templates` is required"));
+}
+
+#[test]
+fn overlapping_outputs_are_rejected() {
+    let text = "templates:\n  a:\n    inline: x\n    directory: out\n  b:\n    inline: y\n    path: out/b.txt\n";
+    let issues = parse(text).unwrap_err();
+    assert_eq!(issues.len(), 1);
+    assert!(
+        issues[0].message.contains("overlaps the output of template `a`"),
+        "{}",
+        issues[0]
+    );
+}
+
+#[test]
+fn out_reroots_absolute_and_relative_paths() {
+    let text = "templates:\n  a:\n    inline: x\n    path: /etc/haproxy/haproxy.cfg\n  b:\n    inline: y\n    directory: out/certs\n";
+    let config = parse(text).unwrap();
+    let root = Path::new("/scratch");
+    assert_eq!(
+        config.templates["a"].output.rerooted(root).path(),
+        Path::new("/scratch/etc/haproxy/haproxy.cfg")
+    );
+    assert_eq!(
+        config.templates["b"].output.rerooted(root).path(),
+        Path::new("/scratch/out/certs")
+    );
+}
+
+/// Every config we ship loads, and its templates compile.
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec![root.join("config.example.yaml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let candidate = entry.unwrap().path().join("config.yaml");
+        if candidate.is_file() {
+            configs.push(candidate);
+        }
+    }
+    assert!(configs.len() >= 3);
+    for path in configs {
+        if let Err(e) = crate::pipeline::prepare(&path) {
+            panic!("{e}");
+        }
+    }
+}

@@ -40,7 +40,8 @@ pub enum NodeValue {
 }
 
 impl Node {
-    /// Parses one YAML document.
+    /// Parses one YAML document. Only `true` and `false` are booleans (YAML
+    /// 1.2), so that `y` or `on` in a config stay strings.
     pub fn parse(text: &str) -> Result<Node, serde_saphyr::Error> {
         if text.trim().is_empty() {
             return Ok(Node {
@@ -48,7 +49,7 @@ impl Node {
                 value: NodeValue::Null,
             });
         }
-        serde_saphyr::from_str(text)
+        serde_saphyr::from_str_with_options(text, serde_saphyr::options! { strict_booleans: true })
     }
 
     /// The entries of a mapping, or `None` for any other node.
@@ -61,10 +62,7 @@ impl Node {
 
     /// The value under `key` in a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.entries()?
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, node)| node)
+        self.entries()?.iter().find(|(k, _)| k == key).map(|(_, node)| node)
     }
 
     /// Follows a path of mapping keys and sequence indices as far as it exists and
@@ -215,7 +213,12 @@ mod tests {
         assert_eq!(items[1].position, Position { line: 2, column: 10 });
         let d = node.deepest(&["a".into(), "c".into(), "d".into()]);
         assert_eq!(d.position.line, 3);
-        assert_eq!(node.to_json(), serde_json::json!({"a": {"b": [1, "two"], "c": {"d": true}}}));
+        assert_eq!(
+            node.to_json(),
+            serde_json::json!({"a": {"b": [1, "two"], "c": {"d": true}}})
+        );
+        let yes = Node::parse("a: y\nb: on\n").unwrap();
+        assert_eq!(yes.to_json(), serde_json::json!({"a": "y", "b": "on"}));
     }
 
     #[test]

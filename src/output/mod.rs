@@ -148,12 +148,14 @@ pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
             remove_empty_dirs(root, root);
         }
         for dir in &s.fsync_dirs {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io {
-                template: s.template.clone(),
-                action: "cannot fsync directory",
-                path: dir.clone(),
-                source,
-            })?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| Error::Io {
+                    template: s.template.clone(),
+                    action: "cannot fsync directory",
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         if changed {
             report.changed_templates.push(s.template);
@@ -191,7 +193,10 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
                 .map(|rel| path.join(rel))
                 .collect();
             staged.root = Some(path.clone());
-            files.iter().map(|(name, bytes)| (path.join(name), bytes.as_slice())).collect()
+            files
+                .iter()
+                .map(|(name, bytes)| (path.join(name), bytes.as_slice()))
+                .collect()
         }
         _ => unreachable!("a template's content always matches its output kind"),
     };

@@ -1,0 +1,99 @@
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::*;
+use crate::config::{Config, Template};
+
+fn template(dir: &Path, yaml: &str) -> Template {
+    let text = format!("templates:\n  t:\n    inline: x\n{yaml}");
+    let config = Config::parse(&text, &dir.join("c.yaml"), dir).unwrap();
+    config.templates["t"].clone()
+}
+
+async fn write(template: &Template, content: Content) -> Result<Report> {
+    write_all(&[Job {
+        template,
+        target: &template.output,
+        content: &content,
+    }])
+    .await
+}
+
+#[tokio::test]
+async fn unchanged_bytes_are_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    path: out/a.txt\n");
+    let first = write(&t, Content::File(b"one".to_vec())).await.unwrap();
+    assert_eq!(first.written, [dir.path().join("out/a.txt")]);
+    let inode = fs::metadata(dir.path().join("out/a.txt")).unwrap().ino();
+    let second = write(&t, Content::File(b"one".to_vec())).await.unwrap();
+    assert!(!second.changed(), "{second:?}");
+    assert_eq!(fs::metadata(dir.path().join("out/a.txt")).unwrap().ino(), inode);
+    let third = write(&t, Content::File(b"two".to_vec())).await.unwrap();
+    assert_eq!(third.changed_templates, ["t"]);
+    assert_ne!(
+        fs::metadata(dir.path().join("out/a.txt")).unwrap().ino(),
+        inode,
+        "replaced by rename"
+    );
+}
+
+#[tokio::test]
+async fn mode_is_applied_and_fsync_writes_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(
+        dir.path(),
+        "    path: secret.pem\n    mode: \"0600\"\n    fsync: true\n",
+    );
+    write(&t, Content::File(b"k".to_vec())).await.unwrap();
+    let mode = fs::metadata(dir.path().join("secret.pem")).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn no_staged_files_are_left_behind_after_success_or_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = template(dir.path(), "    path: a.txt\n");
+    write(&ok, Content::File(b"v1".to_vec())).await.unwrap();
+    let failing = template(dir.path(), "    path: a.txt\n    check: [\"false\"]\n");
+    let err = write(&failing, Content::File(b"v2".to_vec())).await.unwrap_err();
+    assert!(matches!(err, Error::CheckFailed { .. }), "{err}");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with(STAGING_PREFIX)).count(),
+        0,
+        "{names:?}"
+    );
+    assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"v1");
+}
+
+#[tokio::test]
+async fn a_missing_check_program_is_reported_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(
+        dir.path(),
+        "    path: a.txt\n    check: [\"/nonexistent/validator\", \"{file}\"]\n",
+    );
+    let err = write(&t, Content::File(b"v".to_vec())).await.unwrap_err();
+    assert!(err.to_string().contains("cannot run check"), "{err}");
+    assert!(!dir.path().join("a.txt").exists());
+}
+
+#[tokio::test]
+async fn directory_outputs_hold_exactly_the_rendered_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: certs\n");
+    let files =
+        |names: &[&str]| Content::Directory(names.iter().map(|n| (n.to_string(), n.as_bytes().to_vec())).collect());
+    write(&t, files(&["a.pem", "sub/b.pem"])).await.unwrap();
+    let report = write(&t, files(&["a.pem", "c.pem"])).await.unwrap();
+    assert_eq!(report.written, [dir.path().join("certs/c.pem")]);
+    assert_eq!(report.removed, [dir.path().join("certs/sub/b.pem")]);
+    assert!(!dir.path().join("certs/sub").exists(), "emptied subdirectories go too");
+    let report = write(&t, files(&[])).await.unwrap();
+    assert_eq!(report.removed.len(), 2);
+    assert!(dir.path().join("certs").is_dir(), "the output directory itself stays");
+}

@@ -40,7 +40,10 @@ fn bytes_of(value: &Value, filter: &str) -> Result<Vec<u8>, Error> {
     } else if let Some(b) = value.as_bytes() {
         Ok(b.to_vec())
     } else {
-        Err(invalid(format!("{filter} expects a string or bytes, got {}", value.kind())))
+        Err(invalid(format!(
+            "{filter} expects a string or bytes, got {}",
+            value.kind()
+        )))
     }
 }
 
@@ -86,11 +89,16 @@ fn dig(value: Value, path: minijinja::value::Rest<Value>) -> Result<Value, Error
         };
         current = next;
     }
-    Ok(if current.is_undefined() { Value::from(()) } else { current })
+    Ok(if current.is_undefined() {
+        Value::from(())
+    } else {
+        current
+    })
 }
 
 fn glob_match(value: &str, pattern: &str) -> Result<bool, Error> {
-    let pattern = glob::Pattern::new(pattern).map_err(|e| invalid(format!("glob_match: bad pattern `{pattern}` ({e})")))?;
+    let pattern =
+        glob::Pattern::new(pattern).map_err(|e| invalid(format!("glob_match: bad pattern `{pattern}` ({e})")))?;
     Ok(pattern.matches(value))
 }
 
@@ -124,7 +132,9 @@ mod tests {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         register(&mut env);
-        let obj = crate::render::value::from_json(serde_json::json!({"a": {"b": [10, {"c": "deep"}]}, "s": "web-01.example.com"}));
+        let obj = crate::render::value::from_json(
+            serde_json::json!({"a": {"b": [10, {"c": "deep"}]}, "s": "web-01.example.com"}),
+        );
         env.render_str(source, minijinja::context! { o => obj })
     }
 
@@ -136,7 +146,12 @@ mod tests {
         register(&mut env);
         let v = env.compile_expression("'/w==' | b64decode").unwrap().eval(()).unwrap();
         assert_eq!(v.as_bytes(), Some(&[0xff][..]));
-        assert!(render("{{ '***' | b64decode }}").unwrap_err().to_string().contains("base64"));
+        assert!(
+            render("{{ '***' | b64decode }}")
+                .unwrap_err()
+                .to_string()
+                .contains("base64")
+        );
     }
 
     #[test]
@@ -157,11 +172,19 @@ mod tests {
 
     #[test]
     fn regex_and_glob_filters() {
-        assert_eq!(render(r"{{ o.s | regex_replace('\\.example\\.com$', '') }}").unwrap(), "web-01");
+        assert_eq!(
+            render(r"{{ o.s | regex_replace('\\.example\\.com$', '') }}").unwrap(),
+            "web-01"
+        );
         assert_eq!(render(r"{{ o.s | regex_search('[0-9]+') }}").unwrap(), "01");
         assert_eq!(render(r"{{ o.s | regex_search('zzz') is none }}").unwrap(), "True");
         assert_eq!(render("{{ o.s | glob_match('web-*.com') }}").unwrap(), "True");
-        assert!(render("{{ o.s | regex_search('(') }}").unwrap_err().to_string().contains("regular expression"));
+        assert!(
+            render("{{ o.s | regex_search('(') }}")
+                .unwrap_err()
+                .to_string()
+                .contains("regular expression")
+        );
     }
 
     #[test]

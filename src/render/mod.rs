@@ -191,7 +191,10 @@ fn environment(base_dir: &Path) -> Environment<'static> {
         match std::fs::read_to_string(base.join(name)) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("cannot read `{name}`: {e}"))),
+            Err(e) => Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot read `{name}`: {e}"),
+            )),
         }
     });
     // include/import names are relative to the including template's directory.
@@ -215,10 +218,19 @@ pub fn safe_relative(name: &str) -> bool {
         && name.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
-/// A message for a template error: the cause, then where (template file and
-/// line), then any nested cause (e.g. inside an included template).
+/// A message for a template error: where (template file and line), then the
+/// cause, then any nested cause (e.g. inside an included template).
 fn describe(err: &minijinja::Error) -> String {
-    let mut message = err.to_string();
+    let mut message = match (err.name(), err.line()) {
+        (Some(name), Some(line)) => format!("{name} line {line}: "),
+        (Some(name), None) => format!("{name}: "),
+        _ => String::new(),
+    };
+    message.push_str(&err.kind().to_string());
+    if let Some(detail) = err.detail() {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
         message.push_str(&format!(": {inner}"));
@@ -318,7 +330,9 @@ impl Object for FileSink {
             if *existing == bytes {
                 return Ok(Value::from(""));
             }
-            return Err(invalid(format!("file({name:?}) was emitted twice with different content")));
+            return Err(invalid(format!(
+                "file({name:?}) was emitted twice with different content"
+            )));
         }
         if !self.budget.spend(bytes.len()) {
             return Err(invalid("output too large".into()));

@@ -1,0 +1,103 @@
+use std::path::Path;
+
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::pipeline;
+
+fn setup(templates: &str, objects: &[Json]) -> (Renderer, StoresSnapshot) {
+    let text = format!(
+        "watched_resources:\n  cms:\n    api_version: v1\n    kind: ConfigMap\n    index_by: [\"metadata.labels.app\"]\ntemplates:\n{templates}"
+    );
+    let config = Config::parse(&text, Path::new("config.yaml"), Path::new(".")).unwrap();
+    let renderer = Renderer::new(&config).unwrap();
+    let stores = pipeline::stores_from(&config, objects);
+    (renderer, pipeline::snapshot(&stores))
+}
+
+fn cm(name: &str, app: &str) -> Json {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": "ns", "name": name, "labels": {"app": app}}, "data": {"v": "<&>"}})
+}
+
+fn single(template: &str, objects: &[Json]) -> Result<String, String> {
+    let yaml = serde_json::to_string(template).unwrap();
+    let (renderer, snapshot) = setup(&format!("  t:\n    inline: {yaml}\n    path: t.txt\n"), objects);
+    match renderer.render_all(&snapshot) {
+        Ok(mut rendered) => match rendered.remove(0).content {
+            Content::File(bytes) => Ok(String::from_utf8(bytes).unwrap()),
+            Content::Directory(_) => unreachable!(),
+        },
+        Err(errors) => Err(errors[0].to_string()),
+    }
+}
+
+#[test]
+fn the_same_objects_in_any_order_render_the_same_bytes() {
+    let objects: Vec<Json> = (0..40)
+        .map(|i| cm(&format!("n{i:02}"), ["a", "b", "c"][i % 3]))
+        .collect();
+    let template = "{% for c in resources.cms %}{{ c.metadata.name }} {{ c.metadata.labels.app }}\n{% endfor %}";
+    let expected = single(template, &objects).unwrap();
+    let mut shuffled = objects.clone();
+    for seed in 1..20usize {
+        // A deterministic shuffle: rotate and interleave by a different stride each time.
+        let len = shuffled.len();
+        shuffled.rotate_left(seed % len);
+        let stride = 1 + seed % 7;
+        let mut reordered: Vec<Json> = (0..stride)
+            .flat_map(|s| shuffled.iter().skip(s).step_by(stride).cloned())
+            .collect();
+        std::mem::swap(&mut shuffled, &mut reordered);
+        assert_eq!(single(template, &shuffled).unwrap(), expected, "order {seed}");
+    }
+    assert!(expected.starts_with("n00 a\nn03 a\n"), "{expected}");
+}
+
+#[test]
+fn the_final_newline_is_kept_and_nothing_is_escaped() {
+    assert_eq!(
+        single("{{ resources.cms[0].data.v }}\n", &[cm("x", "a")]).unwrap(),
+        "<&>\n"
+    );
+    assert_eq!(single("no newline", &[]).unwrap(), "no newline");
+}
+
+#[test]
+fn undefined_is_an_error_but_defined_tests_and_default_work() {
+    let objects = [cm("x", "a")];
+    let err = single("{{ resources.cms[0].data.missing }}", &objects).unwrap_err();
+    assert!(err.contains("undefined"), "{err}");
+    let ok = single(
+        "{{ resources.cms[0].data.missing is defined }} {{ resources.cms[0].data.missing | default('d') }}",
+        &objects,
+    );
+    assert_eq!(ok.unwrap(), "False d");
+    let err = single("{{ nothing_at_all }}", &objects).unwrap_err();
+    assert!(err.contains("templates.t.inline line 1"), "{err}");
+}
+
+#[test]
+fn get_with_a_non_scalar_key_names_the_store() {
+    let err = single("{{ resources.cms.get([1]) }}", &[]).unwrap_err();
+    assert!(err.contains("resources.cms.get(): key value 1 is"), "{err}");
+}
+
+#[test]
+fn iterating_the_resources_mapping_lists_store_names() {
+    assert_eq!(
+        single("{% for name in resources %}{{ name }}{% endfor %}", &[]).unwrap(),
+        "cms"
+    );
+}
+
+#[test]
+fn a_render_reads_only_its_snapshot() {
+    let text = "watched_resources:\n  cms:\n    api_version: v1\n    kind: ConfigMap\ntemplates:\n  t:\n    inline: \"{{ resources.cms | length }}\"\n    path: t.txt\n";
+    let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
+    let renderer = Renderer::new(&config).unwrap();
+    let mut stores = pipeline::stores_from(&config, &[cm("a", "x")]);
+    let before = pipeline::snapshot(&stores);
+    stores.get_mut("cms").unwrap().apply(cm("b", "x"));
+    let rendered = renderer.render_all(&before).unwrap();
+    assert_eq!(rendered[0].content, Content::File(b"1".to_vec()));
+}

@@ -133,10 +133,16 @@ fn unwrap_lists(path: &Path, document: usize, value: Value, out: &mut Vec<Value>
         message,
     };
     let Value::Object(mut map) = value else {
-        return Err(not_object(format!("expected a mapping with apiVersion and kind, found {value}")));
+        return Err(not_object(format!(
+            "expected a mapping with apiVersion and kind, found {value}"
+        )));
     };
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if kind.ends_with("List") && map.get("items").is_some_and(Value::is_array) {
         let Some(Value::Array(items)) = map.remove("items") else {
             unreachable!("checked above")
@@ -146,7 +152,8 @@ fn unwrap_lists(path: &Path, document: usize, value: Value, out: &mut Vec<Value>
         for mut item in items {
             if let (Some(obj), Some(item_kind)) = (item.as_object_mut(), &item_kind) {
                 obj.entry("kind").or_insert_with(|| Value::String(item_kind.clone()));
-                obj.entry("apiVersion").or_insert_with(|| Value::String(api_version.clone()));
+                obj.entry("apiVersion")
+                    .or_insert_with(|| Value::String(api_version.clone()));
             }
             unwrap_lists(path, document, item, out)?;
         }
@@ -155,7 +162,12 @@ fn unwrap_lists(path: &Path, document: usize, value: Value, out: &mut Vec<Value>
     if kind.is_empty() || api_version.is_empty() {
         return Err(not_object("missing `apiVersion` or `kind`".into()));
     }
-    if map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).is_none() {
+    if map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .is_none()
+    {
         return Err(not_object(format!("{kind} has no `metadata.name`")));
     }
     out.push(Value::Object(map));
@@ -178,12 +190,23 @@ mod tests {
     #[test]
     fn directories_are_walked_recursively_in_order_skipping_other_files() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n");
-        write(dir.path(), "sub/a.json", r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}"#);
+        write(
+            dir.path(),
+            "b.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+        );
+        write(
+            dir.path(),
+            "sub/a.json",
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}"#,
+        );
         write(dir.path(), "notes.txt", "not a manifest");
         write(dir.path(), ".hidden.yaml", "garbage: [");
         let objects = load(&[dir.path().to_owned()]).unwrap();
-        let names: Vec<_> = objects.iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+        let names: Vec<_> = objects
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["b", "a"]);
     }
 
@@ -197,7 +220,10 @@ mod tests {
         );
         let objects = load_file(&path).unwrap();
         assert_eq!(objects.len(), 2);
-        assert_eq!(objects[1], json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}}));
+        assert_eq!(
+            objects[1],
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}})
+        );
     }
 
     #[test]
@@ -214,7 +240,11 @@ mod tests {
     #[test]
     fn documents_that_are_not_objects_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n- a list\n");
+        let path = write(
+            dir.path(),
+            "x.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n- a list\n",
+        );
         let err = load_file(&path).unwrap_err().to_string();
         assert!(err.contains("x.yaml (document 2)"), "{err}");
         let nameless = write(dir.path(), "y.yaml", "apiVersion: v1\nkind: ConfigMap\n");

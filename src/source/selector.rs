@@ -52,7 +52,12 @@ impl LabelSelector {
 
     /// Whether an object's `metadata.labels` satisfy every requirement.
     pub fn matches(&self, object: &Value) -> bool {
-        let label = |key: &str| object.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str);
+        let label = |key: &str| {
+            object
+                .pointer("/metadata/labels")
+                .and_then(|l| l.get(key))
+                .and_then(Value::as_str)
+        };
         self.requirements.iter().all(|req| match req {
             LabelRequirement::Equals(k, v) => label(k) == Some(v.as_str()),
             LabelRequirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
@@ -87,10 +92,16 @@ fn parse_label_requirement(part: &str) -> Result<LabelRequirement, String> {
         return Ok(LabelRequirement::NotExists(label_key(key.trim())?));
     }
     if let Some((key, value)) = part.split_once("!=") {
-        return Ok(LabelRequirement::NotEquals(label_key(key.trim())?, label_value(value.trim())?));
+        return Ok(LabelRequirement::NotEquals(
+            label_key(key.trim())?,
+            label_value(value.trim())?,
+        ));
     }
     if let Some((key, value)) = part.split_once("==").or_else(|| part.split_once('=')) {
-        return Ok(LabelRequirement::Equals(label_key(key.trim())?, label_value(value.trim())?));
+        return Ok(LabelRequirement::Equals(
+            label_key(key.trim())?,
+            label_value(value.trim())?,
+        ));
     }
     let words: Vec<&str> = part.splitn(2, char::is_whitespace).collect();
     if words.len() == 2 {
@@ -169,7 +180,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(format!("`{part}`: expected `field=value`, `field==value` or `field!=value`"));
+                return Err(format!(
+                    "`{part}`: expected `field=value`, `field==value` or `field!=value`"
+                ));
             };
             let path = FieldPath::parse(field.trim()).map_err(|e| format!("`{part}`: {e}"))?;
             requirements.push((path, equal, value.trim().to_string()));
@@ -218,11 +231,21 @@ mod tests {
         let sel = LabelSelector::parse("app=web, tier in (front, edge),env!=prod,!canary,team,zone notin (a)").unwrap();
         assert!(sel.matches(&labelled(json!({"app": "web", "tier": "edge", "team": "t"}))));
         assert!(!sel.matches(&labelled(json!({"app": "web", "tier": "back", "team": "t"}))));
-        assert!(!sel.matches(&labelled(json!({"app": "web", "tier": "edge", "team": "t", "canary": "1"}))));
-        assert!(!sel.matches(&labelled(json!({"app": "web", "tier": "edge", "team": "t", "env": "prod"}))));
+        assert!(!sel.matches(&labelled(
+            json!({"app": "web", "tier": "edge", "team": "t", "canary": "1"})
+        )));
+        assert!(!sel.matches(&labelled(
+            json!({"app": "web", "tier": "edge", "team": "t", "env": "prod"})
+        )));
         assert!(!sel.matches(&labelled(json!({"app": "web", "tier": "edge"}))));
-        assert!(!sel.matches(&labelled(json!({"app": "web", "tier": "edge", "team": "t", "zone": "a"}))));
-        assert!(LabelSelector::parse("app==web").unwrap().matches(&labelled(json!({"app": "web"}))));
+        assert!(!sel.matches(&labelled(
+            json!({"app": "web", "tier": "edge", "team": "t", "zone": "a"})
+        )));
+        assert!(
+            LabelSelector::parse("app==web")
+                .unwrap()
+                .matches(&labelled(json!({"app": "web"})))
+        );
     }
 
     #[test]
@@ -242,7 +265,11 @@ mod tests {
     #[test]
     fn field_selector_compares_fields_and_missing_is_empty() {
         let obj = json!({"metadata": {"name": "web", "namespace": "prod"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=web,metadata.namespace!=dev").unwrap().matches(&obj));
+        assert!(
+            FieldSelector::parse("metadata.name=web,metadata.namespace!=dev")
+                .unwrap()
+                .matches(&obj)
+        );
         assert!(!FieldSelector::parse("status.phase==Failed").unwrap().matches(&obj));
         assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&obj));
     }

@@ -207,7 +207,10 @@ mod tests {
     fn skipped_objects_are_counted_and_leave_the_store() {
         let mut s = store(&["metadata.labels.app"], OnMissingKey::Skip);
         s.apply(obj("1", "a", "one", "web"));
-        assert_eq!(s.apply(json!({"metadata": {"uid": "1", "namespace": "a", "name": "one"}})), Applied::Skipped);
+        assert_eq!(
+            s.apply(json!({"metadata": {"uid": "1", "namespace": "a", "name": "one"}})),
+            Applied::Skipped
+        );
         assert_eq!((s.len(), s.skipped()), (0, 1));
         s.apply(obj("1", "a", "one", "web"));
         assert_eq!((s.len(), s.skipped()), (1, 0));

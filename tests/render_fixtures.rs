@@ -1,0 +1,188 @@
+//! Fixture tests of `kube-template render`: each directory under
+//! `tests/fixtures/` holds a `config.yaml`, `manifests/`, and either
+//! `expected/` (the output tree after a successful render) or `error.txt`
+//! (lines the error message must contain; exit status on the first line as
+//! `exit: N`). An optional `previous/` tree is put in place first: after a
+//! failed render it must be exactly as it was.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_kube-template")
+}
+
+/// Every regular file below `root`, by relative path, with its bytes.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for (rel, bytes) in tree(from) {
+        let target = to.join(rel);
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::write(target, bytes).unwrap();
+    }
+}
+
+fn show(files: &BTreeMap<String, Vec<u8>>) -> String {
+    files
+        .iter()
+        .map(|(name, bytes)| format!("== {name}\n{}", String::from_utf8_lossy(bytes)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn render(config: &Path, manifests: &Path, out: &Path) -> std::process::Output {
+    Command::new(binary())
+        .args(["render", "-c"])
+        .arg(config)
+        .arg("--from")
+        .arg(manifests)
+        .arg("--out")
+        .arg(out)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs one case; returns a description of what went wrong, if anything.
+fn run_case(case: &Path) -> Option<String> {
+    let out = tempfile::tempdir().unwrap();
+    let previous = case.join("previous");
+    if previous.is_dir() {
+        copy_tree(&previous, out.path());
+    }
+    let before = tree(out.path());
+    let result = render(&case.join("config.yaml"), &case.join("manifests"), out.path());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let after = tree(out.path());
+    if case.join("expected").is_dir() {
+        if !result.status.success() {
+            return Some(format!("render failed ({}):\n{stderr}", result.status));
+        }
+        let expected = tree(&case.join("expected"));
+        if after != expected {
+            return Some(format!(
+                "output differs.\n--- expected:\n{}\n--- actual:\n{}",
+                show(&expected),
+                show(&after)
+            ));
+        }
+        return None;
+    }
+    let spec = fs::read_to_string(case.join("error.txt")).expect("a case has expected/ or error.txt");
+    let mut lines = spec.lines();
+    let exit: i32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("exit: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("error.txt starts with `exit: N`");
+    if result.status.code() != Some(exit) {
+        return Some(format!(
+            "exit status {:?}, expected {exit}:\n{stderr}",
+            result.status.code()
+        ));
+    }
+    for needle in lines.filter(|l| !l.trim().is_empty()) {
+        if !stderr.contains(needle) {
+            return Some(format!("the error lacks {needle:?}:\n{stderr}"));
+        }
+    }
+    if after != before {
+        return Some(format!(
+            "a failed render changed files.\n--- before:\n{}\n--- after:\n{}",
+            show(&before),
+            show(&after)
+        ));
+    }
+    None
+}
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cases: Vec<PathBuf> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.yaml").is_file())
+        .collect();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn every_fixture_renders_as_expected() {
+    let cases = cases();
+    assert!(cases.len() >= 10, "fixtures are missing");
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            run_case(case).map(|why| format!("### {}\n{why}", case.file_name().unwrap().to_string_lossy()))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The shipped examples render byte for byte what their `expected/` holds,
+/// every time.
+#[test]
+fn examples_render_their_expected_outputs_on_every_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for example in ["haproxy", "dashboards"] {
+        let dir = root.join(example);
+        let out = tempfile::tempdir().unwrap();
+        for run in 1..=2 {
+            let result = render(&dir.join("config.yaml"), &dir.join("manifests"), out.path());
+            assert!(
+                result.status.success(),
+                "{example} run {run}: {}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+            assert_eq!(tree(out.path()), tree(&dir.join("expected")), "{example} run {run}");
+        }
+    }
+}
+
+/// `render` with no `--out` writes where the config says, relative to the
+/// config file.
+#[test]
+fn render_without_out_writes_the_configured_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("config.yaml"),
+        "templates:\n  t:\n    inline: \"{{ resources | length }} stores\\n\"\n    path: out/t.txt\n",
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("m")).unwrap();
+    let result = Command::new(binary())
+        .args(["render", "-c"])
+        .arg(dir.path().join("config.yaml"))
+        .arg("--from")
+        .arg(dir.path().join("m"))
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(fs::read_to_string(dir.path().join("out/t.txt")).unwrap(), "0 stores\n");
+}
