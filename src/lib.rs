@@ -21,6 +21,7 @@
 //! - [`telemetry`] — logging.
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod config;
 pub mod index;
 pub mod output;

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use kube_template::config;
-use kube_template::pipeline::{self, Prepared};
-use kube_template::source::manifests;
+use kube_template::pipeline::{self, Prepared, Stopped};
+use kube_template::source::{self, kubernetes, manifests};
 use kube_template::telemetry::{self, LogFormat};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Exit status for a bad config (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -31,6 +33,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch and render until SIGTERM (or once, with --once).
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Use manifest files or directories instead of a cluster; changes on disk are picked up.
+        #[arg(long, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Render once after the initial sync, run the actions, and exit (init-container mode).
+        #[arg(long)]
+        once: bool,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster config).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Use streaming lists (WatchList, Kubernetes 1.32+) instead of paged LISTs for initial syncs.
+        #[arg(long)]
+        streaming_lists: bool,
+    },
     /// Validate the config and compile its templates; exit 64 listing every problem.
     Check {
         /// The config file.
@@ -56,6 +79,52 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, cli.log_level.as_deref());
     match cli.command {
+        Command::Run {
+            config,
+            from,
+            once,
+            kubeconfig,
+            context,
+            streaming_lists,
+        } => {
+            let prepared = match pipeline::prepare(&config) {
+                Ok(p) => Arc::new(p),
+                Err(e) => return config_failure(&e),
+            };
+            let sources = if from.is_empty() {
+                let connect = kubernetes::Connect {
+                    kubeconfig: kubeconfig.as_deref(),
+                    context: context.as_deref(),
+                };
+                let options = kubernetes::WatchOptions { streaming_lists };
+                let started = async {
+                    let client = kubernetes::client(&connect).await?;
+                    source::start_kubernetes(&prepared.config, client, options).await
+                };
+                started.await.map_err(|e| e.to_string())
+            } else {
+                source::start_manifests(&prepared.config, from).map_err(|e| e.to_string())
+            };
+            let sources = match sources {
+                Ok(sources) => sources,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = pipeline::RunOptions { once };
+            match pipeline::run(prepared, sources, options, shutdown_signal()).await {
+                Ok(Stopped::Shutdown | Stopped::Rendered) => ExitCode::SUCCESS,
+                Ok(Stopped::RenderFailed) => {
+                    eprintln!("error: the render failed (see the log)");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match pipeline::prepare(&config) {
             Ok(prepared) => {
                 println!(
@@ -76,6 +145,25 @@ async fn main() -> ExitCode {
             render(&prepared, &from, out.as_deref()).await
         }
     }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (graceful: the current render
+/// finishes first); a second signal exits at once.
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down after the current render; a second signal exits at once");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(130);
+    });
 }
 
 fn config_failure(e: &config::Error) -> ExitCode {

@@ -313,7 +313,7 @@ fn default_action_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAction {
-    /// `http://` URL to call.
+    /// `http://` URL to call (a local reload endpoint).
     pub url: String,
     /// HTTP method.
     #[serde(default = "default_http_method")]
@@ -832,9 +832,15 @@ impl Validator<'_> {
                 })
             }
             (None, Some(http)) => {
-                if !http.url.starts_with("http://") && !http.url.starts_with("https://") {
+                if !http.url.starts_with("http://") {
                     let at = [path, &["http".to_string(), "url".to_string()]].concat();
-                    self.issue(&at, format!("`{}` is not an http:// or https:// URL", http.url));
+                    self.issue(
+                        &at,
+                        format!(
+                            "`{}` is not an http:// URL (reload endpoints are local; https is not supported)",
+                            http.url
+                        ),
+                    );
                     return None;
                 }
                 Some(Action::Http(http))

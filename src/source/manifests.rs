@@ -2,10 +2,15 @@
 //! directories of them, including `kind: List` wrappers as
 //! `kubectl get -o yaml` prints them.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Event, SourceEvent, Watch};
+use crate::store::{Meta, ObjectId};
 
 /// Why manifests could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +100,11 @@ pub fn load_file(path: &Path) -> Result<Vec<Value>> {
         path: path.to_owned(),
         source,
     })?;
-    let documents = parse(path, &text)?;
+    parse_objects(path, &text)
+}
+
+fn parse_objects(path: &Path, text: &str) -> Result<Vec<Value>> {
+    let documents = parse(path, text)?;
     let mut objects = Vec::new();
     for (i, document) in documents.into_iter().enumerate() {
         unwrap_lists(path, i + 1, document, &mut objects)?;
@@ -174,6 +183,179 @@ fn unwrap_lists(path: &Path, document: usize, value: Value, out: &mut Vec<Value>
     Ok(())
 }
 
+/// A manifests directory as a live source: the first scan is each watch's
+/// initial listing; afterwards every change on disk is reported as the
+/// ADDED/MODIFIED/DELETED events a watch would have sent. A file that stops
+/// parsing keeps its previous objects (and is logged) until it is fixed.
+pub struct LiveManifests {
+    paths: Vec<PathBuf>,
+    watches: Vec<Watch>,
+    /// Each file's last text and the objects parsed from it.
+    files: HashMap<PathBuf, (String, Vec<Value>)>,
+    /// What each watch holds now, by identity.
+    state: Vec<BTreeMap<ObjectId, Value>>,
+}
+
+impl LiveManifests {
+    /// Loads `paths` once; fails when a file cannot be read or parsed, as
+    /// `render` does.
+    pub fn load(paths: Vec<PathBuf>, watches: Vec<Watch>) -> Result<LiveManifests> {
+        let mut files = HashMap::new();
+        for file in self::files(&paths)? {
+            let text = fs::read_to_string(&file).map_err(|source| Error::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let objects = parse_objects(&file, &text)?;
+            files.insert(file, (text, objects));
+        }
+        let mut live = LiveManifests {
+            state: vec![BTreeMap::new(); watches.len()],
+            paths,
+            watches,
+            files,
+        };
+        live.state = live.selected();
+        Ok(live)
+    }
+
+    /// The initial listing of every watch.
+    pub fn listings(&self) -> Vec<SourceEvent> {
+        self.state
+            .iter()
+            .enumerate()
+            .map(|(watch, objects)| SourceEvent {
+                watch,
+                event: Event::Listed {
+                    scope: None,
+                    objects: objects.values().cloned().collect(),
+                },
+            })
+            .collect()
+    }
+
+    /// Re-reads the files and returns what changed since the last scan.
+    pub fn rescan(&mut self) -> Vec<SourceEvent> {
+        let current = match files(&self.paths) {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::error!(%error, "cannot list manifests; keeping the previous objects");
+                return Vec::new();
+            }
+        };
+        self.files.retain(|path, _| current.contains(path));
+        for file in current {
+            let text = match fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.files.remove(&file);
+                    continue;
+                }
+                Err(source) => {
+                    let error = Error::Read { path: file, source };
+                    tracing::error!(%error, "cannot read manifest; keeping its previous objects");
+                    continue;
+                }
+            };
+            if self.files.get(&file).is_some_and(|(old, _)| *old == text) {
+                continue;
+            }
+            match parse_objects(&file, &text) {
+                Ok(objects) => {
+                    self.files.insert(file, (text, objects));
+                }
+                Err(error) => tracing::error!(%error, "bad manifest; keeping its previous objects"),
+            }
+        }
+        let next = self.selected();
+        let mut events = Vec::new();
+        for (watch, (old, new)) in self.state.iter().zip(&next).enumerate() {
+            for (id, object) in old {
+                if !new.contains_key(id) {
+                    events.push(SourceEvent {
+                        watch,
+                        event: Event::Deleted(object.clone()),
+                    });
+                }
+            }
+            for (id, object) in new {
+                if old.get(id) != Some(object) {
+                    events.push(SourceEvent {
+                        watch,
+                        event: Event::Applied(object.clone()),
+                    });
+                }
+            }
+        }
+        self.state = next;
+        events
+    }
+
+    /// Each watch's objects from the files as they are now.
+    fn selected(&self) -> Vec<BTreeMap<ObjectId, Value>> {
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        paths.sort();
+        self.watches
+            .iter()
+            .map(|watch| {
+                paths
+                    .iter()
+                    .flat_map(|p| &self.files[*p].1)
+                    .filter(|o| watch.spec.selects(o))
+                    .map(|o| (Meta::of(o).id, o.clone()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Sends the initial listings, then the changes after every change on
+    /// disk, until the receiver goes away.
+    pub async fn run(mut self, tx: mpsc::Sender<SourceEvent>) -> Result<()> {
+        let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                // A full channel already holds a pending rescan.
+                let _ = changed_tx.try_send(());
+            }
+        })
+        .map_err(|e| Error::Read {
+            path: self.paths[0].clone(),
+            source: std::io::Error::other(e),
+        })?;
+        for path in &self.paths {
+            // A single file is watched through its directory, so that an atomic
+            // replacement (rename over it) is seen too.
+            let (target, mode) = if path.is_dir() {
+                (path.as_path(), notify::RecursiveMode::Recursive)
+            } else {
+                (
+                    path.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                    notify::RecursiveMode::NonRecursive,
+                )
+            };
+            notify::Watcher::watch(&mut watcher, target, mode).map_err(|e| Error::Read {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        for event in self.listings() {
+            if tx.send(event).await.is_err() {
+                return Ok(());
+            }
+        }
+        while changed.recv().await.is_some() {
+            for event in self.rescan() {
+                if tx.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -235,6 +417,48 @@ mod tests {
         let json = write(dir.path(), "bad.json", "{\n  \"kind\": }");
         let err = load_file(&json).unwrap_err().to_string();
         assert!(err.contains("bad.json:2:"), "{err}");
+    }
+
+    fn watches(config: &str) -> Vec<Watch> {
+        let config = crate::config::Config::parse(config, Path::new("c.yaml"), Path::new(".")).unwrap();
+        super::super::plan(&config)
+    }
+
+    #[test]
+    fn live_rescans_report_changes_as_watch_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let cm = |name: &str, v: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: ns}}\ndata: {{v: \"{v}\"}}\n"
+            )
+        };
+        write(dir.path(), "a.yaml", &cm("a", "1"));
+        write(dir.path(), "b.yaml", &cm("b", "1"));
+        let config =
+            "watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\ntemplates:\n  t: {inline: x, path: t}\n";
+        let mut live = LiveManifests::load(vec![dir.path().to_owned()], watches(config)).unwrap();
+        let listings = live.listings();
+        assert!(
+            matches!(&listings[..], [SourceEvent { event: Event::Listed { objects, .. }, .. }] if objects.len() == 2)
+        );
+        assert!(live.rescan().is_empty(), "nothing changed");
+
+        write(dir.path(), "a.yaml", &cm("a", "2"));
+        fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        write(dir.path(), "c.yaml", &cm("c", "1"));
+        let events = live.rescan();
+        let summary: Vec<String> = events
+            .iter()
+            .map(|e| match &e.event {
+                Event::Applied(o) => format!("applied {}", o["metadata"]["name"].as_str().unwrap()),
+                Event::Deleted(o) => format!("deleted {}", o["metadata"]["name"].as_str().unwrap()),
+                Event::Listed { .. } => "listed".into(),
+            })
+            .collect();
+        assert_eq!(summary, ["deleted b", "applied a", "applied c"]);
+
+        write(dir.path(), "a.yaml", "kind: [broken");
+        assert!(live.rescan().is_empty(), "a broken file keeps its previous objects");
     }
 
     #[test]

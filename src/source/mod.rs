@@ -1,26 +1,226 @@
-//! Sources of objects: a directory of manifests (`--from`) or, in live mode,
-//! the Kubernetes API.
+//! Sources of objects: the Kubernetes API ([`kubernetes`]) or a directory of
+//! manifests ([`manifests`]).
+//!
+//! Every `watched_resources` entry is served by a watch; entries with the same
+//! (apiVersion, kind, namespaces, selectors) share one ([`plan`]), so the same
+//! objects are never fetched or held twice. A watch reports [`Event`]s: single
+//! changes, and whole listings (initial list, re-list) that replace what the
+//! stores hold for its scope at once.
 
+pub mod kubernetes;
 pub mod manifests;
 pub mod selector;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
-use crate::config::Resource;
+use crate::config::{Config, Resource};
+use selector::{FieldSelector, LabelSelector};
 
-/// Whether `object` belongs to `resource`: same apiVersion and kind, in one of
-/// its namespaces (if any are given), and matching its selectors. The API server
-/// does this for watches; manifests are filtered here the same way.
-pub fn selects(resource: &Resource, object: &Value) -> bool {
-    let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or_default();
-    if text("apiVersion") != resource.spec.api_version || text("kind") != resource.spec.kind {
-        return false;
+/// What one watch is about; entries with equal specs share a watch.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    pub api_version: String,
+    pub kind: String,
+    /// Sorted and deduplicated; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl WatchSpec {
+    fn of(resource: &Resource) -> WatchSpec {
+        let mut namespaces = resource.spec.namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
+        WatchSpec {
+            api_version: resource.spec.api_version.clone(),
+            kind: resource.spec.kind.clone(),
+            namespaces,
+            labels: resource.labels.clone(),
+            fields: resource.fields.clone(),
+        }
     }
-    let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
-    if !resource.spec.namespaces.is_empty()
-        && namespace.is_some_and(|ns| !resource.spec.namespaces.iter().any(|n| n == ns))
-    {
-        return false;
+
+    /// What makes two specs the same watch.
+    fn identity(&self) -> (String, String, Vec<String>, String, String) {
+        (
+            self.api_version.clone(),
+            self.kind.clone(),
+            self.namespaces.clone(),
+            self.labels.as_str().to_string(),
+            self.fields.as_str().to_string(),
+        )
     }
-    resource.labels.matches(object) && resource.fields.matches(object)
+
+    /// Whether `object` belongs to this watch: same apiVersion and kind, in one
+    /// of its namespaces (if any), matching its selectors. The API server does
+    /// this for real watches; manifests are filtered here the same way.
+    pub fn selects(&self, object: &Value) -> bool {
+        let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or_default();
+        if text("apiVersion") != self.api_version || text("kind") != self.kind {
+            return false;
+        }
+        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
+        if !self.namespaces.is_empty() && namespace.is_some_and(|ns| !self.namespaces.iter().any(|n| n == ns)) {
+            return false;
+        }
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// A short description for logs: `v1/Secret in [a, b] labels=… fields=…`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}/{}", self.api_version, self.kind);
+        if !self.namespaces.is_empty() {
+            text.push_str(&format!(" in [{}]", self.namespaces.join(", ")));
+        }
+        if !self.labels.is_empty() {
+            text.push_str(&format!(" labels={}", self.labels.as_str()));
+        }
+        if !self.fields.is_empty() {
+            text.push_str(&format!(" fields={}", self.fields.as_str()));
+        }
+        text
+    }
+}
+
+/// One watch and the `watched_resources` entries (stores) it feeds.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub spec: WatchSpec,
+    pub stores: Vec<String>,
+}
+
+/// The distinct watches a config needs, in a stable order; a watch's index in
+/// this list is its id in [`SourceEvent`]s.
+pub fn plan(config: &Config) -> Vec<Watch> {
+    let mut watches: BTreeMap<_, Watch> = BTreeMap::new();
+    for (name, resource) in &config.watched_resources {
+        let spec = WatchSpec::of(resource);
+        watches
+            .entry(spec.identity())
+            .or_insert_with(|| Watch {
+                spec,
+                stores: Vec::new(),
+            })
+            .stores
+            .push(name.clone());
+    }
+    watches.into_values().collect()
+}
+
+/// The part of a watch's objects a listing replaces: one namespace, or all.
+pub type Scope = Option<String>;
+
+/// A change reported by a watch.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// An object was added or modified.
+    Applied(Value),
+    /// An object was deleted (its last state).
+    Deleted(Value),
+    /// A complete listing of `scope`: everything else in that scope is gone.
+    Listed { scope: Scope, objects: Vec<Value> },
+}
+
+/// An [`Event`] of watch number `watch` (its index in [`plan`]).
+#[derive(Debug, Clone)]
+pub struct SourceEvent {
+    pub watch: usize,
+    pub event: Event,
+}
+
+/// How many events may wait for the pipeline before watches pause.
+const QUEUE: usize = 1024;
+
+/// Running sources: their watches, the listings the pipeline waits for before
+/// the first render, and their events. The tasks are owned here: dropping
+/// `Sources` stops them.
+#[derive(Debug)]
+pub struct Sources {
+    pub watches: Vec<Watch>,
+    /// One (watch, scope) per listing that must arrive before the first render.
+    pub expected: Vec<(usize, Scope)>,
+    pub events: mpsc::Receiver<SourceEvent>,
+    /// A task ends only on failure (its error) or when `events` is dropped.
+    pub tasks: JoinSet<Result<(), String>>,
+}
+
+/// Starts a live manifests source (`run --from`).
+pub fn start_manifests(config: &Config, paths: Vec<PathBuf>) -> manifests::Result<Sources> {
+    let watches = plan(config);
+    let live = manifests::LiveManifests::load(paths, watches.clone())?;
+    let (tx, events) = mpsc::channel(QUEUE);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move { live.run(tx).await.map_err(|e| e.to_string()) });
+    Ok(Sources {
+        expected: (0..watches.len()).map(|w| (w, None)).collect(),
+        watches,
+        events,
+        tasks,
+    })
+}
+
+/// Starts the Kubernetes watches: resolves every kind by discovery first, so
+/// that an unknown kind fails the start.
+pub async fn start_kubernetes(
+    config: &Config,
+    client: kube::Client,
+    options: kubernetes::WatchOptions,
+) -> kubernetes::Result<Sources> {
+    let watches = plan(config);
+    let resolved = kubernetes::resolve(&client, &watches).await?;
+    let (tx, events) = mpsc::channel(QUEUE);
+    let mut tasks = JoinSet::new();
+    let mut expected = Vec::new();
+    for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
+        for scope in kubernetes::scopes(watch, &resolved) {
+            expected.push((id, scope.clone()));
+            let task = kubernetes::run_watch(
+                client.clone(),
+                id,
+                watch.clone(),
+                resolved.clone(),
+                scope,
+                options,
+                tx.clone(),
+            );
+            tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
+        }
+    }
+    Ok(Sources {
+        watches,
+        expected,
+        events,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn entries_with_the_same_kind_and_selectors_share_one_watch() {
+        let text = r#"
+watched_resources:
+  a: {api_version: v1, kind: Secret, namespaces: [y, x], label_selector: "app=web"}
+  b: {api_version: v1, kind: Secret, namespaces: [x, y], label_selector: "app=web", index_by: ["metadata.name"]}
+  c: {api_version: v1, kind: Secret}
+templates:
+  t: {inline: x, path: t}
+"#;
+        let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
+        let watches = plan(&config);
+        assert_eq!(watches.len(), 2);
+        let shared = watches.iter().find(|w| w.stores.len() == 2).unwrap();
+        assert_eq!(shared.stores, ["a", "b"]);
+        assert_eq!(shared.spec.namespaces, ["x", "y"]);
+    }
 }

@@ -1,7 +1,7 @@
 //! The full store: whole objects (after `ignore_fields`), shared immutably with
 //! renders.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -34,7 +34,8 @@ pub struct FullStore {
     indexer: Indexer,
     ignore_fields: Vec<FieldPath>,
     index: Index<Arc<Object>>,
-    skipped: HashSet<ObjectId>,
+    /// Objects left out for a missing key, with their namespace.
+    skipped: HashMap<ObjectId, String>,
 }
 
 impl FullStore {
@@ -43,7 +44,7 @@ impl FullStore {
             indexer,
             ignore_fields,
             index: Index::default(),
-            skipped: HashSet::new(),
+            skipped: HashMap::new(),
         }
     }
 
@@ -59,9 +60,9 @@ impl FullStore {
                 self.index.upsert(&meta, key, object);
                 Applied::Stored
             }
-            Prepared::Skipped(id) => {
-                self.index.remove(&id);
-                self.skipped.insert(id);
+            Prepared::Skipped(meta) => {
+                self.index.remove(&meta.id);
+                self.skipped.insert(meta.id, meta.namespace);
                 Applied::Skipped
             }
         }
@@ -77,18 +78,26 @@ impl FullStore {
 
     /// Replaces everything with `objects` at once (an initial list or re-list).
     pub fn reset(&mut self, objects: impl IntoIterator<Item = Value>) {
-        let mut skipped = HashSet::new();
+        self.reset_scope(None, objects);
+    }
+
+    /// Replaces the objects of one namespace (`Some`), or all (`None`), with
+    /// `objects` at once: the listing of one scope of a watch.
+    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
         let mut stored = Vec::new();
+        let mut skipped = Vec::new();
         for object in objects {
             match self.prepare(object) {
                 Prepared::Stored(meta, key, object) => stored.push((meta, key, object)),
-                Prepared::Skipped(id) => {
-                    skipped.insert(id);
-                }
+                Prepared::Skipped(meta) => skipped.push(meta),
             }
         }
-        self.index.replace(stored);
-        self.skipped = skipped;
+        match namespace {
+            None => self.skipped.clear(),
+            Some(ns) => self.skipped.retain(|_, meta_ns| meta_ns != ns),
+        }
+        self.skipped.extend(skipped.into_iter().map(|m| (m.id, m.namespace)));
+        self.index.replace_scope(namespace, stored);
     }
 
     /// How many objects are stored.
@@ -119,14 +128,14 @@ impl FullStore {
                 let body = crate::render::value::from_json(object);
                 Prepared::Stored(meta.clone(), key, Arc::new(Object { meta, body }))
             }
-            None => Prepared::Skipped(meta.id),
+            None => Prepared::Skipped(meta),
         }
     }
 }
 
 enum Prepared {
     Stored(Meta, crate::index::Key, Arc<Object>),
-    Skipped(ObjectId),
+    Skipped(Meta),
 }
 
 #[cfg(test)]
@@ -224,6 +233,18 @@ mod tests {
         let (_, object) = snap.iter().next().unwrap();
         let metadata = object.body.get_attr("metadata").unwrap();
         assert!(metadata.get_attr("managedFields").unwrap().is_undefined());
+    }
+
+    #[test]
+    fn a_scoped_reset_replaces_only_that_namespace() {
+        let mut s = store(&["metadata.name"], OnMissingKey::Empty);
+        s.apply(obj("1", "a", "one", "web"));
+        s.apply(obj("2", "b", "two", "web"));
+        s.apply(obj("3", "b", "three", "web"));
+        s.reset_scope(Some("b"), vec![obj("4", "b", "four", "web")]);
+        assert_eq!(names(&s.snapshot()), ["four", "one"]);
+        s.reset_scope(None, vec![]);
+        assert!(s.is_empty());
     }
 
     #[test]

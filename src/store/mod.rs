@@ -135,6 +135,21 @@ impl<T: Clone> Index<T> {
         self.slots = slots;
     }
 
+    /// Replaces the entries of one namespace (`Some`) or all entries (`None`)
+    /// at once: a re-list of one scope of a watch.
+    pub fn replace_scope(&mut self, namespace: Option<&str>, items: impl IntoIterator<Item = (Meta, Key, T)>) {
+        let Some(namespace) = namespace else {
+            self.replace(items);
+            return;
+        };
+        let entries = Arc::make_mut(&mut self.entries);
+        entries.retain(|slot, _| slot.namespace != namespace);
+        self.slots.retain(|_, slot| slot.namespace != namespace);
+        for (meta, key, entry) in items {
+            self.upsert(&meta, key, entry);
+        }
+    }
+
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.slots.contains_key(id)
     }
