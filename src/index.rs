@@ -156,9 +156,14 @@ impl Indexer {
         Indexer { paths, on_missing }
     }
 
-    /// How many values a key has.
-    pub fn width(&self) -> usize {
-        self.paths.len()
+    /// How a store lays out this indexer's keys: `names_in_key` when the key
+    /// is exactly `[metadata.namespace, metadata.name]`.
+    pub fn layout(&self) -> crate::store::Layout {
+        let texts: Vec<String> = self.paths.iter().map(|p| p.to_string()).collect();
+        crate::store::Layout {
+            width: self.paths.len(),
+            names_in_key: texts == ["metadata.namespace", "metadata.name"],
+        }
     }
 
     /// The object's key, or `None` when a value is missing and the policy is

@@ -149,7 +149,7 @@ impl Object for StoreView {
                     self.snapshot
                         .keys()
                         .into_iter()
-                        .map(|k| Value::from(k.parts().iter().map(|p| Value::from(p.as_str())).collect::<Vec<_>>()))
+                        .map(|k| Value::from(k.into_iter().map(Value::from).collect::<Vec<_>>()))
                         .collect::<Vec<_>>(),
                 ))
             }

@@ -41,9 +41,9 @@ pub struct FullStore {
 impl FullStore {
     pub fn new(indexer: Indexer, ignore_fields: Vec<FieldPath>) -> FullStore {
         FullStore {
+            index: Index::new(indexer.layout()),
             indexer,
             ignore_fields,
-            index: Index::default(),
             skipped: HashMap::new(),
         }
     }
@@ -57,11 +57,11 @@ impl FullStore {
         match self.prepare(object) {
             Prepared::Stored(meta, key, object) => {
                 self.skipped.remove(&meta.id);
-                self.index.upsert(&meta, key, object);
+                self.index.upsert(&meta, &key, object);
                 Applied::Stored
             }
             Prepared::Skipped(meta) => {
-                self.index.remove(&meta.id);
+                self.index.remove(meta.id);
                 self.skipped.insert(meta.id, meta.namespace);
                 Applied::Skipped
             }
@@ -73,7 +73,7 @@ impl FullStore {
     pub fn delete(&mut self, object: &Value) -> bool {
         let id = Meta::of(object).id;
         self.skipped.remove(&id);
-        self.index.remove(&id)
+        self.index.remove(id)
     }
 
     /// Replaces everything with `objects` at once (an initial list or re-list).
@@ -295,15 +295,15 @@ mod tests {
                         model = items.iter().map(|(u, n, a)| (*u, (*a, *n))).collect();
                     }
                 }
-                let mut expected: Vec<(String, String, String)> = model
+                let mut expected: Vec<(String, String, ObjectId)> = model
                     .iter()
-                    .map(|(uid, (app, name))| (format!("a{app}"), format!("n{name}"), uid.to_string()))
+                    .map(|(uid, (app, name))| (format!("a{app}"), format!("n{name}"), ObjectId::new(&uid.to_string(), "", "")))
                     .collect();
                 expected.sort();
                 let snap = s.snapshot();
-                let actual: Vec<(String, String, String)> = snap
+                let actual: Vec<(String, String, ObjectId)> = snap
                     .iter()
-                    .map(|(slot, o)| (slot.key.parts()[0].clone(), o.meta.name.clone(), o.meta.id.0.clone()))
+                    .map(|(slot, o)| (slot.key(snap.layout())[0].to_string(), o.meta.name.clone(), o.meta.id))
                     .collect();
                 prop_assert_eq!(&actual, &expected);
                 for app in 0..3u8 {

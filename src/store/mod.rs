@@ -4,34 +4,61 @@
 //! [`Index`] is the shared core: non-unique keys, identity by UID (or
 //! namespace/name), moves on re-key, deletes that remove only their object,
 //! deterministic order, and cheap snapshots for renders. [`full::FullStore`]
-//! keeps whole objects in it.
+//! keeps whole objects in it; [`on_demand::OnDemandStore`] only references.
+//!
+//! An entry's position is kept compact, because an on-demand store may hold a
+//! million of them: one shared string of the key values, namespace and name,
+//! each ended by `\0`, so that byte order is tuple order and a key prefix is a
+//! string prefix; and a 128-bit identity.
 
 pub mod full;
+pub mod on_demand;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::index::Key;
 
-/// How an object is identified: its UID, or `namespace/name` when it has none
-/// (manifests written by hand).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectId(pub String);
+/// How an object is identified: its UID (as 128 bits), or a digest of
+/// `namespace/name` when it has none (manifests written by hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub u128);
 
-/// Where an object sits in a store: key first, then namespace and name, then
-/// identity (two objects may briefly share a name across a re-create).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Slot {
-    pub key: Key,
-    pub namespace: String,
-    pub name: String,
-    pub id: ObjectId,
+impl ObjectId {
+    /// The identity of an object with this `uid` (empty: none) and name.
+    pub fn new(uid: &str, namespace: &str, name: &str) -> ObjectId {
+        if let Some(id) = parse_uuid(uid) {
+            return ObjectId(id);
+        }
+        let mut digest = Sha256::new();
+        if uid.is_empty() {
+            digest.update(b"name\0");
+            digest.update(namespace.as_bytes());
+            digest.update(b"\0");
+            digest.update(name.as_bytes());
+        } else {
+            digest.update(b"uid\0");
+            digest.update(uid.as_bytes());
+        }
+        let bytes: [u8; 16] = digest.finalize()[..16]
+            .try_into()
+            .expect("a sha256 digest has 32 bytes");
+        ObjectId(u128::from_be_bytes(bytes))
+    }
 }
 
-/// Namespace, name and identity of an object as the API shows it.
+fn parse_uuid(text: &str) -> Option<u128> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    (text.len() == 36 && hex.len() == 32)
+        .then(|| u128::from_str_radix(&hex, 16).ok())
+        .flatten()
+}
+
+/// Namespace, name, identity and version of an object as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub namespace: String,
@@ -49,21 +76,80 @@ impl Meta {
                 .and_then(|m| m.get(field))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .to_string()
         };
-        let (namespace, name, uid) = (text("namespace"), text("name"), text("uid"));
-        let id = if uid.is_empty() {
-            ObjectId(format!("{namespace}/{name}"))
-        } else {
-            ObjectId(uid)
-        };
+        let (namespace, name) = (text("namespace"), text("name"));
         Meta {
-            namespace,
-            name,
-            id,
-            resource_version: text("resourceVersion"),
+            id: ObjectId::new(text("uid"), namespace, name),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            resource_version: text("resourceVersion").to_string(),
         }
     }
+}
+
+/// How a store's positions are laid out: how many key values, and whether
+/// namespace and name follow them (not when the key is exactly
+/// `[namespace, name]`, the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub width: usize,
+    pub names_in_key: bool,
+}
+
+/// Where an object sits in a store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    /// Key values, then namespace and name (unless the key is them), each
+    /// followed by `\0`.
+    text: Arc<str>,
+    id: ObjectId,
+}
+
+impl Slot {
+    fn new(layout: Layout, key: &Key, meta: &Meta) -> Slot {
+        let mut text = String::new();
+        for part in key.parts() {
+            text.push_str(part);
+            text.push('\0');
+        }
+        if !layout.names_in_key {
+            text.push_str(&meta.namespace);
+            text.push('\0');
+            text.push_str(&meta.name);
+            text.push('\0');
+        }
+        Slot {
+            text: text.into(),
+            id: meta.id,
+        }
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &str> {
+        self.text.split_terminator('\0')
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The key values.
+    pub fn key<'a>(&'a self, layout: &Layout) -> Vec<&'a str> {
+        self.parts().take(layout.width).collect()
+    }
+
+    /// Namespace and name of the object.
+    pub fn names<'a>(&'a self, layout: &Layout) -> (&'a str, &'a str) {
+        let mut parts = self.parts().skip(if layout.names_in_key { 0 } else { layout.width });
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+    }
+}
+
+fn encode_prefix(prefix: &[String]) -> String {
+    prefix.iter().fold(String::new(), |mut text, part| {
+        text.push_str(part);
+        text.push('\0');
+        text
+    })
 }
 
 /// An ordered multi-map from slots to entries, with identity lookup.
@@ -72,90 +158,88 @@ impl Meta {
 /// view that later writes never touch (copy-on-write of the ordered map).
 #[derive(Debug, Clone)]
 pub struct Index<T> {
+    layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
-    slots: HashMap<ObjectId, Slot>,
+    slots: HashMap<ObjectId, Arc<str>>,
 }
 
-impl<T> Default for Index<T> {
-    fn default() -> Self {
+impl<T: Clone> Index<T> {
+    pub fn new(layout: Layout) -> Index<T> {
         Index {
+            layout,
             entries: Arc::default(),
             slots: HashMap::new(),
         }
     }
-}
 
-impl<T: Clone> Index<T> {
+    fn slot_of(&self, id: ObjectId) -> Option<Slot> {
+        self.slots.get(&id).map(|text| Slot {
+            text: Arc::clone(text),
+            id,
+        })
+    }
+
     /// Inserts or replaces the object `meta.id` at `key`, moving it if its key
     /// (or name) changed.
-    pub fn upsert(&mut self, meta: &Meta, key: Key, entry: T) {
-        let slot = Slot {
-            key,
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone(),
-            id: meta.id.clone(),
-        };
+    pub fn upsert(&mut self, meta: &Meta, key: &Key, entry: T) {
+        let mut slot = Slot::new(self.layout, key, meta);
+        let old = self.slot_of(meta.id);
         let entries = Arc::make_mut(&mut self.entries);
-        if let Some(old) = self.slots.insert(meta.id.clone(), slot.clone())
-            && old != slot
-        {
-            entries.remove(&old);
+        if let Some(old) = old {
+            if old == slot {
+                // Same position: keep sharing the old text.
+                slot = old;
+            } else {
+                entries.remove(&old);
+            }
         }
+        self.slots.insert(meta.id, Arc::clone(&slot.text));
         entries.insert(slot, entry);
     }
 
     /// Removes the object with this identity; its key siblings stay.
-    pub fn remove(&mut self, id: &ObjectId) -> bool {
-        match self.slots.remove(id) {
-            Some(slot) => {
-                Arc::make_mut(&mut self.entries).remove(&slot);
+    pub fn remove(&mut self, id: ObjectId) -> bool {
+        match self.slots.remove(&id) {
+            Some(text) => {
+                Arc::make_mut(&mut self.entries).remove(&Slot { text, id });
                 true
             }
             None => false,
         }
     }
 
-    /// Replaces the whole content at once (a re-list).
-    pub fn replace(&mut self, items: impl IntoIterator<Item = (Meta, Key, T)>) {
-        let mut entries = BTreeMap::new();
-        let mut slots = HashMap::new();
-        for (meta, key, entry) in items {
-            let slot = Slot {
-                key,
-                namespace: meta.namespace,
-                name: meta.name,
-                id: meta.id.clone(),
-            };
-            if let Some(old) = slots.insert(meta.id, slot.clone()) {
-                entries.remove(&old);
-            }
-            entries.insert(slot, entry);
-        }
-        self.entries = Arc::new(entries);
-        self.slots = slots;
-    }
-
     /// Replaces the entries of one namespace (`Some`) or all entries (`None`)
-    /// at once: a re-list of one scope of a watch.
+    /// at once: a listing of one scope of a watch.
     pub fn replace_scope(&mut self, namespace: Option<&str>, items: impl IntoIterator<Item = (Meta, Key, T)>) {
-        let Some(namespace) = namespace else {
-            self.replace(items);
-            return;
-        };
-        let entries = Arc::make_mut(&mut self.entries);
-        entries.retain(|slot, _| slot.namespace != namespace);
-        self.slots.retain(|_, slot| slot.namespace != namespace);
+        match namespace {
+            None => {
+                self.entries = Arc::default();
+                self.slots.clear();
+            }
+            Some(namespace) => {
+                let layout = self.layout;
+                let entries = Arc::make_mut(&mut self.entries);
+                entries.retain(|slot, _| slot.names(&layout).0 != namespace);
+                self.slots.retain(|id, text| {
+                    let slot = Slot {
+                        text: Arc::clone(text),
+                        id: *id,
+                    };
+                    slot.names(&layout).0 != namespace
+                });
+            }
+        }
         for (meta, key, entry) in items {
-            self.upsert(&meta, key, entry);
+            self.upsert(&meta, &key, entry);
         }
     }
 
-    pub fn contains(&self, id: &ObjectId) -> bool {
-        self.slots.contains_key(id)
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.slots.contains_key(&id)
     }
 
-    pub fn get(&self, id: &ObjectId) -> Option<&T> {
-        self.slots.get(id).and_then(|slot| self.entries.get(slot))
+    pub fn get(&self, id: ObjectId) -> Option<&T> {
+        self.slot_of(id).and_then(|slot| self.entries.get(&slot))
     }
 
     pub fn len(&self) -> usize {
@@ -169,6 +253,7 @@ impl<T: Clone> Index<T> {
     /// An immutable view of the current content.
     pub fn snapshot(&self) -> Snapshot<T> {
         Snapshot {
+            layout: self.layout,
             entries: Arc::clone(&self.entries),
         }
     }
@@ -177,18 +262,15 @@ impl<T: Clone> Index<T> {
 /// A point-in-time view of a store, as a render reads it.
 #[derive(Debug, Clone)]
 pub struct Snapshot<T> {
+    layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
 }
 
-impl<T> Default for Snapshot<T> {
-    fn default() -> Self {
-        Snapshot {
-            entries: Arc::default(),
-        }
-    }
-}
-
 impl<T> Snapshot<T> {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -203,31 +285,90 @@ impl<T> Snapshot<T> {
     }
 
     /// The entries whose key starts with `prefix`, in order.
-    pub fn prefix<'a>(&'a self, prefix: &'a [String]) -> impl Iterator<Item = (&'a Slot, &'a T)> + 'a {
+    pub fn prefix<'a>(&'a self, prefix: &[String]) -> impl Iterator<Item = (&'a Slot, &'a T)> + 'a {
+        let text: Arc<str> = encode_prefix(prefix).into();
         let start = Slot {
-            key: Key(prefix.to_vec()),
-            namespace: String::new(),
-            name: String::new(),
-            id: ObjectId(String::new()),
+            text: Arc::clone(&text),
+            id: ObjectId(0),
         };
         self.entries
             .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(move |(slot, _)| slot.key.starts_with(prefix))
+            .take_while(move |(slot, _)| slot.text.starts_with(&*text))
     }
 
     /// The distinct keys, in order.
-    pub fn keys(&self) -> Vec<&Key> {
-        let mut keys: Vec<&Key> = Vec::new();
+    pub fn keys(&self) -> Vec<Vec<&str>> {
+        let mut keys: Vec<Vec<&str>> = Vec::new();
         for slot in self.entries.keys() {
-            if keys.last() != Some(&&slot.key) {
-                keys.push(&slot.key);
+            let key = slot.key(&self.layout);
+            if keys.last() != Some(&key) {
+                keys.push(key);
             }
         }
         keys
     }
+}
 
-    /// Whether two snapshots are the same version of the same store.
-    pub fn same_as(&self, other: &Snapshot<T>) -> bool {
-        Arc::ptr_eq(&self.entries, &other.entries)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: &str, name: &str, uid: &str) -> Meta {
+        Meta {
+            namespace: ns.into(),
+            name: name.into(),
+            id: ObjectId::new(uid, ns, name),
+            resource_version: "1".into(),
+        }
+    }
+
+    fn key(parts: &[&str]) -> Key {
+        Key(parts.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn uuids_are_their_own_identity_and_other_ids_are_digested() {
+        let uuid = "6f1c2a8e-1d4b-4f5e-9a51-0c7f8a3b2d01";
+        assert_eq!(ObjectId::new(uuid, "a", "b").0, 0x6f1c2a8e_1d4b_4f5e_9a51_0c7f8a3b2d01);
+        assert_ne!(ObjectId::new("", "a/b", "c"), ObjectId::new("", "a", "b/c"));
+        assert_ne!(ObjectId::new("", "a", "b"), ObjectId::new("a\0b", "", ""));
+    }
+
+    #[test]
+    fn byte_order_of_slots_is_tuple_order() {
+        let layout = Layout {
+            width: 2,
+            names_in_key: false,
+        };
+        let mut index = Index::new(layout);
+        for (k, name) in [(["a", "b"], "1"), (["ab", ""], "2"), (["a", ""], "3"), (["", "z"], "4")] {
+            index.upsert(&meta("ns", name, ""), &key(&k), ());
+        }
+        let snapshot = index.snapshot();
+        let names: Vec<_> = snapshot.iter().map(|(s, _)| s.names(&layout).1).collect();
+        assert_eq!(names, ["4", "3", "1", "2"]);
+        let a: Vec<_> = snapshot
+            .prefix(&["a".into()])
+            .map(|(s, _)| s.names(&layout).1)
+            .collect();
+        assert_eq!(a, ["3", "1"]);
+        assert_eq!(
+            snapshot.keys(),
+            [vec!["", "z"], vec!["a", ""], vec!["a", "b"], vec!["ab", ""]]
+        );
+    }
+
+    #[test]
+    fn the_default_layout_reads_names_from_the_key() {
+        let layout = Layout {
+            width: 2,
+            names_in_key: true,
+        };
+        let mut index = Index::new(layout);
+        index.upsert(&meta("ns", "x", ""), &key(&["ns", "x"]), ());
+        let snapshot = index.snapshot();
+        let (slot, _) = snapshot.iter().next().unwrap();
+        assert_eq!(slot.names(&layout), ("ns", "x"));
+        assert_eq!(&*slot.text, "ns\0x\0");
     }
 }
