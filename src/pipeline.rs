@@ -15,7 +15,9 @@ use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::{self, Event, Scope, Sources};
+use crate::store::AnyStore;
 use crate::store::full::FullStore;
+use crate::store::on_demand::{BodyCache, OnDemandStore};
 
 /// A validated config with its compiled templates: everything a run needs
 /// that does not depend on the cluster.
@@ -56,23 +58,40 @@ pub enum Error {
     Output(#[from] output::Error),
 }
 
-/// Fills one full store per `watched_resources` entry from a set of objects,
-/// each object going to every entry whose watch selects it.
-pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, FullStore> {
-    let mut stores = BTreeMap::new();
+/// Fills one store per `watched_resources` entry from a set of objects, each
+/// object going to every entry whose watch selects it. The objects are in
+/// memory already, so every store is a full one (`on-demand` included).
+pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, AnyStore> {
+    let mut stores = empty_stores(config, &BTreeMap::new());
     for watch in source::plan(config) {
         let selected: Vec<&Value> = objects.iter().filter(|o| watch.spec.selects(o)).collect();
         for name in &watch.stores {
-            let mut store = FullStore::for_resource(&config.watched_resources[name]);
-            store.reset(selected.iter().map(|o| (*o).clone()));
-            stores.insert(name.clone(), store);
+            if let Some(store) = stores.get_mut(name) {
+                store.reset_scope(None, selected.iter().map(|o| (*o).clone()));
+            }
         }
     }
     stores
 }
 
+/// One empty store per `watched_resources` entry: on-demand where a body
+/// cache is given for it, full otherwise.
+pub fn empty_stores(config: &Config, caches: &BTreeMap<String, Arc<BodyCache>>) -> BTreeMap<String, AnyStore> {
+    config
+        .watched_resources
+        .iter()
+        .map(|(name, resource)| {
+            let store = match caches.get(name) {
+                Some(cache) => AnyStore::OnDemand(OnDemandStore::for_resource(resource), Arc::clone(cache)),
+                None => AnyStore::Full(FullStore::for_resource(resource)),
+            };
+            (name.clone(), store)
+        })
+        .collect()
+}
+
 /// One consistent snapshot of all stores.
-pub fn snapshot(stores: &BTreeMap<String, FullStore>) -> StoresSnapshot {
+pub fn snapshot(stores: &BTreeMap<String, AnyStore>) -> StoresSnapshot {
     StoresSnapshot {
         stores: stores.iter().map(|(name, s)| (name.clone(), s.snapshot())).collect(),
     }
@@ -157,11 +176,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, RunError> {
     let config = &prepared.config;
-    let mut stores: BTreeMap<String, FullStore> = config
-        .watched_resources
-        .iter()
-        .map(|(name, resource)| (name.clone(), FullStore::for_resource(resource)))
-        .collect();
+    let mut stores = empty_stores(config, &sources.caches);
     let mut unsynced: HashSet<(usize, Scope)> = sources.expected.iter().cloned().collect();
     let wait = config.render.wait;
     let mut burst: Option<Burst> = None;
@@ -248,7 +263,7 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 /// Applies one watch event to every store the watch feeds.
-fn apply(stores: &mut BTreeMap<String, FullStore>, names: &[String], event: Event) {
+fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event) {
     for name in names {
         let Some(store) = stores.get_mut(name) else { continue };
         match &event {

@@ -676,6 +676,17 @@ impl Validator<'_> {
                 ),
             }
         }
+        if spec.store == StoreKind::OnDemand {
+            // An on-demand store is fed by a metadata-only watch.
+            for (i, path) in paths.iter().enumerate() {
+                if path.segments().first() != Some(&crate::index::Segment::Field("metadata".into())) {
+                    self.issue(
+                        &[at("index_by"), vec![i.to_string()]].concat(),
+                        format!("`{path}`: an on-demand store indexes by metadata only (its watch carries no bodies)"),
+                    );
+                }
+            }
+        }
         let mut ignore_fields = Vec::new();
         for (i, expr) in spec.ignore_fields.iter().enumerate() {
             match FieldPath::parse(expr) {

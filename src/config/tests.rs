@@ -110,3 +110,15 @@ fn shipped_configs_are_valid() {
         }
     }
 }
+
+#[test]
+fn on_demand_stores_index_by_metadata_only() {
+    let text = "watched_resources:\n  s:\n    api_version: v1\n    kind: Secret\n    store: on-demand\n    index_by: [\"metadata.namespace\", \"type\"]\n    cache: {ttl: 30s, max_entries: 10}\ntemplates:\n  t: {inline: x, path: t}\n";
+    let issues = parse(text).unwrap_err();
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].path, "watched_resources.s.index_by[1]");
+    assert!(issues[0].message.contains("metadata only"), "{}", issues[0]);
+    let ok = parse(&text.replace("\"type\"", "\"metadata.labels['tier']\"")).unwrap();
+    assert_eq!(ok.watched_resources["s"].cache.max_entries, 10);
+    assert_eq!(ok.watched_resources["s"].cache.ttl, Duration::from_secs(30));
+}

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectExt, ObjectRepr, Value, ValueKind};
 use minijinja::{Error, ErrorKind, State};
 
-use crate::store::Snapshot;
-use crate::store::full::Object as StoredObject;
+use crate::store::on_demand::Wanted;
+use crate::store::{Slot, StoreSnapshot};
 
 /// One consistent point in time across all stores: what a render reads.
 #[derive(Debug, Clone, Default)]
 pub struct StoresSnapshot {
-    pub stores: BTreeMap<String, Snapshot<Arc<StoredObject>>>,
+    pub stores: BTreeMap<String, StoreSnapshot>,
 }
 
 /// `resources`: a mapping of store names to [`StoreView`]s.
@@ -25,13 +25,15 @@ pub struct Resources {
 
 impl Resources {
     pub fn new(snapshot: &StoresSnapshot) -> Resources {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let stores = snapshot
             .stores
             .iter()
-            .map(|(name, snap)| {
+            .map(|(name, store)| {
                 let view = StoreView {
                     name: name.clone(),
-                    snapshot: snap.clone(),
+                    store: store.clone(),
+                    runtime: runtime.clone(),
                 };
                 (name.clone(), Value::from_object(view))
             })
@@ -62,7 +64,10 @@ impl Object for Resources {
 #[derive(Debug)]
 pub struct StoreView {
     name: String,
-    snapshot: Snapshot<Arc<StoredObject>>,
+    store: StoreSnapshot,
+    /// Where on-demand reads run; templates are synchronous, so a read blocks
+    /// the rendering thread (never an async worker) until its GETs are done.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl StoreView {
@@ -84,6 +89,66 @@ impl StoreView {
             })
             .collect()
     }
+
+    /// The slots whose key starts with `prefix` (all for `None`), in order.
+    fn slots(&self, prefix: Option<&[String]>) -> Vec<Slot> {
+        fn collect<'a, T: 'a>(iter: impl Iterator<Item = (&'a Slot, &'a T)>) -> Vec<Slot> {
+            iter.map(|(slot, _)| slot.clone()).collect()
+        }
+        match (&self.store, prefix) {
+            (StoreSnapshot::Full(s), None) => collect(s.iter()),
+            (StoreSnapshot::Full(s), Some(p)) => collect(s.prefix(p)),
+            (StoreSnapshot::OnDemand { snapshot, .. }, None) => collect(snapshot.iter()),
+            (StoreSnapshot::OnDemand { snapshot, .. }, Some(p)) => collect(snapshot.prefix(p)),
+        }
+    }
+
+    /// The objects at `slots`, in order; on-demand bodies are fetched
+    /// concurrently, and objects deleted meanwhile are left out.
+    fn bodies(&self, slots: &[Slot]) -> Result<Vec<Value>, Error> {
+        match &self.store {
+            StoreSnapshot::Full(s) => Ok(slots
+                .iter()
+                .filter_map(|slot| s.get(slot).map(|o| o.body.clone()))
+                .collect()),
+            StoreSnapshot::OnDemand { snapshot, cache } => {
+                let layout = snapshot.layout();
+                let wanted: Vec<Wanted> = slots
+                    .iter()
+                    .filter_map(|slot| {
+                        let reference = snapshot.get(slot)?;
+                        let (namespace, name) = slot.names(layout);
+                        Some(Wanted {
+                            id: slot.id(),
+                            namespace: namespace.to_string(),
+                            name: name.to_string(),
+                            version: reference.version,
+                        })
+                    })
+                    .collect();
+                let runtime = self.runtime.as_ref().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("resources.{}: on-demand reads need the live pipeline", self.name),
+                    )
+                })?;
+                runtime
+                    .block_on(cache.read_all(&wanted))
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+            }
+        }
+    }
+
+    fn full_name(&self, slot: &Slot) -> String {
+        let layout = match &self.store {
+            StoreSnapshot::Full(s) => s.layout(),
+            StoreSnapshot::OnDemand { snapshot, .. } => snapshot.layout(),
+        };
+        match slot.names(layout) {
+            ("", name) => name.to_string(),
+            (namespace, name) => format!("{namespace}/{name}"),
+        }
+    }
 }
 
 impl Object for StoreView {
@@ -93,50 +158,47 @@ impl Object for StoreView {
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let index = key.as_usize()?;
-        self.snapshot.iter().nth(index).map(|(_, o)| o.body.clone())
+        let slot = self.slots(None).into_iter().nth(index)?;
+        self.bodies(&[slot]).ok()?.into_iter().next()
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        self.mapped_enumerator(|this| Box::new(this.snapshot.iter().map(|(_, o)| o.body.clone())))
+        match self.bodies(&self.slots(None)) {
+            Ok(bodies) => Enumerator::Iter(Box::new(bodies.into_iter())),
+            // An invalid value fails the loop that reaches it, with this error.
+            Err(error) => Enumerator::Iter(Box::new(std::iter::once(Value::from(error)))),
+        }
     }
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        Some(self.snapshot.len())
+        Some(self.store.len())
     }
 
     fn call_method(self: &Arc<Self>, _state: &mut State<'_, '_>, method: &str, args: &[Value]) -> Result<Value, Error> {
         match method {
             "get" => {
                 let prefix = self.key_args(method, args)?;
-                Ok(Value::from(
-                    self.snapshot
-                        .prefix(&prefix)
-                        .map(|(_, o)| o.body.clone())
-                        .collect::<Vec<_>>(),
-                ))
+                Ok(Value::from(self.bodies(&self.slots(Some(&prefix)))?))
             }
             "get_one" => {
                 let prefix = self.key_args(method, args)?;
-                let mut matches = self.snapshot.prefix(&prefix);
-                let Some((_, first)) = matches.next() else {
-                    return Ok(Value::from(()));
-                };
-                if let Some((_, second)) = matches.next() {
-                    let more = matches.count();
-                    return Err(Error::new(
+                let slots = self.slots(Some(&prefix));
+                match &slots[..] {
+                    [] => Ok(Value::from(())),
+                    [one] => Ok(self.bodies(std::slice::from_ref(one))?.pop().unwrap_or(Value::from(()))),
+                    [first, second, rest @ ..] => Err(Error::new(
                         ErrorKind::InvalidOperation,
                         format!(
                             "resources.{}.get_one({}) matches {} objects ({}, {}{}); use get() to read several",
                             self.name,
                             quoted(&prefix),
-                            2 + more,
-                            full_name(first),
-                            full_name(second),
-                            if more > 0 { ", …" } else { "" }
+                            slots.len(),
+                            self.full_name(first),
+                            self.full_name(second),
+                            if rest.is_empty() { "" } else { ", …" }
                         ),
-                    ));
+                    )),
                 }
-                Ok(first.body.clone())
             }
             "keys" => {
                 if !args.is_empty() {
@@ -145,10 +207,12 @@ impl Object for StoreView {
                         format!("resources.{}.keys() takes no arguments", self.name),
                     ));
                 }
+                let keys = match &self.store {
+                    StoreSnapshot::Full(s) => s.keys(),
+                    StoreSnapshot::OnDemand { snapshot, .. } => snapshot.keys(),
+                };
                 Ok(Value::from(
-                    self.snapshot
-                        .keys()
-                        .into_iter()
+                    keys.into_iter()
                         .map(|k| Value::from(k.into_iter().map(Value::from).collect::<Vec<_>>()))
                         .collect::<Vec<_>>(),
                 ))
@@ -160,12 +224,4 @@ impl Object for StoreView {
 
 fn quoted(parts: &[String]) -> String {
     parts.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
-}
-
-fn full_name(object: &StoredObject) -> String {
-    if object.meta.namespace.is_empty() {
-        object.meta.name.clone()
-    } else {
-        format!("{}/{}", object.meta.namespace, object.meta.name)
-    }
 }

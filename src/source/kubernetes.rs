@@ -9,9 +9,11 @@
 
 use std::path::Path;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -19,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Event, Scope, SourceEvent, Watch};
+use crate::store::on_demand::Fetch;
 
 /// Why the Kubernetes source could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +128,9 @@ pub struct WatchOptions {
 }
 
 /// Runs one watcher (one watch, one scope) until the receiver goes away,
-/// sending its events as watch number `id`.
+/// sending its events as watch number `id`. A metadata-only watch (for an
+/// on-demand store) asks the server for `PartialObjectMetadata`, so no object
+/// body is ever sent or held.
 pub async fn run_watch(
     client: Client,
     id: usize,
@@ -135,10 +140,6 @@ pub async fn run_watch(
     options: WatchOptions,
     tx: mpsc::Sender<SourceEvent>,
 ) -> Result<()> {
-    let api: Api<DynamicObject> = match &scope {
-        Some(namespace) => Api::namespaced_with(client, namespace, &resolved.resource),
-        None => Api::all_with(client, &resolved.resource),
-    };
     let mut config = watcher::Config::default();
     if !watch.spec.labels.is_empty() {
         config = config.labels(watch.spec.labels.as_str());
@@ -153,41 +154,125 @@ pub async fn run_watch(
         Some(namespace) => format!("{} (namespace {namespace})", watch.spec.describe()),
         None => watch.spec.describe(),
     };
-    let stores = watch.stores.join(",");
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut listing: Option<Vec<Value>> = None;
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(watcher::Event::Init) => {
-                listing = Some(Vec::new());
-                continue;
-            }
-            Ok(watcher::Event::InitApply(object)) => {
-                listing
-                    .get_or_insert_with(Vec::new)
-                    .push(to_json(object, &resolved.resource));
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => {
-                let objects = listing.take().unwrap_or_default();
-                tracing::debug!(stores = %stores, watch = %name, objects = objects.len(), "listed");
-                Event::Listed {
-                    scope: scope.clone(),
-                    objects,
-                }
-            }
-            Ok(watcher::Event::Apply(object)) => Event::Applied(to_json(object, &resolved.resource)),
-            Ok(watcher::Event::Delete(object)) => Event::Deleted(to_json(object, &resolved.resource)),
-            Err(error) => {
-                tracing::warn!(stores = %stores, watch = %name, %error, "watch failed; retrying with backoff");
-                continue;
-            }
+    let ar = &resolved.resource;
+    let pump = Pump {
+        id,
+        stores: watch.stores.join(","),
+        name: &name,
+        scope: &scope,
+        tx,
+    };
+    if watch.spec.metadata_only {
+        let api: Api<PartialObjectMeta<DynamicObject>> = match &scope {
+            Some(namespace) => Api::namespaced_with(client, namespace, ar),
+            None => Api::all_with(client, ar),
         };
-        if tx.send(SourceEvent { watch: id, event }).await.is_err() {
-            return Ok(());
+        let stream = watcher(api, config).default_backoff();
+        pump.run(stream, |meta| metadata_json(meta, ar)).await?;
+    } else {
+        let api: Api<DynamicObject> = match &scope {
+            Some(namespace) => Api::namespaced_with(client, namespace, ar),
+            None => Api::all_with(client, ar),
+        };
+        let stream = watcher(api, config).default_backoff();
+        pump.run(stream, |object| to_json(object, ar)).await?;
+    }
+    Ok(())
+}
+
+/// Forwards one watcher's events to the pipeline.
+struct Pump<'a> {
+    id: usize,
+    stores: String,
+    name: &'a str,
+    scope: &'a Scope,
+    tx: mpsc::Sender<SourceEvent>,
+}
+
+impl Pump<'_> {
+    /// Runs until the receiver goes away (`Ok`) or the stream ends (never, for
+    /// a kube-rs watcher: an error).
+    async fn run<K>(
+        &self,
+        stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+        json: impl Fn(K) -> Value,
+    ) -> Result<()> {
+        let mut stream = std::pin::pin!(stream);
+        let mut listing: Option<Vec<Value>> = None;
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(watcher::Event::Init) => {
+                    listing = Some(Vec::new());
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    listing.get_or_insert_with(Vec::new).push(json(object));
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let objects = listing.take().unwrap_or_default();
+                    tracing::debug!(stores = %self.stores, watch = %self.name, objects = objects.len(), "listed");
+                    Event::Listed {
+                        scope: self.scope.clone(),
+                        objects,
+                    }
+                }
+                Ok(watcher::Event::Apply(object)) => Event::Applied(json(object)),
+                Ok(watcher::Event::Delete(object)) => Event::Deleted(json(object)),
+                Err(error) => {
+                    tracing::warn!(stores = %self.stores, watch = %self.name, %error, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            if self.tx.send(SourceEvent { watch: self.id, event }).await.is_err() {
+                return Ok(());
+            }
+        }
+        Err(Error::WatchEnded(self.name.to_string()))
+    }
+}
+
+/// The metadata of an object as JSON: `{apiVersion, kind, metadata}`.
+fn metadata_json(meta: PartialObjectMeta<DynamicObject>, resource: &ApiResource) -> Value {
+    serde_json::json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": serde_json::to_value(meta.metadata).unwrap_or(Value::Null),
+    })
+}
+
+/// GETs object bodies for an on-demand store.
+pub struct ApiFetch {
+    client: Client,
+    resolved: Resolved,
+}
+
+impl ApiFetch {
+    pub fn new(client: Client, resolved: &Resolved) -> ApiFetch {
+        ApiFetch {
+            client,
+            resolved: resolved.clone(),
         }
     }
-    Err(Error::WatchEnded(name))
+}
+
+impl Fetch for ApiFetch {
+    fn fetch(&self, namespace: &str, name: &str) -> BoxFuture<'static, std::result::Result<Option<Value>, String>> {
+        let ar = self.resolved.resource.clone();
+        let api: Api<DynamicObject> = if self.resolved.namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        let name = name.to_string();
+        async move {
+            match api.get_opt(&name).await {
+                Ok(object) => Ok(object.map(|o| to_json(o, &ar))),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// The object as JSON, with `apiVersion` and `kind` set (list items of

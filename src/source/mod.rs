@@ -13,12 +13,14 @@ pub mod selector;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Resource};
+use crate::config::{Config, Resource, StoreKind};
+use crate::store::on_demand::BodyCache;
 use selector::{FieldSelector, LabelSelector};
 
 /// What one watch is about; entries with equal specs share a watch.
@@ -30,6 +32,8 @@ pub struct WatchSpec {
     pub namespaces: Vec<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
+    /// Only metadata is watched (for on-demand stores).
+    pub metadata_only: bool,
 }
 
 impl WatchSpec {
@@ -43,17 +47,19 @@ impl WatchSpec {
             namespaces,
             labels: resource.labels.clone(),
             fields: resource.fields.clone(),
+            metadata_only: resource.spec.store == StoreKind::OnDemand,
         }
     }
 
     /// What makes two specs the same watch.
-    fn identity(&self) -> (String, String, Vec<String>, String, String) {
+    fn identity(&self) -> (String, String, Vec<String>, String, String, bool) {
         (
             self.api_version.clone(),
             self.kind.clone(),
             self.namespaces.clone(),
             self.labels.as_str().to_string(),
             self.fields.as_str().to_string(),
+            self.metadata_only,
         )
     }
 
@@ -83,6 +89,9 @@ impl WatchSpec {
         }
         if !self.fields.is_empty() {
             text.push_str(&format!(" fields={}", self.fields.as_str()));
+        }
+        if self.metadata_only {
+            text.push_str(" (metadata only)");
         }
         text
     }
@@ -148,6 +157,9 @@ pub struct Sources {
     pub events: mpsc::Receiver<SourceEvent>,
     /// A task ends only on failure (its error) or when `events` is dropped.
     pub tasks: JoinSet<Result<(), String>>,
+    /// The body caches of on-demand stores, by store name (Kubernetes only:
+    /// manifests are in memory already, so their stores are full).
+    pub caches: BTreeMap<String, Arc<BodyCache>>,
 }
 
 /// Starts a live manifests source (`run --from`).
@@ -162,6 +174,7 @@ pub fn start_manifests(config: &Config, paths: Vec<PathBuf>) -> manifests::Resul
         watches,
         events,
         tasks,
+        caches: BTreeMap::new(),
     })
 }
 
@@ -177,7 +190,22 @@ pub async fn start_kubernetes(
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
     let mut expected = Vec::new();
+    let mut caches = BTreeMap::new();
     for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
+        if watch.spec.metadata_only {
+            // One cache per watch: stores over the same objects share bodies.
+            let first = &config.watched_resources[&watch.stores[0]];
+            let fetch = Arc::new(kubernetes::ApiFetch::new(client.clone(), &resolved));
+            let cache = Arc::new(BodyCache::new(
+                &watch.stores.join(","),
+                fetch,
+                first.cache,
+                first.ignore_fields.clone(),
+            ));
+            for name in &watch.stores {
+                caches.insert(name.clone(), Arc::clone(&cache));
+            }
+        }
         for scope in kubernetes::scopes(watch, &resolved) {
             expected.push((id, scope.clone()));
             let task = kubernetes::run_watch(
@@ -197,6 +225,7 @@ pub async fn start_kubernetes(
         expected,
         events,
         tasks,
+        caches,
     })
 }
 

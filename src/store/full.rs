@@ -1,15 +1,11 @@
 //! The full store: whole objects (after `ignore_fields`), shared immutably with
 //! renders.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::Resource;
-use crate::index::{FieldPath, Indexer};
-
-use super::{Index, Meta, ObjectId, Snapshot};
+use super::{Entry, Meta, Store};
 
 /// One stored object, ready for templates.
 #[derive(Debug)]
@@ -19,123 +15,16 @@ pub struct Object {
     pub body: minijinja::Value,
 }
 
-/// What [`FullStore::apply`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// Stored (new, changed or moved).
-    Stored,
-    /// Not stored: an `index_by` value is missing and `on_missing_key: skip`.
-    Skipped,
-}
-
 /// Whole objects of one watched resource, indexed by its `index_by` keys.
-#[derive(Debug, Clone)]
-pub struct FullStore {
-    indexer: Indexer,
-    ignore_fields: Vec<FieldPath>,
-    index: Index<Arc<Object>>,
-    /// Objects left out for a missing key, with their namespace.
-    skipped: HashMap<ObjectId, String>,
-}
+pub type FullStore = Store<Arc<Object>>;
 
-impl FullStore {
-    pub fn new(indexer: Indexer, ignore_fields: Vec<FieldPath>) -> FullStore {
-        FullStore {
-            index: Index::new(indexer.layout()),
-            indexer,
-            ignore_fields,
-            skipped: HashMap::new(),
-        }
+impl Entry for Arc<Object> {
+    fn from_object(object: Value, meta: Meta) -> Self {
+        Arc::new(Object {
+            meta,
+            body: crate::render::value::from_json(object),
+        })
     }
-
-    pub fn for_resource(resource: &Resource) -> FullStore {
-        FullStore::new(resource.indexer.clone(), resource.ignore_fields.clone())
-    }
-
-    /// Adds or updates an object (an ADDED or MODIFIED event).
-    pub fn apply(&mut self, object: Value) -> Applied {
-        match self.prepare(object) {
-            Prepared::Stored(meta, key, object) => {
-                self.skipped.remove(&meta.id);
-                self.index.upsert(&meta, &key, object);
-                Applied::Stored
-            }
-            Prepared::Skipped(meta) => {
-                self.index.remove(meta.id);
-                self.skipped.insert(meta.id, meta.namespace);
-                Applied::Skipped
-            }
-        }
-    }
-
-    /// Removes an object (a DELETED event); only that object, never its key
-    /// siblings.
-    pub fn delete(&mut self, object: &Value) -> bool {
-        let id = Meta::of(object).id;
-        self.skipped.remove(&id);
-        self.index.remove(id)
-    }
-
-    /// Replaces everything with `objects` at once (an initial list or re-list).
-    pub fn reset(&mut self, objects: impl IntoIterator<Item = Value>) {
-        self.reset_scope(None, objects);
-    }
-
-    /// Replaces the objects of one namespace (`Some`), or all (`None`), with
-    /// `objects` at once: the listing of one scope of a watch.
-    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
-        let mut stored = Vec::new();
-        let mut skipped = Vec::new();
-        for object in objects {
-            match self.prepare(object) {
-                Prepared::Stored(meta, key, object) => stored.push((meta, key, object)),
-                Prepared::Skipped(meta) => skipped.push(meta),
-            }
-        }
-        match namespace {
-            None => self.skipped.clear(),
-            Some(ns) => self.skipped.retain(|_, meta_ns| meta_ns != ns),
-        }
-        self.skipped.extend(skipped.into_iter().map(|m| (m.id, m.namespace)));
-        self.index.replace_scope(namespace, stored);
-    }
-
-    /// How many objects are stored.
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
-    /// How many objects are left out for a missing key (`on_missing_key: skip`).
-    pub fn skipped(&self) -> usize {
-        self.skipped.len()
-    }
-
-    pub fn snapshot(&self) -> Snapshot<Arc<Object>> {
-        self.index.snapshot()
-    }
-
-    fn prepare(&self, mut object: Value) -> Prepared {
-        let meta = Meta::of(&object);
-        for field in &self.ignore_fields {
-            field.remove(&mut object);
-        }
-        match self.indexer.key(&object) {
-            Some(key) => {
-                let body = crate::render::value::from_json(object);
-                Prepared::Stored(meta.clone(), key, Arc::new(Object { meta, body }))
-            }
-            None => Prepared::Skipped(meta),
-        }
-    }
-}
-
-enum Prepared {
-    Stored(Meta, crate::index::Key, Arc<Object>),
-    Skipped(Meta),
 }
 
 #[cfg(test)]
@@ -147,6 +36,8 @@ mod tests {
 
     use super::*;
     use crate::config::OnMissingKey;
+    use crate::index::{FieldPath, Indexer};
+    use crate::store::{Applied, ObjectId, Snapshot};
 
     fn store(exprs: &[&str], on_missing: OnMissingKey) -> FullStore {
         let paths = exprs.iter().map(|e| FieldPath::parse(e).unwrap()).collect();

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::index::Key;
+use crate::config::Resource;
+use crate::index::{FieldPath, Indexer, Key};
 
 /// How an object is identified: its UID (as 128 bits), or a digest of
 /// `namespace/name` when it has none (manifests written by hand).
@@ -150,6 +151,213 @@ fn encode_prefix(prefix: &[String]) -> String {
         text.push('\0');
         text
     })
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored (new, changed or moved).
+    Stored,
+    /// Not stored: an `index_by` value is missing and `on_missing_key: skip`.
+    Skipped,
+}
+
+/// What a store keeps per object, made from the object (after
+/// `ignore_fields`) when it is applied.
+pub trait Entry: Clone + Send + Sync + 'static {
+    fn from_object(object: Value, meta: Meta) -> Self;
+}
+
+/// The objects of one watched resource, indexed by its `index_by` keys: pure
+/// and synchronous (`apply`, `delete`, `reset_scope`); what it keeps per
+/// object is `E` ([`full::FullStore`], [`on_demand::OnDemandStore`]).
+#[derive(Debug, Clone)]
+pub struct Store<E> {
+    indexer: Indexer,
+    ignore_fields: Vec<FieldPath>,
+    index: Index<E>,
+    /// Objects left out for a missing key, with their namespace.
+    skipped: HashMap<ObjectId, String>,
+}
+
+impl<E: Entry> Store<E> {
+    pub fn new(indexer: Indexer, ignore_fields: Vec<FieldPath>) -> Store<E> {
+        Store {
+            index: Index::new(indexer.layout()),
+            indexer,
+            ignore_fields,
+            skipped: HashMap::new(),
+        }
+    }
+
+    pub fn for_resource(resource: &Resource) -> Store<E> {
+        Store::new(resource.indexer.clone(), resource.ignore_fields.clone())
+    }
+
+    /// Adds or updates an object (an ADDED or MODIFIED event).
+    pub fn apply(&mut self, object: Value) -> Applied {
+        match self.prepare(object) {
+            Prepared::Stored(meta, key, object) => {
+                self.skipped.remove(&meta.id);
+                self.index.upsert(&meta, &key, object);
+                Applied::Stored
+            }
+            Prepared::Skipped(meta) => {
+                self.index.remove(meta.id);
+                self.skipped.insert(meta.id, meta.namespace);
+                Applied::Skipped
+            }
+        }
+    }
+
+    /// Removes an object (a DELETED event); only that object, never its key
+    /// siblings.
+    pub fn delete(&mut self, object: &Value) -> bool {
+        let id = Meta::of(object).id;
+        self.skipped.remove(&id);
+        self.index.remove(id)
+    }
+
+    /// Replaces everything with `objects` at once (an initial list or re-list).
+    pub fn reset(&mut self, objects: impl IntoIterator<Item = Value>) {
+        self.reset_scope(None, objects);
+    }
+
+    /// Replaces the objects of one namespace (`Some`), or all (`None`), with
+    /// `objects` at once: the listing of one scope of a watch.
+    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
+        let mut stored = Vec::new();
+        let mut skipped = Vec::new();
+        for object in objects {
+            match self.prepare(object) {
+                Prepared::Stored(meta, key, object) => stored.push((meta, key, object)),
+                Prepared::Skipped(meta) => skipped.push(meta),
+            }
+        }
+        match namespace {
+            None => self.skipped.clear(),
+            Some(ns) => self.skipped.retain(|_, meta_ns| meta_ns != ns),
+        }
+        self.skipped.extend(skipped.into_iter().map(|m| (m.id, m.namespace)));
+        self.index.replace_scope(namespace, stored);
+    }
+
+    /// How many objects are stored.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// How many objects are left out for a missing key (`on_missing_key: skip`).
+    pub fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+
+    pub fn snapshot(&self) -> Snapshot<E> {
+        self.index.snapshot()
+    }
+
+    fn prepare(&self, mut object: Value) -> Prepared<E> {
+        let meta = Meta::of(&object);
+        for field in &self.ignore_fields {
+            field.remove(&mut object);
+        }
+        match self.indexer.key(&object) {
+            Some(key) => Prepared::Stored(meta.clone(), key, E::from_object(object, meta)),
+            None => Prepared::Skipped(meta),
+        }
+    }
+}
+
+enum Prepared<E> {
+    Stored(Meta, Key, E),
+    Skipped(Meta),
+}
+
+/// One store at one point in time.
+#[derive(Debug, Clone)]
+pub enum StoreSnapshot {
+    /// Whole objects.
+    Full(Snapshot<Arc<full::Object>>),
+    /// References, with the cache their bodies are read through.
+    OnDemand {
+        snapshot: Snapshot<on_demand::Reference>,
+        cache: Arc<on_demand::BodyCache>,
+    },
+}
+
+impl StoreSnapshot {
+    pub fn len(&self) -> usize {
+        match self {
+            StoreSnapshot::Full(s) => s.len(),
+            StoreSnapshot::OnDemand { snapshot, .. } => snapshot.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A live store of either kind.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Full(full::FullStore),
+    OnDemand(on_demand::OnDemandStore, Arc<on_demand::BodyCache>),
+}
+
+impl AnyStore {
+    pub fn apply(&mut self, object: Value) -> Applied {
+        match self {
+            AnyStore::Full(s) => s.apply(object),
+            AnyStore::OnDemand(s, _) => s.apply(object),
+        }
+    }
+
+    pub fn delete(&mut self, object: &Value) -> bool {
+        match self {
+            AnyStore::Full(s) => s.delete(object),
+            AnyStore::OnDemand(s, _) => s.delete(object),
+        }
+    }
+
+    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
+        match self {
+            AnyStore::Full(s) => s.reset_scope(namespace, objects),
+            AnyStore::OnDemand(s, _) => s.reset_scope(namespace, objects),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            AnyStore::Full(s) => s.len(),
+            AnyStore::OnDemand(s, _) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn skipped(&self) -> usize {
+        match self {
+            AnyStore::Full(s) => s.skipped(),
+            AnyStore::OnDemand(s, _) => s.skipped(),
+        }
+    }
+
+    pub fn snapshot(&self) -> StoreSnapshot {
+        match self {
+            AnyStore::Full(s) => StoreSnapshot::Full(s.snapshot()),
+            AnyStore::OnDemand(s, cache) => StoreSnapshot::OnDemand {
+                snapshot: s.snapshot(),
+                cache: Arc::clone(cache),
+            },
+        }
+    }
 }
 
 /// An ordered multi-map from slots to entries, with identity lookup.
@@ -294,6 +502,11 @@ impl<T> Snapshot<T> {
         self.entries
             .range((Bound::Included(start), Bound::Unbounded))
             .take_while(move |(slot, _)| slot.text.starts_with(&*text))
+    }
+
+    /// The entry at `slot`, if it is in this snapshot.
+    pub fn get(&self, slot: &Slot) -> Option<&T> {
+        self.entries.get(slot)
     }
 
     /// The distinct keys, in order.
