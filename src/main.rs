@@ -10,6 +10,8 @@ use kube_template::pipeline::{self, Prepared, Stopped};
 use kube_template::source::{self, kubernetes, manifests};
 use kube_template::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Exit status for a bad config (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -91,19 +93,34 @@ async fn main() -> ExitCode {
                 Ok(p) => Arc::new(p),
                 Err(e) => return config_failure(&e),
             };
-            let sources = if from.is_empty() {
-                let connect = kubernetes::Connect {
-                    kubeconfig: kubeconfig.as_deref(),
-                    context: context.as_deref(),
-                };
-                let options = kubernetes::WatchOptions { streaming_lists };
-                let started = async {
-                    let client = kubernetes::client(&connect).await?;
-                    source::start_kubernetes(&prepared.config, client, options).await
-                };
-                started.await.map_err(|e| e.to_string())
-            } else {
-                source::start_manifests(&prepared.config, from).map_err(|e| e.to_string())
+            // Listen before connecting, so that a signal during a slow start
+            // (discovery, initial lists) is honoured too.
+            let signals = match Signals::listen() {
+                Ok(signals) => signals,
+                Err(e) => {
+                    eprintln!("error: cannot listen for signals: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut shutdown = std::pin::pin!(signals.first());
+            let start = async {
+                if from.is_empty() {
+                    let connect = kubernetes::Connect {
+                        kubeconfig: kubeconfig.as_deref(),
+                        context: context.as_deref(),
+                    };
+                    let options = kubernetes::WatchOptions { streaming_lists };
+                    let client = kubernetes::client(&connect).await.map_err(|e| e.to_string())?;
+                    source::start_kubernetes(&prepared.config, client, options)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    source::start_manifests(&prepared.config, from).map_err(|e| e.to_string())
+                }
+            };
+            let sources = tokio::select! {
+                sources = start => sources,
+                () = &mut shutdown => return ExitCode::SUCCESS,
             };
             let sources = match sources {
                 Ok(sources) => sources,
@@ -113,7 +130,7 @@ async fn main() -> ExitCode {
                 }
             };
             let options = pipeline::RunOptions { once };
-            match pipeline::run(prepared, sources, options, shutdown_signal()).await {
+            match pipeline::run(prepared, sources, options, shutdown).await {
                 Ok(Stopped::Shutdown | Stopped::Rendered) => ExitCode::SUCCESS,
                 Ok(Stopped::RenderFailed) => {
                     eprintln!("error: the render failed (see the log)");
@@ -147,23 +164,54 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (graceful: the current render
-/// finishes first); a second signal exits at once.
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for by a task of their own so that they are
+/// seen even while a render runs: the first one asks for a graceful shutdown
+/// (the current render finishes first), a second one exits at once. The task
+/// stops when this is dropped.
+struct Signals {
+    first: Option<oneshot::Receiver<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let (first_tx, first) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("shutting down after the current render; a second signal exits at once");
+            let _ = first_tx.send(());
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal; exiting now");
+            std::process::exit(130);
+        });
+        Ok(Signals {
+            first: Some(first),
+            task,
+        })
     }
-    tracing::info!("shutting down after the current render; a second signal exits at once");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+
+    /// Resolves on the first signal. A second signal exits at once, also
+    /// while a render in flight keeps this future from being polled.
+    async fn first(mut self) {
+        if let Some(first) = self.first.take() {
+            // The sender only goes away with the task, which only `Drop` stops.
+            let _ = first.await;
         }
-        std::process::exit(130);
-    });
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn config_failure(e: &config::Error) -> ExitCode {

@@ -356,6 +356,11 @@ impl FakeApiServer {
         self.count(Verb::Get, plural)
     }
 
+    /// Requests for `plural` (of any verb) that asked for PartialObjectMetadata.
+    pub fn metadata_request_count(&self, plural: &str) -> u64 {
+        self.shared.lock().metadata_requests.get(plural).copied().unwrap_or(0)
+    }
+
     /// Watch streams of `plural` open right now.
     pub fn open_watches(&self, plural: &str) -> usize {
         self.shared.lock().open_watches.get(plural).copied().unwrap_or(0)
@@ -467,6 +472,8 @@ struct State {
     bookmark_interval: Duration,
     list_delays: HashMap<String, Duration>,
     counts: HashMap<(Verb, String), u64>,
+    /// Requests for `plural` that asked for metadata only.
+    metadata_requests: HashMap<String, u64>,
     open_watches: HashMap<String, usize>,
 }
 
@@ -824,6 +831,9 @@ async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Quer
             let plural = st.kinds[kind].plural.clone();
             if verb == Verb::List {
                 list_delay = st.list_delays.get(&plural).copied();
+            }
+            if accept.contains("as=PartialObjectMetadata") {
+                *st.metadata_requests.entry(plural.clone()).or_default() += 1;
             }
             *st.counts.entry((verb, plural)).or_default() += 1;
         }
