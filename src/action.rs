@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Action, HttpAction};
+use crate::telemetry::metrics::{ActionLabel, ActionLabels, Metrics};
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +80,9 @@ impl Action {
     }
 }
 
-/// Runs every action in order; failures are logged and collected, and the
-/// following actions still run.
-pub async fn run_all(actions: &[Action]) -> Outcome {
+/// Runs every action in order; failures are logged, counted and collected,
+/// and the following actions still run.
+pub async fn run_all(actions: &[Action], metrics: &Metrics) -> Outcome {
     let mut outcome = Outcome::default();
     for action in actions {
         let started = std::time::Instant::now();
@@ -89,7 +90,21 @@ pub async fn run_all(actions: &[Action]) -> Outcome {
             Action::Command { argv, timeout } => run_command(argv, *timeout).await,
             Action::Http(http) => run_http(http).await,
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let name = action.describe();
+        metrics
+            .action_duration
+            .get_or_create(&ActionLabel { action: name.clone() })
+            .observe(elapsed.as_secs_f64());
+        let result_label = if result.is_ok() { "success" } else { "failure" };
+        metrics
+            .actions
+            .get_or_create(&ActionLabels {
+                action: name,
+                result: result_label.into(),
+            })
+            .inc();
         match result {
             Ok(()) => {
                 tracing::info!(action = %action.describe(), elapsed_ms, "action done");
@@ -223,7 +238,7 @@ mod tests {
             command(&["/nonexistent/reload"], 5000),
             append("two"),
         ];
-        let outcome = run_all(&actions).await;
+        let outcome = run_all(&actions, &Metrics::new()).await;
         assert_eq!(outcome.succeeded, 2);
         assert_eq!(outcome.failed.len(), 2);
         let first = outcome.failed[0].to_string();
@@ -234,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_past_its_timeout_is_killed() {
-        let outcome = run_all(&[command(&["sleep", "30"], 100)]).await;
+        let outcome = run_all(&[command(&["sleep", "30"], 100)], &Metrics::new()).await;
         assert!(
             matches!(outcome.failed[..], [Error::Timeout { .. }]),
             "{:?}",
@@ -281,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn http_actions_retry_until_success() {
         let (url, count) = flaky_server(2).await;
-        let outcome = run_all(&[http(&url, 3)]).await;
+        let outcome = run_all(&[http(&url, 3)], &Metrics::new()).await;
         assert_eq!((outcome.succeeded, outcome.failed.len()), (1, 0));
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
@@ -289,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn http_actions_report_the_last_failure_after_all_retries() {
         let (url, count) = flaky_server(10).await;
-        let outcome = run_all(&[http(&url, 1)]).await;
+        let outcome = run_all(&[http(&url, 1)], &Metrics::new()).await;
         let error = outcome.failed[0].to_string();
         assert!(error.contains("after 2 attempt(s)") && error.contains("500"), "{error}");
         assert_eq!(count.load(Ordering::SeqCst), 2);

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod admin;
 pub mod config;
 pub mod index;
 pub mod output;

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use kube_template::admin;
 use kube_template::config;
 use kube_template::pipeline::{self, Prepared, Stopped};
 use kube_template::source::{self, kubernetes, manifests};
-use kube_template::telemetry::{self, LogFormat};
+use kube_template::telemetry::{self, LogFormat, Telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,7 +48,9 @@ enum Command {
         #[arg(long)]
         once: bool,
         /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster config).
-        #[arg(long, env = "KUBECONFIG")]
+        // Not `env = "KUBECONFIG"`: that variable may list several files, which
+        // kube reads and merges itself when this is absent.
+        #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// Kubeconfig context (default: its current context).
         #[arg(long)]
@@ -55,6 +58,9 @@ enum Command {
         /// Use streaming lists (WatchList, Kubernetes 1.32+) instead of paged LISTs for initial syncs.
         #[arg(long)]
         streaming_lists: bool,
+        /// Server-side timeout of each watch request; a watch silent for longer (plus 5s) fails /healthz.
+        #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
+        watch_timeout: std::time::Duration,
     },
     /// Validate the config and compile its templates; exit 64 listing every problem.
     Check {
@@ -88,6 +94,7 @@ async fn main() -> ExitCode {
             kubeconfig,
             context,
             streaming_lists,
+            watch_timeout,
         } => {
             let prepared = match pipeline::prepare(&config) {
                 Ok(p) => Arc::new(p),
@@ -103,19 +110,37 @@ async fn main() -> ExitCode {
                 }
             };
             let mut shutdown = std::pin::pin!(signals.first());
+            let telemetry = Arc::new(Telemetry::default());
+            // The admin server serves probes and metrics for the whole run (not
+            // in init-container mode, which exits after one render).
+            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+            let admin = if once {
+                None
+            } else {
+                match start_admin(&prepared.config.admin.listen, &telemetry, admin_stopped).await {
+                    Ok(task) => Some(task),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            };
             let start = async {
                 if from.is_empty() {
                     let connect = kubernetes::Connect {
                         kubeconfig: kubeconfig.as_deref(),
                         context: context.as_deref(),
                     };
-                    let options = kubernetes::WatchOptions { streaming_lists };
-                    let client = kubernetes::client(&connect).await.map_err(|e| e.to_string())?;
-                    source::start_kubernetes(&prepared.config, client, options)
+                    let options = kubernetes::WatchOptions {
+                        streaming_lists,
+                        timeout: watch_timeout,
+                    };
+                    let client_config = kubernetes::client_config(&connect).await.map_err(|e| e.to_string())?;
+                    source::start_kubernetes(&prepared.config, client_config, options, &telemetry)
                         .await
                         .map_err(|e| e.to_string())
                 } else {
-                    source::start_manifests(&prepared.config, from).map_err(|e| e.to_string())
+                    source::start_manifests(&prepared.config, from, &telemetry).map_err(|e| e.to_string())
                 }
             };
             let sources = tokio::select! {
@@ -130,7 +155,12 @@ async fn main() -> ExitCode {
                 }
             };
             let options = pipeline::RunOptions { once };
-            match pipeline::run(prepared, sources, options, shutdown).await {
+            let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;
+            let _ = admin_stop.send(());
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
+            match result {
                 Ok(Stopped::Shutdown | Stopped::Rendered) => ExitCode::SUCCESS,
                 Ok(Stopped::RenderFailed) => {
                     eprintln!("error: the render failed (see the log)");
@@ -212,6 +242,28 @@ impl Drop for Signals {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Binds the admin server and serves it in the background until `stopped`.
+async fn start_admin(
+    listen: &str,
+    telemetry: &Arc<Telemetry>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("admin.listen `{listen}`: cannot listen: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "admin server listening");
+    let telemetry = Arc::clone(telemetry);
+    Ok(tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(error) = admin::serve(listener, telemetry, shutdown).await {
+            tracing::error!(%error, "admin server failed");
+        }
+    }))
 }
 
 fn config_failure(e: &config::Error) -> ExitCode {

@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use serde_json::Value;
 
+use tracing::Instrument;
+
 use crate::action;
 use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
@@ -18,6 +20,8 @@ use crate::source::{self, Event, Scope, Sources};
 use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
+use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
+use crate::telemetry::{RenderOutcome, Telemetry};
 
 /// A validated config with its compiled templates: everything a run needs
 /// that does not depend on the cluster.
@@ -173,10 +177,12 @@ pub async fn run(
     prepared: Arc<Prepared>,
     mut sources: Sources,
     options: RunOptions,
+    telemetry: Arc<Telemetry>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, RunError> {
     let config = &prepared.config;
     let mut stores = empty_stores(config, &sources.caches);
+    let mut checksums: BTreeMap<String, String> = BTreeMap::new();
     let mut unsynced: HashSet<(usize, Scope)> = sources.expected.iter().cloned().collect();
     let wait = config.render.wait;
     let mut burst: Option<Burst> = None;
@@ -200,10 +206,12 @@ pub async fn run(
                     Ok(Err(e)) => e,
                     Err(e) => format!("a source task failed: {e}"),
                 };
+                telemetry.status.task_died(why.clone());
                 return Err(RunError::SourceDied(why));
             }
             event = sources.events.recv() => {
                 let Some(event) = event else {
+                    telemetry.status.task_died("all sources stopped".into());
                     return Err(RunError::SourceDied("all sources stopped".into()));
                 };
                 if let Event::Listed { scope, objects } = &event.event
@@ -212,13 +220,13 @@ pub async fn run(
                     let watch = &sources.watches[event.watch];
                     tracing::info!(stores = %watch.stores.join(","), watch = %watch.spec.describe(), objects = objects.len(), "initial list done");
                 }
-                apply(&mut stores, &sources.watches[event.watch].stores, event.event);
+                apply(&mut stores, &sources.watches[event.watch].stores, event.event, &telemetry);
                 let now = Instant::now();
                 burst.get_or_insert(Burst { first: now, last: now }).last = now;
             }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
-                let ok = render_once(&prepared, snapshot(&stores)).await;
+                let ok = render_once(&prepared, snapshot(&stores), &telemetry, &mut checksums).await;
                 rendered_once = true;
                 if options.once {
                     return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
@@ -263,7 +271,12 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 /// Applies one watch event to every store the watch feeds.
-fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event) {
+fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event, telemetry: &Telemetry) {
+    let kind = match &event {
+        Event::Applied(_) => "applied",
+        Event::Deleted(_) => "deleted",
+        Event::Listed { .. } => "listed",
+    };
     for name in names {
         let Some(store) = stores.get_mut(name) else { continue };
         match &event {
@@ -275,39 +288,116 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
             }
             Event::Listed { scope, objects } => store.reset_scope(scope.as_deref(), objects.iter().cloned()),
         }
+        let label = StoreLabel { store: name.clone() };
+        telemetry
+            .metrics
+            .store_objects
+            .get_or_create(&label)
+            .set(store.len() as i64);
+        telemetry
+            .metrics
+            .watch_events
+            .get_or_create(&EventLabels {
+                store: name.clone(),
+                r#type: kind.into(),
+            })
+            .inc();
+        telemetry.status.store_changed(name, store.len());
     }
 }
 
 /// One render of a live run: render off the async threads, write, and run
-/// the actions if a file changed. Returns whether it succeeded.
-async fn render_once(prepared: &Arc<Prepared>, snapshot: StoresSnapshot) -> bool {
+/// the actions if a file changed; report it all. Returns whether it
+/// succeeded. `checksums` holds each template output's sha256 between renders.
+async fn render_once(
+    prepared: &Arc<Prepared>,
+    snapshot: StoresSnapshot,
+    telemetry: &Telemetry,
+    checksums: &mut BTreeMap<String, String>,
+) -> bool {
+    let started = Instant::now();
+    let span = tracing::info_span!("render");
+    let result = render_and_report(prepared, snapshot, telemetry, checksums)
+        .instrument(span)
+        .await;
+    let duration = started.elapsed();
+    telemetry.metrics.render_done(result.is_ok(), duration);
+    let error = result.as_ref().err().cloned();
+    telemetry.status.render_done(duration, error.clone());
+    let changed = result.as_ref().is_ok_and(|changed| *changed);
+    telemetry.publish(RenderOutcome {
+        at: std::time::SystemTime::now(),
+        duration,
+        error,
+        changed,
+        outputs: checksums
+            .iter()
+            .map(|(path, sum)| (path.clone(), sum.clone()))
+            .collect(),
+    });
+    if changed {
+        let outcome = action::run_all(&prepared.config.actions, &telemetry.metrics).await;
+        if !outcome.failed.is_empty() {
+            tracing::warn!(
+                failed = outcome.failed.len(),
+                "some actions failed; the files stay as rendered"
+            );
+        }
+    }
+    result.is_ok()
+}
+
+/// Renders, writes and logs; `Ok(changed)`, or the error message.
+async fn render_and_report(
+    prepared: &Arc<Prepared>,
+    snapshot: StoresSnapshot,
+    telemetry: &Telemetry,
+    checksums: &mut BTreeMap<String, String>,
+) -> Result<bool, String> {
     let started = Instant::now();
     let renderer = Arc::clone(prepared);
-    let rendered = tokio::task::spawn_blocking(move || renderer.renderer.render_all(&snapshot)).await;
+    let rendered = tokio::task::spawn_blocking(move || renderer.renderer.render_all(&snapshot))
+        .await
+        .map_err(|e| format!("the render task failed: {e}"))?;
     let rendered = match rendered {
-        Ok(Ok(rendered)) => rendered,
-        Ok(Err(errors)) => {
+        Ok(rendered) => rendered,
+        Err(errors) => {
             for error in &errors {
                 tracing::error!(template = %error.template, error = %error.message, "render failed");
             }
-            return false;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "render task failed");
-            return false;
+            return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
         }
     };
     let report = match write(prepared, &rendered, None).await {
         Ok(report) => report,
         Err(error) => {
             tracing::error!(%error, "writing outputs failed; previous files kept");
-            return false;
+            return Err(error.to_string());
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    for r in &rendered {
+        let path = prepared.config.templates[&r.template]
+            .output
+            .path()
+            .display()
+            .to_string();
+        if report.changed_templates.contains(&r.template) || !checksums.contains_key(&path) {
+            let sum = checksum(&r.content);
+            telemetry.status.output_written(&path, &r.template, sum.clone());
+            checksums.insert(path, sum);
+        }
+    }
+    for (template, count) in count_by_template(prepared, &report) {
+        telemetry
+            .metrics
+            .files_written
+            .get_or_create(&TemplateLabel { template })
+            .inc_by(count);
+    }
     if !report.changed() {
         tracing::info!(elapsed_ms, "render done; outputs unchanged");
-        return true;
+        return Ok(false);
     }
     for path in &report.written {
         tracing::info!(path = %path.display(), "file written");
@@ -316,6 +406,40 @@ async fn render_once(prepared: &Arc<Prepared>, snapshot: StoresSnapshot) -> bool
         tracing::info!(path = %path.display(), "stale file removed");
     }
     tracing::info!(elapsed_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
-    action::run_all(&prepared.config.actions).await;
-    true
+    Ok(true)
+}
+
+/// Files written per template in one write.
+fn count_by_template(prepared: &Prepared, report: &output::Report) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for path in &report.written {
+        let template = prepared
+            .config
+            .templates
+            .values()
+            .find(|t| path.starts_with(t.output.path()))
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        *counts.entry(template).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The sha256 of a template's output: of the file, or of every file's name and
+/// bytes of a directory output.
+fn checksum(content: &render::Content) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    match content {
+        render::Content::File(bytes) => digest.update(bytes),
+        render::Content::Directory(files) => {
+            for (name, bytes) in files {
+                digest.update(name.as_bytes());
+                digest.update([0]);
+                digest.update((bytes.len() as u64).to_be_bytes());
+                digest.update(bytes);
+            }
+        }
+    }
+    digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

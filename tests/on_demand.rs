@@ -6,7 +6,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube_template::config::CacheSettings;
@@ -14,6 +13,7 @@ use kube_template::pipeline::{self, RunOptions};
 use kube_template::source::{self, kubernetes};
 use kube_template::store::ObjectId;
 use kube_template::store::on_demand::{BodyCache, Version, Wanted};
+use kube_template::telemetry::Telemetry;
 use serde_json::{Value, json};
 use support::fake_api::{FakeApiServer, Fault, Verb};
 use tokio::sync::oneshot;
@@ -75,20 +75,23 @@ render:
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         let prepared = pipeline::prepare(&dir.path().join("config.yaml")).unwrap();
-        let sources = source::start_kubernetes(
-            &prepared.config,
-            server.client().await,
-            kubernetes::WatchOptions::default(),
-        )
-        .await
-        .unwrap();
+        let telemetry = Arc::new(Telemetry::default());
+        let connect = kubernetes::Connect {
+            kubeconfig: Some(server.kubeconfig_path()),
+            context: None,
+        };
+        let client_config = kubernetes::client_config(&connect).await.unwrap();
+        let options = kubernetes::WatchOptions::default();
+        let sources = source::start_kubernetes(&prepared.config, client_config, options, &telemetry)
+            .await
+            .unwrap();
         let caches = sources.caches.values().cloned().collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            pipeline::run(Arc::new(prepared), sources, RunOptions::default(), shutdown)
+            pipeline::run(Arc::new(prepared), sources, RunOptions::default(), telemetry, shutdown)
                 .await
                 .unwrap();
         });
@@ -102,7 +105,7 @@ render:
     }
 
     fn stale(&self) -> u64 {
-        self.caches[0].stats.stale.load(Ordering::SeqCst)
+        self.caches[0].stats.stale.get()
     }
 
     /// Waits until the output satisfies `ok`; returns it.
@@ -285,5 +288,5 @@ async fn cache_over(server: &FakeApiServer, max_entries: usize) -> Arc<BodyCache
         ttl: Duration::from_secs(600),
         max_entries,
     };
-    Arc::new(BodyCache::new("s", fetch, settings, Vec::new()))
+    Arc::new(BodyCache::new("s", fetch, settings, Vec::new(), Default::default()))
 }

@@ -77,6 +77,8 @@ pub struct Config {
     pub actions: Vec<Action>,
     pub render: RenderSettings,
     pub admin: AdminSettings,
+    /// Where to report each render's result, if anywhere.
+    pub status: Option<StatusSettings>,
     /// The YAML tree, kept so that later checks (template compilation) can point
     /// at the line they are about.
     pub(crate) tree: Node,
@@ -418,7 +420,18 @@ fn default_listen() -> String {
     "0.0.0.0:9090".into()
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin"];
+/// `status:` — a ConfigMap whose annotations carry the last render's result.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSettings {
+    /// Name of the ConfigMap (it must exist; only its annotations are written).
+    pub config_map: String,
+    /// Its namespace; default: the pod's (`POD_NAMESPACE`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin", "status"];
 
 impl Config {
     /// Reads and validates a config file. Templates are not compiled here; the
@@ -516,6 +529,7 @@ impl Validator<'_> {
             actions: Vec::new(),
             render: RenderSettings::default(),
             admin: AdminSettings::default(),
+            status: None,
             tree: Node {
                 position: Position::default(),
                 value: NodeValue::Null,
@@ -596,6 +610,14 @@ impl Validator<'_> {
             && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node)
         {
             config.admin = admin;
+        }
+        if let Some(node) = self.tree.get("status").cloned()
+            && !matches!(node.value, NodeValue::Null)
+        {
+            config.status = self.typed::<StatusSettings>(&["status".into()], &node);
+            if config.status.as_ref().is_some_and(|s| s.config_map.trim().is_empty()) {
+                self.issue(&["status".into(), "config_map".into()], "must not be empty");
+            }
         }
         config
     }

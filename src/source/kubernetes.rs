@@ -8,6 +8,7 @@
 //! reconnect) replaces a store atomically.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -22,6 +23,9 @@ use tokio::sync::mpsc;
 
 use super::{Event, Scope, SourceEvent, Watch};
 use crate::store::on_demand::Fetch;
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::WatchLabel;
+use crate::telemetry::status::Activity;
 
 /// Why the Kubernetes source could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +40,7 @@ pub enum Error {
         api_version: String,
         kind: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A watch stream ended, which kube-rs watchers never do on their own.
     #[error("the watch of {0} ended unexpectedly")]
@@ -54,9 +58,9 @@ pub struct Connect<'a> {
     pub context: Option<&'a str>,
 }
 
-/// Builds a client from a kubeconfig, or the in-cluster configuration when
-/// running in a pod without one.
-pub async fn client(connect: &Connect<'_>) -> Result<Client> {
+/// Finds the client configuration: a kubeconfig, or the in-cluster
+/// configuration when running in a pod without one.
+pub async fn client_config(connect: &Connect<'_>) -> Result<kube::Config> {
     let options = KubeConfigOptions {
         context: connect.context.map(str::to_string),
         ..KubeConfigOptions::default()
@@ -74,7 +78,93 @@ pub async fn client(connect: &Connect<'_>) -> Result<Client> {
             .map_err(|e| Error::Config(e.to_string()))?,
         None => kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?,
     };
-    Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+    Ok(config)
+}
+
+/// A client whose every response, and every chunk of a response body (watch
+/// events and bookmarks included), counts as life of `activity`: this is how
+/// a stalled watch is told from a quiet one.
+pub fn watched_client(config: &kube::Config, activity: Arc<Activity>) -> Result<Client> {
+    let builder = kube::client::ClientBuilder::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(builder.with_layer(&ActivityLayer(activity)).build())
+}
+
+#[derive(Clone)]
+struct ActivityLayer(Arc<Activity>);
+
+impl<S> tower::Layer<S> for ActivityLayer {
+    type Service = ActivityService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ActivityService {
+            inner,
+            activity: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ActivityService<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, Req, B> tower::Service<http::Request<Req>> for ActivityService<S>
+where
+    S: tower::Service<http::Request<Req>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ActivityBody<B>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Req>) -> Self::Future {
+        let response = self.inner.call(request);
+        let activity = Arc::clone(&self.activity);
+        async move {
+            let response = response.await?;
+            activity.touch();
+            Ok(response.map(|inner| ActivityBody { inner, activity }))
+        }
+        .boxed()
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ActivityBody<B> {
+        #[pin]
+        inner: B,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ActivityBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &frame {
+            this.activity.touch();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A watch's kind as the server serves it.
@@ -101,7 +191,7 @@ pub async fn resolve(client: &Client, watches: &[Watch]) -> Result<Vec<Resolved>
                     stores: watch.stores.join("`, `"),
                     api_version: watch.spec.api_version.clone(),
                     kind: watch.spec.kind.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         resolved.push(Resolved {
             resource,
@@ -121,26 +211,84 @@ pub fn scopes(watch: &Watch, resolved: &Resolved) -> Vec<Scope> {
 }
 
 /// Options of the watchers.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct WatchOptions {
     /// Use streaming lists (WatchList) instead of paged LISTs.
     pub streaming_lists: bool,
+    /// `timeoutSeconds` of each watch request; a watch silent for longer
+    /// (plus a few seconds) counts as stalled.
+    pub timeout: std::time::Duration,
 }
 
-/// Runs one watcher (one watch, one scope) until the receiver goes away,
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            streaming_lists: false,
+            timeout: std::time::Duration::from_secs(290),
+        }
+    }
+}
+
+impl WatchOptions {
+    /// How long a watch may be silent before `/healthz` reports it stalled.
+    pub fn silence_limit(&self) -> std::time::Duration {
+        self.timeout + std::time::Duration::from_secs(5)
+    }
+}
+
+/// Where a watch stream reports to.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    pub telemetry: Arc<Telemetry>,
+    /// The stream's index in the status.
+    pub index: usize,
+}
+
+/// One watcher (one watch, one scope), run until the receiver goes away,
 /// sending its events as watch number `id`. A metadata-only watch (for an
 /// on-demand store) asks the server for `PartialObjectMetadata`, so no object
 /// body is ever sent or held.
-pub async fn run_watch(
+pub struct WatchTask {
+    pub client: Client,
+    /// The watch's index in the plan.
+    pub id: usize,
+    pub watch: Watch,
+    pub resolved: Resolved,
+    pub scope: Scope,
+    pub options: WatchOptions,
+    pub reporting: Reporting,
+    pub tx: mpsc::Sender<SourceEvent>,
+}
+
+impl WatchTask {
+    /// Runs until the receiver goes away.
+    pub async fn run(self) -> Result<()> {
+        let WatchTask {
+            client,
+            id,
+            watch,
+            resolved,
+            scope,
+            options,
+            reporting,
+            tx,
+        } = self;
+        run_watch(client, id, watch, resolved, scope, options, reporting, tx).await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_watch(
     client: Client,
     id: usize,
     watch: Watch,
     resolved: Resolved,
     scope: Scope,
     options: WatchOptions,
+    reporting: Reporting,
     tx: mpsc::Sender<SourceEvent>,
 ) -> Result<()> {
-    let mut config = watcher::Config::default();
+    let mut config = watcher::Config::default().timeout(options.timeout.as_secs().max(1) as u32);
     if !watch.spec.labels.is_empty() {
         config = config.labels(watch.spec.labels.as_str());
     }
@@ -160,6 +308,7 @@ pub async fn run_watch(
         stores: watch.stores.join(","),
         name: &name,
         scope: &scope,
+        reporting,
         tx,
     };
     if watch.spec.metadata_only {
@@ -186,6 +335,7 @@ struct Pump<'a> {
     stores: String,
     name: &'a str,
     scope: &'a Scope,
+    reporting: Reporting,
     tx: mpsc::Sender<SourceEvent>,
 }
 
@@ -199,7 +349,13 @@ impl Pump<'_> {
     ) -> Result<()> {
         let mut stream = std::pin::pin!(stream);
         let mut listing: Option<Vec<Value>> = None;
+        let status = &self.reporting.telemetry.status;
+        let mut failing = false;
         while let Some(item) = stream.next().await {
+            if item.is_ok() && failing {
+                failing = false;
+                status.watch_error(self.reporting.index, None);
+            }
             let event = match item {
                 Ok(watcher::Event::Init) => {
                     listing = Some(Vec::new());
@@ -212,6 +368,7 @@ impl Pump<'_> {
                 Ok(watcher::Event::InitDone) => {
                     let objects = listing.take().unwrap_or_default();
                     tracing::debug!(stores = %self.stores, watch = %self.name, objects = objects.len(), "listed");
+                    status.watch_synced(self.reporting.index);
                     Event::Listed {
                         scope: self.scope.clone(),
                         objects,
@@ -221,6 +378,16 @@ impl Pump<'_> {
                 Ok(watcher::Event::Delete(object)) => Event::Deleted(json(object)),
                 Err(error) => {
                     tracing::warn!(stores = %self.stores, watch = %self.name, %error, "watch failed; retrying with backoff");
+                    failing = true;
+                    status.watch_error(self.reporting.index, Some(error.to_string()));
+                    self.reporting
+                        .telemetry
+                        .metrics
+                        .watch_restarts
+                        .get_or_create(&WatchLabel {
+                            watch: self.name.to_string(),
+                        })
+                        .inc();
                     continue;
                 }
             };

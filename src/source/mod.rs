@@ -21,6 +21,8 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, Resource, StoreKind};
 use crate::store::on_demand::BodyCache;
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::CacheMetrics;
 use selector::{FieldSelector, LabelSelector};
 
 /// What one watch is about; entries with equal specs share a watch.
@@ -163,8 +165,18 @@ pub struct Sources {
 }
 
 /// Starts a live manifests source (`run --from`).
-pub fn start_manifests(config: &Config, paths: Vec<PathBuf>) -> manifests::Result<Sources> {
+pub fn start_manifests(config: &Config, paths: Vec<PathBuf>, telemetry: &Arc<Telemetry>) -> manifests::Result<Sources> {
     let watches = plan(config);
+    register_stores(config, &watches, telemetry);
+    // Files do not stall: the manifests "watch" is never silent for too long.
+    for watch in &watches {
+        let index = telemetry.status.add_watch(
+            format!("{} in manifests", watch.spec.describe()),
+            telemetry.status.activity(),
+            None,
+        );
+        telemetry.status.watch_synced(index);
+    }
     let live = manifests::LiveManifests::load(paths, watches.clone())?;
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
@@ -179,14 +191,18 @@ pub fn start_manifests(config: &Config, paths: Vec<PathBuf>) -> manifests::Resul
 }
 
 /// Starts the Kubernetes watches: resolves every kind by discovery first, so
-/// that an unknown kind fails the start.
+/// that an unknown kind fails the start. Each watch stream gets a client of
+/// its own, so that its liveness can be followed.
 pub async fn start_kubernetes(
     config: &Config,
-    client: kube::Client,
+    client_config: kube::Config,
     options: kubernetes::WatchOptions,
+    telemetry: &Arc<Telemetry>,
 ) -> kubernetes::Result<Sources> {
+    let client = kube::Client::try_from(client_config.clone()).map_err(|e| kubernetes::Error::Config(e.to_string()))?;
     let watches = plan(config);
     let resolved = kubernetes::resolve(&client, &watches).await?;
+    register_stores(config, &watches, telemetry);
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
     let mut expected = Vec::new();
@@ -196,11 +212,13 @@ pub async fn start_kubernetes(
             // One cache per watch: stores over the same objects share bodies.
             let first = &config.watched_resources[&watch.stores[0]];
             let fetch = Arc::new(kubernetes::ApiFetch::new(client.clone(), &resolved));
+            let name = watch.stores.join(",");
             let cache = Arc::new(BodyCache::new(
-                &watch.stores.join(","),
+                &name,
                 fetch,
                 first.cache,
                 first.ignore_fields.clone(),
+                CacheMetrics::registered(&telemetry.metrics, &name),
             ));
             for name in &watch.stores {
                 caches.insert(name.clone(), Arc::clone(&cache));
@@ -208,15 +226,29 @@ pub async fn start_kubernetes(
         }
         for scope in kubernetes::scopes(watch, &resolved) {
             expected.push((id, scope.clone()));
-            let task = kubernetes::run_watch(
-                client.clone(),
+            let activity = telemetry.status.activity();
+            let name = match &scope {
+                Some(namespace) => format!("{} in namespace {namespace}", watch.spec.describe()),
+                None => watch.spec.describe(),
+            };
+            let index = telemetry
+                .status
+                .add_watch(name, Arc::clone(&activity), Some(options.silence_limit()));
+            let reporting = kubernetes::Reporting {
+                telemetry: Arc::clone(telemetry),
+                index,
+            };
+            let task = kubernetes::WatchTask {
+                client: kubernetes::watched_client(&client_config, activity)?,
                 id,
-                watch.clone(),
-                resolved.clone(),
+                watch: watch.clone(),
+                resolved: resolved.clone(),
                 scope,
                 options,
-                tx.clone(),
-            );
+                reporting,
+                tx: tx.clone(),
+            }
+            .run();
             tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
         }
     }
@@ -227,6 +259,21 @@ pub async fn start_kubernetes(
         tasks,
         caches,
     })
+}
+
+/// Puts every store on the status page.
+fn register_stores(config: &Config, watches: &[Watch], telemetry: &Telemetry) {
+    for watch in watches {
+        for name in &watch.stores {
+            let store = match config.watched_resources[name].spec.store {
+                StoreKind::Full => "full",
+                StoreKind::OnDemand => "on-demand",
+            };
+            telemetry
+                .status
+                .add_store(name, format!("{} ({store})", watch.spec.describe()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use tokio::time::Instant;
 use super::{Entry, Meta, ObjectId, Store};
 use crate::config::CacheSettings;
 use crate::index::FieldPath;
+use crate::telemetry::metrics::CacheMetrics;
 
 /// What an on-demand store keeps per object besides its position: the
 /// version the watch last reported.
@@ -72,40 +72,6 @@ pub trait Fetch: Send + Sync + 'static {
     fn fetch(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Value>, String>>;
 }
 
-/// Counters of one on-demand store, for metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stale: AtomicU64,
-    pub errors: AtomicU64,
-    pub fetch_latency: Histogram,
-}
-
-/// Upper bounds, in seconds, of the fetch-latency buckets.
-pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-
-/// A latency histogram with [`LATENCY_BUCKETS`] (plus +Inf), its sum and count.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    pub buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    pub sum_micros: AtomicU64,
-    pub count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// A fetched body.
 #[derive(Debug, Clone)]
 struct Cached {
@@ -129,7 +95,8 @@ pub struct BodyCache {
     in_flight: Mutex<HashMap<ObjectId, Flight>>,
     gets: Arc<Semaphore>,
     stale_logged: Mutex<HashSet<ObjectId>>,
-    pub stats: Stats,
+    /// Hits, misses, stale uses, fetch errors and fetch latency.
+    pub stats: CacheMetrics,
 }
 
 impl std::fmt::Debug for BodyCache {
@@ -159,7 +126,13 @@ pub struct Wanted {
 }
 
 impl BodyCache {
-    pub fn new(name: &str, fetch: Arc<dyn Fetch>, settings: CacheSettings, ignore_fields: Vec<FieldPath>) -> BodyCache {
+    pub fn new(
+        name: &str,
+        fetch: Arc<dyn Fetch>,
+        settings: CacheSettings,
+        ignore_fields: Vec<FieldPath>,
+        stats: CacheMetrics,
+    ) -> BodyCache {
         let capacity = NonZeroUsize::new(settings.max_entries).unwrap_or(NonZeroUsize::MIN);
         BodyCache {
             name: name.to_string(),
@@ -170,7 +143,7 @@ impl BodyCache {
             in_flight: Mutex::new(HashMap::new()),
             gets: Arc::new(Semaphore::new(CONCURRENT_GETS)),
             stale_logged: Mutex::new(HashSet::new()),
-            stats: Stats::default(),
+            stats,
         }
     }
 
@@ -196,10 +169,10 @@ impl BodyCache {
             && cached.version == wanted.version
             && cached.fetched.elapsed() < self.ttl
         {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.hits.inc();
             return Ok(Some(cached.body.clone()));
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.stats.misses.inc();
         let (flight, started_it) = self.flight(wanted);
         let started = Instant::now();
         let result = flight.clone().await;
@@ -212,7 +185,7 @@ impl BodyCache {
             }
         }
         if started_it {
-            self.stats.fetch_latency.observe(started.elapsed());
+            self.stats.fetch_duration.observe(started.elapsed().as_secs_f64());
         }
         match result {
             Ok(Some(mut object)) => {
@@ -237,7 +210,7 @@ impl BodyCache {
                 Ok(None)
             }
             Err(message) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.inc();
                 let object = format!("{}/{}", wanted.namespace, wanted.name);
                 let copy = lock(&self.entries).get(&wanted.id).cloned();
                 let Some(copy) = copy else {
@@ -247,7 +220,7 @@ impl BodyCache {
                         message,
                     });
                 };
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                self.stats.stale.inc();
                 if lock(&self.stale_logged).insert(wanted.id) {
                     tracing::warn!(
                         store = %self.name,
@@ -288,7 +261,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use serde_json::json;
     use tokio::sync::Notify;
@@ -343,6 +316,7 @@ mod tests {
             Arc::new(Arc::clone(fetch)),
             CacheSettings { ttl, max_entries },
             vec![FieldPath::parse("metadata.managedFields").unwrap()],
+            CacheMetrics::default(),
         )
     }
 
@@ -375,9 +349,26 @@ mod tests {
         );
         cache.read(&wanted("a", 1)).await.unwrap();
         assert_eq!(fetch.gets.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.stats.hits.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.stats.misses.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.stats.fetch_latency.count.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.stats.hits.get(), 1);
+        assert_eq!(cache.stats.misses.get(), 1);
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let registered = BodyCache::new(
+            "secrets",
+            Arc::new(Arc::clone(&fetch)),
+            CacheSettings::default(),
+            Vec::new(),
+            CacheMetrics::registered(&metrics, "secrets"),
+        );
+        registered.read(&wanted("a", 1)).await.unwrap();
+        registered.read(&wanted("a", 1)).await.unwrap();
+        let text = metrics.encode();
+        for line in [
+            "kube_template_cache_hits_total{store=\"secrets\"} 1",
+            "kube_template_cache_misses_total{store=\"secrets\"} 1",
+            "kube_template_cache_fetch_duration_seconds_count{store=\"secrets\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     #[tokio::test]
@@ -476,13 +467,13 @@ mod tests {
         fetch.failing.store(true, Ordering::SeqCst);
         let stale = cache.read(&wanted("a", 2)).await.unwrap().unwrap();
         assert_eq!(data(&stale), "one");
-        assert_eq!(cache.stats.stale.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.stats.stale.get(), 1);
         let error = cache.read(&wanted("b", 1)).await.unwrap_err();
         assert_eq!(
             error.to_string(),
             "resources.secrets: cannot fetch ns/b: connection refused"
         );
-        assert_eq!(cache.stats.errors.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.stats.errors.get(), 2);
     }
 
     #[tokio::test]

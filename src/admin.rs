@@ -1,0 +1,156 @@
+//! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` and a status page
+//! at `/` (DESIGN section 7). It only reads [`Telemetry`]; it never shows
+//! object data.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::telemetry::Telemetry;
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(page))
+        .with_state(telemetry);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+fn verdict(result: Result<(), Vec<String>>) -> Response {
+    match result {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", reasons.join("\n"))).into_response(),
+    }
+}
+
+async fn healthz(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    verdict(telemetry.status.health())
+}
+
+async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    verdict(telemetry.status.readiness())
+}
+
+async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        telemetry.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn page(State(telemetry): State<Arc<Telemetry>>) -> Html<String> {
+    Html(status_page(&telemetry))
+}
+
+/// The status page: stores, watches, outputs and the last render. Names,
+/// counts, times and checksums only.
+pub fn status_page(telemetry: &Telemetry) -> String {
+    let view = telemetry.status.view();
+    let mut html = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>kube-template</title>\
+         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+         td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.bad{color:#b00}</style>\
+         </head><body>\n<h1>kube-template</h1>\n",
+    );
+    let health = match telemetry.status.health() {
+        Ok(()) => "healthy".to_string(),
+        Err(reasons) => format!("<span class=\"bad\">unhealthy: {}</span>", escape(&reasons.join("; "))),
+    };
+    let ready = match telemetry.status.readiness() {
+        Ok(()) => "ready".to_string(),
+        Err(reasons) => format!("<span class=\"bad\">not ready: {}</span>", escape(&reasons.join("; "))),
+    };
+    let _ = writeln!(html, "<p>{health} · {ready}</p>");
+
+    html.push_str("<h2>Last render</h2>\n");
+    match &view.last_render {
+        None => html.push_str("<p>none yet</p>\n"),
+        Some(render) => {
+            let result = match &render.error {
+                None => "success".to_string(),
+                Some(e) => format!("<span class=\"bad\">failed: {}</span>", escape(e)),
+            };
+            let _ = writeln!(
+                html,
+                "<p>{} · {} ms · {result}</p>",
+                time(render.at),
+                render.duration.as_millis()
+            );
+        }
+    }
+
+    html.push_str(
+        "<h2>Stores</h2>\n<table><tr><th>store</th><th>resource</th><th>objects</th><th>last event</th></tr>\n",
+    );
+    for (name, store) in &view.stores {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            escape(&store.resource),
+            store.objects,
+            store.last_event.map(time).unwrap_or_else(|| "-".into())
+        );
+    }
+    html.push_str("</table>\n");
+
+    html.push_str(
+        "<h2>Watches</h2>\n<table><tr><th>watch</th><th>initial list</th><th>silent for</th><th>last error</th></tr>\n",
+    );
+    for watch in &view.watches {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{} s</td><td>{}</td></tr>",
+            escape(&watch.name),
+            if watch.synced { "done" } else { "pending" },
+            watch.activity.silent_for().as_secs(),
+            escape(watch.error.as_deref().unwrap_or("-"))
+        );
+    }
+    html.push_str("</table>\n");
+
+    html.push_str(
+        "<h2>Outputs</h2>\n<table><tr><th>path</th><th>template</th><th>last written</th><th>sha256</th></tr>\n",
+    );
+    for (path, output) in &view.outputs {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            escape(path),
+            escape(&output.template),
+            time(output.written_at),
+            escape(&output.sha256)
+        );
+    }
+    html.push_str("</table>\n<p><a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">healthz</a> · <a href=\"/readyz\">readyz</a></p>\n</body></html>\n");
+    html
+}
+
+fn time(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

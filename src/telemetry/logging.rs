@@ -1,0 +1,103 @@
+//! Logging: text or JSON, level from `--log-level` or `RUST_LOG`. Text lines
+//! put the fields first and the message last, quoted:
+//! `2026-11-22T04:45:43.984Z  INFO store=ingresses objects=1200 "initial list done"`.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `level` (e.g. `info`, `kube_template=debug`)
+/// wins over `RUST_LOG`; logs go to stderr so stdout stays clean.
+pub fn init(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .event_format(FieldsFirst {
+                color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            })
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// The text format: time, level, `key=value` fields, then the message.
+struct FieldsFirst {
+    color: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for FieldsFirst
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        let level = *event.metadata().level();
+        let (start, end) = match (self.color, level) {
+            (false, _) => ("", ""),
+            (true, tracing::Level::ERROR) => ("\x1b[31m", "\x1b[0m"),
+            (true, tracing::Level::WARN) => ("\x1b[33m", "\x1b[0m"),
+            (true, _) => ("\x1b[2m", "\x1b[0m"),
+        };
+        write!(writer, "{now} {start}{level:>5}{end}")?;
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        for (name, value) in &fields.pairs {
+            write!(writer, " {name}={value}")?;
+        }
+        writeln!(writer, " {:?}", fields.message)
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.pairs.push((field.name(), quote_if_needed(value)));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.pairs.push((field.name(), quote_if_needed(&text)));
+        }
+    }
+}
+
+/// Values with spaces or quotes are quoted, so lines stay parseable.
+fn quote_if_needed(value: &str) -> String {
+    if value.is_empty() || value.contains([' ', '"', '=']) {
+        format!("{value:?}")
+    } else {
+        value.to_string()
+    }
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics (`kube_template_*`), served as text by `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub store: String,
+    /// `applied`, `deleted` or `listed`.
+    pub r#type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    pub watch: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabel {
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.5, 12))
+}
+
+/// Every metric of the process. Handles are cheap clones sharing the value.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub store_objects: Family<StoreLabel, Gauge>,
+    pub watch_events: Family<EventLabels, Counter>,
+    pub watch_restarts: Family<WatchLabel, Counter>,
+    pub renders: Family<ResultLabel, Counter>,
+    pub render_duration: Histogram,
+    pub files_written: Family<TemplateLabel, Counter>,
+    pub actions: Family<ActionLabels, Counter>,
+    pub action_duration: HistogramFamily<ActionLabel>,
+    pub cache_hits: Family<StoreLabel, Counter>,
+    pub cache_misses: Family<StoreLabel, Counter>,
+    pub cache_stale: Family<StoreLabel, Counter>,
+    pub cache_errors: Family<StoreLabel, Counter>,
+    pub cache_fetch_duration: HistogramFamily<StoreLabel>,
+    pub last_success: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kube_template");
+        let m = Metrics {
+            store_objects: Family::default(),
+            watch_events: Family::default(),
+            watch_restarts: Family::default(),
+            renders: Family::default(),
+            render_duration: seconds_histogram(),
+            files_written: Family::default(),
+            actions: Family::default(),
+            action_duration: Family::new_with_constructor(seconds_histogram),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_stale: Family::default(),
+            cache_errors: Family::default(),
+            cache_fetch_duration: Family::new_with_constructor(seconds_histogram),
+            last_success: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "store_objects",
+            "Objects (or references) in each store",
+            m.store_objects.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Watch events applied, by store and type (applied, deleted, listed)",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Watch failures after which the watch was restarted with backoff",
+            m.watch_restarts.clone(),
+        );
+        registry.register("renders", "Renders by result (success, failure)", m.renders.clone());
+        registry.register_with_unit(
+            "render_duration",
+            "Time to render, check and write all templates",
+            Unit::Seconds,
+            m.render_duration.clone(),
+        );
+        registry.register(
+            "files_written",
+            "Files written (changed bytes), by template",
+            m.files_written.clone(),
+        );
+        registry.register("actions", "Action runs by action and result", m.actions.clone());
+        registry.register_with_unit(
+            "action_duration",
+            "Time an action took",
+            Unit::Seconds,
+            m.action_duration.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "On-demand reads served from the cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "On-demand reads that needed a GET",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "cache_stale",
+            "On-demand reads served from an outdated cached copy because the GET failed",
+            m.cache_stale.clone(),
+        );
+        registry.register("cache_fetch_errors", "Failed on-demand GETs", m.cache_errors.clone());
+        registry.register_with_unit(
+            "cache_fetch_duration",
+            "Time of on-demand GETs",
+            Unit::Seconds,
+            m.cache_fetch_duration.clone(),
+        );
+        registry.register(
+            "last_successful_render_timestamp_seconds",
+            "Unix time of the last successful render",
+            m.last_success.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in the Prometheus / OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Records a render's result and duration.
+    pub fn render_done(&self, ok: bool, duration: Duration) {
+        let result = if ok { "success" } else { "failure" };
+        self.renders.get_or_create(&ResultLabel { result: result.into() }).inc();
+        self.render_duration.observe(duration.as_secs_f64());
+        if ok {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success.set(now.as_secs_f64());
+        }
+    }
+}
+
+/// The metric handles of one on-demand store's cache.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stale: Counter,
+    pub errors: Counter,
+    pub fetch_duration: Histogram,
+}
+
+impl Default for CacheMetrics {
+    /// Handles registered nowhere (for tests and tools).
+    fn default() -> Self {
+        CacheMetrics {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            stale: Counter::default(),
+            errors: Counter::default(),
+            fetch_duration: seconds_histogram(),
+        }
+    }
+}
+
+impl CacheMetrics {
+    /// Handles registered under `store`.
+    pub fn registered(metrics: &Metrics, store: &str) -> CacheMetrics {
+        let label = StoreLabel { store: store.into() };
+        CacheMetrics {
+            hits: metrics.cache_hits.get_or_create(&label).clone(),
+            misses: metrics.cache_misses.get_or_create(&label).clone(),
+            stale: metrics.cache_stale.get_or_create(&label).clone(),
+            errors: metrics.cache_errors.get_or_create(&label).clone(),
+            fetch_duration: metrics.cache_fetch_duration.get_or_create(&label).clone(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Telemetry: logs, metrics, the live status the admin server shows, and the
+//! stream of render outcomes that reporters (Kubernetes Events, the status
+//! ConfigMap) follow.
+
+pub mod logging;
+pub mod metrics;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+
+pub use logging::{LogFormat, init};
+use metrics::Metrics;
+use status::Status;
+
+/// What one render of a live run came to.
+#[derive(Debug, Clone)]
+pub struct RenderOutcome {
+    pub at: SystemTime,
+    pub duration: Duration,
+    /// `None` on success; the error (template, line, cause) otherwise.
+    pub error: Option<String>,
+    /// Whether any file changed.
+    pub changed: bool,
+    /// Every output file with its sha256, after the render.
+    pub outputs: Vec<(String, String)>,
+}
+
+/// Metrics, status and render outcomes of one run, shared by every stage.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub status: Status,
+    outcomes: broadcast::Sender<Arc<RenderOutcome>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            metrics: Metrics::new(),
+            status: Status::default(),
+            outcomes: broadcast::channel(16).0,
+        }
+    }
+}
+
+impl Telemetry {
+    /// Follows render outcomes from now on.
+    pub fn outcomes(&self) -> broadcast::Receiver<Arc<RenderOutcome>> {
+        self.outcomes.subscribe()
+    }
+
+    /// Publishes a render outcome to whoever follows them.
+    pub fn publish(&self, outcome: RenderOutcome) {
+        // No follower is fine.
+        let _ = self.outcomes.send(Arc::new(outcome));
+    }
+}
