@@ -81,9 +81,9 @@ pub async fn client_config(connect: &Connect<'_>) -> Result<kube::Config> {
     Ok(config)
 }
 
-/// A client whose every response, and every chunk of a response body (watch
-/// events and bookmarks included), counts as life of `activity`: this is how
-/// a stalled watch is told from a quiet one.
+/// A client whose every chunk of a successful response body (list pages,
+/// watch events and bookmarks) counts as life of `activity`: this is how a
+/// stalled watch is told from a quiet one, which still gets bookmarks.
 pub fn watched_client(config: &kube::Config, activity: Arc<Activity>) -> Result<Client> {
     let builder = kube::client::ClientBuilder::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
     Ok(builder.with_layer(&ActivityLayer(activity)).build())
@@ -127,7 +127,9 @@ where
         let activity = Arc::clone(&self.activity);
         async move {
             let response = response.await?;
-            activity.touch();
+            // Only data of successful responses is life: a server answering
+            // errors, or holding a watch open without a byte, is not.
+            let activity = response.status().is_success().then_some(activity);
             Ok(response.map(|inner| ActivityBody { inner, activity }))
         }
         .boxed()
@@ -138,7 +140,7 @@ pin_project_lite::pin_project! {
     struct ActivityBody<B> {
         #[pin]
         inner: B,
-        activity: Arc<Activity>,
+        activity: Option<Arc<Activity>>,
     }
 }
 
@@ -152,8 +154,8 @@ impl<B: http_body::Body> http_body::Body for ActivityBody<B> {
     ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(_))) = &frame {
-            this.activity.touch();
+        if let (std::task::Poll::Ready(Some(Ok(_))), Some(activity)) = (&frame, this.activity.as_ref()) {
+            activity.touch();
         }
         frame
     }
