@@ -6,13 +6,14 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Entry, Meta, Store};
+use crate::render::value::Document;
 
 /// One stored object, ready for templates.
 #[derive(Debug)]
 pub struct Object {
     pub meta: Meta,
-    /// The object as templates see it (converted once, shared by every render).
-    pub body: minijinja::Value,
+    /// The object, shared by every render (templates read it in place).
+    pub body: Document,
 }
 
 /// Whole objects of one watched resource, indexed by its `index_by` keys.
@@ -22,7 +23,7 @@ impl Entry for Arc<Object> {
     fn from_object(object: Value, meta: Meta) -> Self {
         Arc::new(Object {
             meta,
-            body: crate::render::value::from_json(object),
+            body: Arc::new(object),
         })
     }
 }
@@ -122,8 +123,7 @@ mod tests {
         s.apply(json!({"metadata": {"name": "x", "managedFields": [{"manager": "kubectl"}]}}));
         let snap = s.snapshot();
         let (_, object) = snap.iter().next().unwrap();
-        let metadata = object.body.get_attr("metadata").unwrap();
-        assert!(metadata.get_attr("managedFields").unwrap().is_undefined());
+        assert!(object.body["metadata"].get("managedFields").is_none());
     }
 
     #[test]

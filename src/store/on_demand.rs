@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::{Entry, Meta, ObjectId, Store};
 use crate::config::CacheSettings;
 use crate::index::FieldPath;
+use crate::render::value::{Document, document};
 use crate::telemetry::metrics::CacheMetrics;
 
 /// What an on-demand store keeps per object besides its position: the
@@ -76,7 +77,7 @@ pub trait Fetch: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 struct Cached {
     version: Version,
-    body: minijinja::Value,
+    body: Document,
     fetched: Instant,
 }
 
@@ -170,7 +171,7 @@ impl BodyCache {
             && cached.fetched.elapsed() < self.ttl
         {
             self.stats.hits.inc();
-            return Ok(Some(cached.body.clone()));
+            return Ok(Some(document(&cached.body)));
         }
         self.stats.misses.inc();
         let (flight, started_it) = self.flight(wanted);
@@ -193,17 +194,17 @@ impl BodyCache {
                     field.remove(&mut object);
                 }
                 let version = Version::of(&Meta::of(&object).resource_version);
-                let body = crate::render::value::from_json(object);
+                let body: Document = Arc::new(object);
                 lock(&self.entries).put(
                     wanted.id,
                     Cached {
                         version,
-                        body: body.clone(),
+                        body: Arc::clone(&body),
                         fetched: Instant::now(),
                     },
                 );
                 lock(&self.stale_logged).remove(&wanted.id);
-                Ok(Some(body))
+                Ok(Some(document(&body)))
             }
             Ok(None) => {
                 lock(&self.entries).pop(&wanted.id);
@@ -230,7 +231,7 @@ impl BodyCache {
                         "fetch failed; using the cached copy"
                     );
                 }
-                Ok(Some(copy.body))
+                Ok(Some(document(&copy.body)))
             }
         }
     }
