@@ -6,19 +6,25 @@
 //! One module per pipeline stage, in data-flow order:
 //!
 //! ```text
-//!  source ──objects──▶ index ──▶ store ──snapshot──▶ render ──▶ output
-//!  (manifests,         (keys)    (full)              (minijinja) (atomic files)
-//!   selectors)
+//!  source ──events──▶ index ──▶ store ──snapshot──▶ render ──▶ output ──▶ action
+//!  (Kubernetes watch,  (keys)    (full |             (minijinja) (atomic    (command,
+//!   manifests dir)               on-demand)                       files)     HTTP)
+//!                    admin: /healthz /readyz /metrics, status page (telemetry)
 //! ```
 //!
 //! - [`config`] — the YAML config, validated with every problem reported at once.
-//! - [`source`] — where objects come from (a manifests directory; selectors).
+//! - [`source`] — where objects come from: Kubernetes watches (one per distinct
+//!   resource) or a manifests directory; selectors.
 //! - [`index`] — `index_by` expressions and composite keys.
-//! - [`store`] — ordered, non-unique, snapshot-able stores of objects.
+//! - [`store`] — ordered, non-unique, snapshot-able stores: whole objects, or
+//!   references with bodies fetched on demand through a bounded cache.
 //! - [`render`] — the template environment, filters and the `resources` view.
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
-//! - [`pipeline`] — ties the stages together.
-//! - [`telemetry`] — logging.
+//! - [`action`] — commands and HTTP calls after a render that changed a file.
+//! - [`pipeline`] — ties the stages together: the initial-sync barrier,
+//!   quiescence, snapshot renders.
+//! - [`admin`] — the HTTP server for probes, metrics and the status page.
+//! - [`telemetry`] — logs, metrics, live status and render outcomes.
 #![forbid(unsafe_code)]
 
 pub mod action;
