@@ -3,7 +3,6 @@
 //! request. A failing action is logged and reported, never fatal, and never
 //! rolls files back.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -11,6 +10,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::command;
 use crate::config::{Action, HttpAction};
 use crate::telemetry::metrics::{ActionLabel, ActionLabels, Metrics};
 
@@ -120,43 +120,20 @@ pub async fn run_all(actions: &[Action], metrics: &Metrics) -> Outcome {
 }
 
 async fn run_command(argv: &[String], timeout: Duration) -> Result<(), Error> {
-    let child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| Error::Spawn {
+    command::run(argv, timeout).await.map_err(|failure| match failure {
+        command::Failure::Spawn(source) => Error::Spawn {
             argv: argv.to_vec(),
             source,
-        })?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(output) => output.map_err(|source| Error::Spawn {
+        },
+        command::Failure::Timeout(timeout) => Error::Timeout {
             argv: argv.to_vec(),
-            source,
-        })?,
-        // Dropping the child kills it (kill_on_drop).
-        Err(_) => {
-            return Err(Error::Timeout {
-                argv: argv.to_vec(),
-                timeout,
-            });
-        }
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if stderr.len() > 2048 {
-        let cut = (0..=2048).rev().find(|i| stderr.is_char_boundary(*i)).unwrap_or(0);
-        stderr.truncate(cut);
-        stderr.push('…');
-    }
-    Err(Error::Exit {
-        argv: argv.to_vec(),
-        status: output.status.to_string(),
-        stderr,
+            timeout,
+        },
+        command::Failure::Exit { status, output } => Error::Exit {
+            argv: argv.to_vec(),
+            status,
+            stderr: output,
+        },
     })
 }
 

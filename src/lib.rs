@@ -21,19 +21,23 @@
 //! - [`render`] — the template environment, filters and the `resources` view.
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
 //! - [`action`] — commands and HTTP calls after a render that changed a file.
+//! - [`command`] — running external programs with a timeout (checks, actions).
 //! - [`pipeline`] — ties the stages together: the initial-sync barrier,
 //!   quiescence, snapshot renders.
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
+//! - [`report`] — render outcomes as Events on the pod and a status ConfigMap.
 #![forbid(unsafe_code)]
 
 pub mod action;
 pub mod admin;
+pub mod command;
 pub mod config;
 pub mod index;
 pub mod output;
 pub mod pipeline;
 pub mod render;
+pub mod report;
 pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -12,11 +12,11 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tempfile::NamedTempFile;
 
+use crate::command;
 use crate::config::{OutputTarget, Template};
 use crate::render::Content;
 
@@ -281,58 +281,32 @@ fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
 
 /// Runs the template's `check` on a staged file.
 async fn check(template: &Template, staged: &Path) -> Result<()> {
-    let Some((program, args)) = template.check.split_first() else {
+    if template.check.is_empty() {
         return Ok(());
-    };
+    }
     let file = staged.to_string_lossy();
-    let argv: Vec<String> = std::iter::once(program)
-        .chain(args)
-        .map(|a| a.replace("{file}", &file))
-        .collect();
-    let child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| Error::CheckSpawn {
-            template: template.name.clone(),
-            command: template.check.clone(),
-            source,
-        })?;
-    let output = tokio::time::timeout(template.check_timeout, child.wait_with_output())
+    let argv: Vec<String> = template.check.iter().map(|a| a.replace("{file}", &file)).collect();
+    command::run(&argv, template.check_timeout)
         .await
-        .map_err(|_| Error::CheckTimeout {
-            template: template.name.clone(),
-            command: template.check.clone(),
-            timeout: template.check_timeout,
-        })?
-        .map_err(|source| Error::CheckSpawn {
-            template: template.name.clone(),
-            command: template.check.clone(),
-            source,
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    if text.trim().is_empty() {
-        text = String::from_utf8_lossy(&output.stdout).into_owned();
-    }
-    const MAX: usize = 2048;
-    if text.len() > MAX {
-        let cut = (0..=MAX).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    Err(Error::CheckFailed {
-        template: template.name.clone(),
-        command: template.check.clone(),
-        file: staged.to_owned(),
-        status: output.status.to_string(),
-        output: text,
-    })
+        .map_err(|failure| match failure {
+            command::Failure::Spawn(source) => Error::CheckSpawn {
+                template: template.name.clone(),
+                command: template.check.clone(),
+                source,
+            },
+            command::Failure::Timeout(timeout) => Error::CheckTimeout {
+                template: template.name.clone(),
+                command: template.check.clone(),
+                timeout,
+            },
+            command::Failure::Exit { status, output } => Error::CheckFailed {
+                template: template.name.clone(),
+                command: template.check.clone(),
+                file: staged.to_owned(),
+                status,
+                output,
+            },
+        })
 }
 
 #[cfg(test)]
