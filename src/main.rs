@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kube_template::admin;
 use kube_template::config;
 use kube_template::pipeline::{self, Prepared, Stopped};
+use kube_template::report;
 use kube_template::source::{self, kubernetes, manifests};
 use kube_template::telemetry::{self, LogFormat, Telemetry};
 use tokio::signal::unix::{SignalKind, signal};
@@ -100,6 +101,15 @@ async fn main() -> ExitCode {
                 Ok(p) => Arc::new(p),
                 Err(e) => return config_failure(&e),
             };
+            // Checked before connecting: `status:` needs a namespace.
+            let report_plan = match report::Plan::new(prepared.config.status.as_ref(), &report::Environment::from_env())
+            {
+                Ok(plan) => plan,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             // Listen before connecting, so that a signal during a slow start
             // (discovery, initial lists) is honoured too.
             let signals = match Signals::listen() {
@@ -136,26 +146,47 @@ async fn main() -> ExitCode {
                         timeout: watch_timeout,
                     };
                     let client_config = kubernetes::client_config(&connect).await.map_err(|e| e.to_string())?;
-                    source::start_kubernetes(&prepared.config, client_config, options, &telemetry)
+                    let client = kube::Client::try_from(client_config.clone()).map_err(|e| e.to_string())?;
+                    let sources = source::start_kubernetes(&prepared.config, client_config, options, &telemetry)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((sources, Some(client)))
                 } else {
-                    source::start_manifests(&prepared.config, from, &telemetry).map_err(|e| e.to_string())
+                    let sources =
+                        source::start_manifests(&prepared.config, from, &telemetry).map_err(|e| e.to_string())?;
+                    Ok((sources, None))
                 }
             };
             let sources = tokio::select! {
                 sources = start => sources,
                 () = &mut shutdown => return ExitCode::SUCCESS,
             };
-            let sources = match sources {
-                Ok(sources) => sources,
+            let (sources, client) = match sources {
+                Ok(started) => started,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            // Events and the status ConfigMap report to the cluster watched.
+            let reporters = match client {
+                Some(client) if !report_plan.is_empty() => Some(report::start(
+                    report_plan,
+                    client,
+                    &telemetry,
+                    report::Options::default(),
+                )),
+                None if report_plan.status.is_some() => {
+                    tracing::warn!("status: is written only when watching a cluster, not with --from");
+                    None
+                }
+                _ => None,
+            };
             let options = pipeline::RunOptions { once };
             let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;
+            if let Some(reporters) = reporters {
+                reporters.stop().await;
+            }
             let _ = admin_stop.send(());
             if let Some(admin) = admin {
                 let _ = admin.await;

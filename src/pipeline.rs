@@ -270,23 +270,31 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Applies one watch event to every store the watch feeds.
+/// Applies one watch event to every store the watch feeds. The last store
+/// takes the event's objects; only the others get copies.
 fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event, telemetry: &Telemetry) {
     let kind = match &event {
         Event::Applied(_) => "applied",
         Event::Deleted(_) => "deleted",
         Event::Listed { .. } => "listed",
     };
-    for name in names {
+    let mut event = Some(event);
+    for (i, name) in names.iter().enumerate() {
         let Some(store) = stores.get_mut(name) else { continue };
-        match &event {
-            Event::Applied(object) => {
-                store.apply(object.clone());
+        let this = if i + 1 == names.len() {
+            event.take()
+        } else {
+            event.clone()
+        };
+        match this {
+            Some(Event::Applied(object)) => {
+                store.apply(object);
             }
-            Event::Deleted(object) => {
-                store.delete(object);
+            Some(Event::Deleted(object)) => {
+                store.delete(&object);
             }
-            Event::Listed { scope, objects } => store.reset_scope(scope.as_deref(), objects.iter().cloned()),
+            Some(Event::Listed { scope, objects }) => store.reset_scope(scope.as_deref(), objects),
+            None => {}
         }
         let label = StoreLabel { store: name.clone() };
         telemetry

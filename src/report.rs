@@ -14,7 +14,9 @@
 //! A failure that lasts must not flood the API, nor hide a new error:
 //!
 //! - the same note is posted at most once per [`EventLimits::repeat_interval`]
-//!   (default 5 min) while the failures last; a different error is posted at once;
+//!   (default 5 min) while the failures last; a different error is posted at once.
+//!   Notes that differ only in the random name of a staged file (a failed `check`
+//!   names it, and failed renders are retried) count as the same;
 //! - every Warning takes a token from a bucket of [`EventLimits::burst`] tokens
 //!   (default 10) refilled one per [`EventLimits::refill`] (default 1 min): at most
 //!   10 Warnings in a burst, and 1 a minute after that, whatever the errors;
@@ -44,7 +46,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod as PodObject};
@@ -53,6 +55,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use regex::Regex;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -152,6 +155,8 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Events when `env` names the pod; the status ConfigMap when `status` is
+    /// set, in its namespace or else the pod's (an error if neither is known).
     pub fn new(status: Option<&StatusSettings>, env: &Environment) -> Result<Plan> {
         let events = match (&env.pod_name, &env.pod_namespace) {
             (Some(name), Some(namespace)) => Some(PodRef {
@@ -249,13 +254,14 @@ pub fn start(plan: Plan, client: Client, telemetry: &Telemetry, options: Options
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     if let Some(pod) = plan.events {
-        tracing::info!(pod = %pod.name, namespace = %pod.namespace, "render failures are reported as events on the pod");
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, "failed renders become events on the pod");
         let reporter = EventReporter::new(client.clone(), pod, options.events);
         let task = tokio::spawn(follow(telemetry.outcomes(), stopped.clone(), reporter));
         tasks.push(("events", task));
     }
     if let Some(target) = plan.status {
-        tracing::info!(config_map = %target.name, namespace = %target.namespace, "render results are written to the status config map");
+        let (config_map, namespace) = (&target.name, &target.namespace);
+        tracing::info!(%config_map, %namespace, "render results go to the status config map");
         let writer = StatusWriter::new(client, target, options.retry);
         let task = tokio::spawn(follow(telemetry.outcomes(), stopped, writer));
         tasks.push(("status", task));
@@ -309,8 +315,8 @@ async fn follow(
     loop {
         let received = tokio::select! {
             biased;
-            received = outcomes.recv() => received,
             () = stopped(&mut stop) => break,
+            received = outcomes.recv() => received,
         };
         match received {
             Ok(outcome) => reporter.report(outcome, &mut outcomes).await,
@@ -516,7 +522,8 @@ impl EventReporter {
                     self.uid_settled = true;
                 }
                 Err(kube::Error::Api(status)) if status.is_forbidden() || status.is_not_found() => {
-                    tracing::debug!(pod = %self.pod.name, code = status.code, "cannot read the pod; events carry no uid");
+                    let code = status.code;
+                    tracing::debug!(pod = %self.pod.name, code, "cannot read the pod; events carry no uid");
                     self.uid_settled = true;
                 }
                 Err(error) => tracing::debug!(pod = %self.pod.name, %error, "cannot read the pod's uid yet"),
@@ -532,7 +539,7 @@ impl Report for EventReporter {
         match &outcome.error {
             Some(error) => {
                 let note = truncate(error, MAX_NOTE_BYTES);
-                if self.limiter.failure(&note, now) {
+                if self.limiter.failure(&repeat_key(&note), now) {
                     self.post("Warning", REASON_FAILED, note).await;
                 } else {
                     tracing::debug!(failures = self.limiter.failures, "render failure event held back");
@@ -547,6 +554,16 @@ impl Report for EventReporter {
             }
         }
     }
+}
+
+/// What makes two notes the same for [`EventLimits::repeat_interval`]: the note
+/// with the random part of staged file names (`output`'s `.kube-template-XXXXXX`)
+/// masked, since a failed `check` names the staged file and every retry stages a
+/// new one.
+fn repeat_key(note: &str) -> std::borrow::Cow<'_, str> {
+    static STAGED: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\.kube-template-[A-Za-z0-9]+").expect("a valid regex"));
+    STAGED.replace_all(note, ".kube-template-*")
 }
 
 /// `text` cut to at most `max` bytes (names are ASCII; others are cut on a
@@ -651,7 +668,8 @@ impl Report for StatusWriter {
                     return;
                 }
                 Err(error) if error.is_retryable() && attempt < self.retry.attempts => {
-                    tracing::debug!(config_map = %self.target.name, attempt, %error, "status write failed; reading it again");
+                    let config_map = &self.target.name;
+                    tracing::debug!(%config_map, attempt, %error, "status write failed; reading it again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                     attempt += 1;
@@ -798,6 +816,18 @@ mod tests {
         let mut limiter = Limiter::new(limits(MINUTE, 0, MINUTE), t0);
         assert!(!limiter.failure("boom", t0 + 10 * MINUTE));
         assert_eq!(limiter.success(), None);
+    }
+
+    #[test]
+    fn notes_differing_only_in_the_staged_file_name_repeat() {
+        let note =
+            |name| format!("template `a`: check [\"false\"] rejected /etc/out/.kube-template-{name} (exit status: 1)");
+        assert_eq!(repeat_key(&note("Ab12Cd")), repeat_key(&note("xY98zW")));
+        assert_ne!(repeat_key(&note("Ab12Cd")), repeat_key("template `b`: boom"));
+        let t0 = Instant::now();
+        let mut limiter = Limiter::new(EventLimits::default(), t0);
+        assert!(limiter.failure(&repeat_key(&note("Ab12Cd")), t0));
+        assert!(!limiter.failure(&repeat_key(&note("xY98zW")), t0 + MINUTE));
     }
 
     #[test]

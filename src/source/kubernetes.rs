@@ -445,14 +445,19 @@ impl Fetch for ApiFetch {
 }
 
 /// The object as JSON, with `apiVersion` and `kind` set (list items of
-/// built-in kinds come without them).
+/// built-in kinds come without them). The body is moved, not copied.
 fn to_json(object: DynamicObject, resource: &ApiResource) -> Value {
-    let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
-    if let Some(map) = value.as_object_mut() {
-        map.entry("apiVersion")
-            .or_insert_with(|| Value::String(resource.api_version.clone()));
-        map.entry("kind")
-            .or_insert_with(|| Value::String(resource.kind.clone()));
-    }
-    value
+    let DynamicObject { types, metadata, data } = object;
+    let mut map = match data {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (api_version, kind) = match types {
+        Some(types) => (types.api_version, types.kind),
+        None => (resource.api_version.clone(), resource.kind.clone()),
+    };
+    map.insert("apiVersion".into(), Value::String(api_version));
+    map.insert("kind".into(), Value::String(kind));
+    map.insert("metadata".into(), serde_json::to_value(metadata).unwrap_or(Value::Null));
+    Value::Object(map)
 }
