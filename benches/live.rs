@@ -7,7 +7,6 @@
 //! - one-shot: 10k ConfigMaps → 10k files in a directory output.
 
 #[path = "../tests/support/fake_api.rs"]
-#[allow(dead_code)]
 mod fake_api;
 
 use std::path::Path;
