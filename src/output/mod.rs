@@ -182,11 +182,24 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         stale: Vec::new(),
         root: None,
     };
+    // Files known not to exist need no read; directories known to exist no mkdir.
+    let mut absent: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut made_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     let wanted: BTreeMap<PathBuf, &[u8]> = match (job.target, job.content) {
         (OutputTarget::File { path, .. }, Content::File(bytes)) => [(path.clone(), bytes.as_slice())].into(),
         (OutputTarget::Directory { path, .. }, Content::Directory(files)) => {
             fs::create_dir_all(path).map_err(io("cannot create directory", path))?;
-            let existing = list_files(path).map_err(io("cannot list directory", path))?;
+            made_dirs.insert(path.clone());
+            let existing: BTreeSet<PathBuf> = list_files(path)
+                .map_err(io("cannot list directory", path))?
+                .into_iter()
+                .collect();
+            absent = files
+                .keys()
+                .map(PathBuf::from)
+                .filter(|rel| !existing.contains(rel))
+                .map(|rel| path.join(rel))
+                .collect();
             staged.stale = existing
                 .into_iter()
                 .filter(|rel| !files.contains_key(rel.to_string_lossy().as_ref()))
@@ -201,7 +214,12 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         _ => unreachable!("a template's content always matches its output kind"),
     };
     for (target, bytes) in wanted {
-        match fs::read(&target) {
+        let old = if absent.contains(&target) {
+            Err(std::io::ErrorKind::NotFound.into())
+        } else {
+            fs::read(&target)
+        };
+        match old {
             Ok(old) if old == bytes => {
                 ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
                 continue;
@@ -211,7 +229,10 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
             Err(e) => return Err(io("cannot read", &target)(e)),
         }
         let dir = target.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
+        if !made_dirs.contains(dir) {
+            fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
+            made_dirs.insert(dir.to_owned());
+        }
         let mut file = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .tempfile_in(dir)

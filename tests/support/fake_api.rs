@@ -8,6 +8,11 @@
 //!   `/apis/{group}/{version}`, always answered as plain `application/json` (so clients
 //!   that ask for aggregated discovery fall back to per-group discovery);
 //! - GET of one object, with `404 NotFound` Status;
+//! - POST (create) into a collection, answered `201 Created`, with `409 AlreadyExists`,
+//!   `metadata.generateName`, and the namespace and type of the body checked against
+//!   the URL; `events.k8s.io/v1` Events are validated like the real server does;
+//! - PUT (replace) of one object: `404 NotFound` when missing, `409 Conflict` when the
+//!   body carries a `resourceVersion` other than the stored one (none: unconditional);
 //! - LIST: the list's `resourceVersion`, label and field selectors, `limit` + `continue`
 //!   over one stored snapshot (an unknown token is a plain `410 Expired`),
 //!   `resourceVersion=0` ignoring `limit`, built-in list items without
@@ -17,11 +22,12 @@
 //!   bookmarks, `timeoutSeconds`, streaming lists (`sendInitialEvents`), selectors with
 //!   objects leaving (DELETED) or entering (ADDED) the selection, metadata-only watches.
 //!
-//! Objects are written through test controls on [`FakeApiServer`] (not over HTTP). The
-//! controls also inject faults (dropped watches, error responses, stalled watches, slow
-//! lists, compaction) and count requests per verb and resource.
+//! Tests write objects through controls on [`FakeApiServer`]; clients write over HTTP.
+//! The controls also inject faults (dropped watches, error responses, stalled watches,
+//! slow lists, compaction, concurrent modifications before a PUT), count requests per
+//! verb and resource, and keep every write body received.
 //!
-//! Not implemented: writes over HTTP, namespace existence checks, subresources,
+//! Not implemented: PATCH, DELETE over HTTP, namespace existence checks, subresources,
 //! conversion between versions of a kind (each registered version is its own store),
 //! LISTs of past versions (`resourceVersionMatch=Exact` works for the current version
 //! only), protobuf, authentication.
@@ -80,7 +86,26 @@ pub enum Verb {
     List,
     /// WATCH of a collection.
     Watch,
+    /// POST (create) into a collection.
+    Create,
+    /// PUT (replace) of one object.
+    Update,
 }
+
+/// One write request as the server received it, whatever became of it.
+#[derive(Clone, Debug)]
+pub struct ReceivedWrite {
+    pub verb: Verb,
+    /// The request path, e.g. `/api/v1/namespaces/default/configmaps/status`.
+    pub path: String,
+    /// The body, as sent (lossily decoded if it is not UTF-8).
+    pub body: String,
+}
+
+/// Annotation that [`FakeApiServer::conflict_next_updates`] counts up on the object.
+pub const CONCURRENT_WRITES: &str = "fake-api/concurrent-writes";
+/// Largest request body accepted (the real server's limit is 3 MiB too).
+const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// An injected failure: matching requests get a Status with this HTTP code.
 ///
@@ -185,8 +210,9 @@ impl Drop for FakeApiServer {
 
 impl FakeApiServer {
     /// Binds `127.0.0.1:0`, writes a kubeconfig for it and starts serving, with the
-    /// built-in kinds registered: v1 ConfigMap, Secret, Service, Pod, Namespace
-    /// (cluster-scoped), networking.k8s.io/v1 Ingress, discovery.k8s.io/v1 EndpointSlice.
+    /// built-in kinds registered: v1 ConfigMap, Secret, Service, Pod, Event, Namespace
+    /// (cluster-scoped), networking.k8s.io/v1 Ingress, discovery.k8s.io/v1 EndpointSlice,
+    /// events.k8s.io/v1 Event. The two Event kinds are separate stores here.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("listener address");
@@ -356,6 +382,58 @@ impl FakeApiServer {
         self.count(Verb::Get, plural)
     }
 
+    /// POST requests received for `plural` (failed ones included).
+    pub fn create_count(&self, plural: &str) -> u64 {
+        self.count(Verb::Create, plural)
+    }
+
+    /// PUT requests received for `plural` (failed ones included).
+    pub fn update_count(&self, plural: &str) -> u64 {
+        self.count(Verb::Update, plural)
+    }
+
+    /// Requests of `verb` for `plural` that succeeded (2xx). For writes: how many
+    /// times an object was created or replaced over HTTP.
+    pub fn successful(&self, verb: Verb, plural: &str) -> u64 {
+        self.shared
+            .lock()
+            .successes
+            .get(&(verb, plural.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every POST and PUT body received so far, in order, refused ones included.
+    pub fn received_writes(&self) -> Vec<ReceivedWrite> {
+        self.shared.lock().received.clone()
+    }
+
+    /// Every stored Event, of `v1` and of `events.k8s.io/v1`, in creation order.
+    pub fn events(&self) -> Vec<Value> {
+        let st = self.shared.lock();
+        let mut events: Vec<(u64, Value)> = st
+            .kinds
+            .iter()
+            .filter(|k| k.kind == "Event")
+            .flat_map(|k| k.objects.values())
+            .map(|o| {
+                let rv = o["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok());
+                (rv.unwrap_or(0), (**o).clone())
+            })
+            .collect();
+        events.sort_by_key(|(rv, _)| *rv);
+        events.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// The next `n` PUTs of `plural` (e.g. `"configmaps"`) find their object changed
+    /// just before they are served: the server counts up the [`CONCURRENT_WRITES`]
+    /// annotation in a real update (a new resourceVersion, seen by watches). A PUT
+    /// carrying the resourceVersion it read before therefore gets 409 Conflict; one
+    /// without a resourceVersion overwrites the change.
+    pub fn conflict_next_updates(&self, plural: &str, n: usize) {
+        self.shared.lock().conflicts.insert(plural.to_owned(), n);
+    }
+
     /// Requests for `plural` (of any verb) that asked for PartialObjectMetadata.
     pub fn metadata_request_count(&self, plural: &str) -> u64 {
         self.shared.lock().metadata_requests.get(plural).copied().unwrap_or(0)
@@ -422,9 +500,11 @@ impl Shared {
             ("", "Secret", "secrets", true),
             ("", "Service", "services", true),
             ("", "Pod", "pods", true),
+            ("", "Event", "events", true),
             ("", "Namespace", "namespaces", false),
             ("networking.k8s.io", "Ingress", "ingresses", true),
             ("discovery.k8s.io", "EndpointSlice", "endpointslices", true),
+            ("events.k8s.io", "Event", "events", true),
         ] {
             state.register(group, "v1", kind, plural, namespaced, true);
         }
@@ -472,6 +552,12 @@ struct State {
     bookmark_interval: Duration,
     list_delays: HashMap<String, Duration>,
     counts: HashMap<(Verb, String), u64>,
+    /// Requests per verb and plural that were answered 2xx.
+    successes: HashMap<(Verb, String), u64>,
+    /// Every write body received.
+    received: Vec<ReceivedWrite>,
+    /// PUTs of a plural still to be preceded by a concurrent modification.
+    conflicts: HashMap<String, usize>,
     /// Requests for `plural` that asked for metadata only.
     metadata_requests: HashMap<String, u64>,
     open_watches: HashMap<String, usize>,
@@ -757,13 +843,18 @@ enum Target {
 }
 
 impl Target {
-    fn verb(&self, query: &Query) -> Verb {
-        match self {
-            Target::Object { .. } => Verb::Get,
-            Target::Collection { .. } if is_true(query.get("watch")) => Verb::Watch,
-            Target::Collection { .. } => Verb::List,
-            _ => Verb::Discovery,
-        }
+    /// The verb of `method` on this target, if the server serves it.
+    fn verb(&self, method: &Method, query: &Query, namespaced: bool) -> Option<Verb> {
+        Some(match (method, self) {
+            (&Method::GET, Target::Object { .. }) => Verb::Get,
+            (&Method::GET, Target::Collection { .. }) if is_true(query.get("watch")) => Verb::Watch,
+            (&Method::GET, Target::Collection { .. }) => Verb::List,
+            (&Method::GET, _) => Verb::Discovery,
+            // Namespaced kinds are created in a namespace, not across all of them.
+            (&Method::POST, Target::Collection { namespace, .. }) if namespace.is_some() || !namespaced => Verb::Create,
+            (&Method::PUT, Target::Object { .. }) => Verb::Update,
+            _ => return None,
+        })
     }
 
     fn kind(&self) -> Option<usize> {
@@ -807,16 +898,44 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    drop(request);
-    Ok(respond(&shared, &method, &path, &query, &accept).await)
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            let message = format!("the request body could not be read: {e}");
+            return Ok(status_response(413, "RequestEntityTooLarge", message));
+        }
+    };
+    let call = Call {
+        method: &method,
+        path: &path,
+        query: &query,
+        accept: &accept,
+        body: &body,
+    };
+    Ok(respond(&shared, call).await)
 }
 
-async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Query, accept: &str) -> Response<Body> {
-    if method != Method::GET {
-        let message = format!("the fake API server serves GET only, not {method}");
-        return status_response(405, "MethodNotAllowed", message);
-    }
-    let (target, fault, list_delay) = {
+/// What [`respond`] needs of a request.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a Query,
+    accept: &'a str,
+    body: &'a Bytes,
+}
+
+async fn respond(shared: &Arc<Shared>, call: Call<'_>) -> Response<Body> {
+    let Call {
+        method,
+        path,
+        query,
+        accept,
+        body,
+    } = call;
+    let (target, verb, fault, list_delay) = {
         let mut st = shared.lock();
         let Some(target) = st.parse_target(path) else {
             return status_response(
@@ -825,7 +944,11 @@ async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Quer
                 "the server could not find the requested resource".into(),
             );
         };
-        let verb = target.verb(query);
+        let namespaced = target.kind().is_some_and(|k| st.kinds[k].namespaced);
+        let Some(verb) = target.verb(method, query, namespaced) else {
+            let message = format!("the server does not allow this method on the requested resource: {method}");
+            return status_response(405, "MethodNotAllowed", message);
+        };
         let mut list_delay = None;
         if let Some(kind) = target.kind() {
             let plural = st.kinds[kind].plural.clone();
@@ -837,12 +960,20 @@ async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Quer
             }
             *st.counts.entry((verb, plural)).or_default() += 1;
         }
-        (target, st.take_fault(verb, path), list_delay)
+        if matches!(verb, Verb::Create | Verb::Update) {
+            st.received.push(ReceivedWrite {
+                verb,
+                path: path.to_owned(),
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        (target, verb, st.take_fault(verb, path), list_delay)
     };
     shared.note_activity();
     if let Some(code) = fault {
         return fault_response(code);
     }
+    let kind = target.kind();
     let response = match target {
         Target::Version => Ok(json_response(200, &version_info())),
         Target::CoreVersions => {
@@ -866,10 +997,14 @@ async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Quer
         Target::Resources { group, version } => {
             Ok(json_response(200, &api_resource_list(&shared.lock(), &group, &version)))
         }
-        Target::Object { kind, namespace, name } => get(shared, kind, namespace.as_deref(), &name, accept),
-        Target::Collection { kind, namespace } if is_true(query.get("watch")) => {
-            watch(shared, kind, namespace, query, accept)
+        Target::Object { kind, namespace, name } if verb == Verb::Update => {
+            replace(shared, kind, namespace.as_deref(), &name, body)
         }
+        Target::Object { kind, namespace, name } => get(shared, kind, namespace.as_deref(), &name, accept),
+        Target::Collection { kind, namespace } if verb == Verb::Create => {
+            create(shared, kind, namespace.as_deref(), body)
+        }
+        Target::Collection { kind, namespace } if verb == Verb::Watch => watch(shared, kind, namespace, query, accept),
         Target::Collection { kind, namespace } => {
             if let Some(delay) = list_delay {
                 tokio::time::sleep(delay).await;
@@ -877,7 +1012,192 @@ async fn respond(shared: &Arc<Shared>, method: &Method, path: &str, query: &Quer
             list(shared, kind, namespace, query, accept)
         }
     };
-    response.unwrap_or_else(ApiError::into_response)
+    let response = response.unwrap_or_else(ApiError::into_response);
+    if response.status().is_success()
+        && let Some(kind) = kind
+    {
+        let mut st = shared.lock();
+        let plural = st.kinds[kind].plural.clone();
+        *st.successes.entry((verb, plural)).or_default() += 1;
+        drop(st);
+        // After the write, so that `wait_for` sees its effects.
+        shared.note_activity();
+    }
+    response
+}
+
+/// POST: creates the object in the body.
+fn create(shared: &Shared, kind: usize, namespace: Option<&str>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let mut object = parse_body(body)?;
+    let stored = {
+        let mut st = shared.lock();
+        let kind = &st.kinds[kind];
+        check_body_type(&mut object, kind, namespace)?;
+        let meta = &mut object["metadata"];
+        if meta["name"].as_str().is_none_or(str::is_empty)
+            && let Some(prefix) = meta["generateName"].as_str().filter(|p| !p.is_empty())
+        {
+            static NEXT: AtomicU64 = AtomicU64::new(1);
+            meta["name"] = json!(format!("{prefix}{:05x}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        }
+        if kind.group == "events.k8s.io" {
+            validate_event(&object)?;
+        }
+        st.write(object, WriteMode::Create)?
+    };
+    shared.wake_watches();
+    Ok(json_response(201, &*stored))
+}
+
+/// PUT: replaces the object at the URL with the body, after the concurrent
+/// modification a test asked for with `conflict_next_updates`.
+fn replace(
+    shared: &Shared,
+    kind: usize,
+    namespace: Option<&str>,
+    name: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let mut object = parse_body(body)?;
+    let stored = {
+        let mut st = shared.lock();
+        let kind_info = &st.kinds[kind];
+        check_body_type(&mut object, kind_info, namespace)?;
+        let body_name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if body_name != name {
+            let message = format!("the name of the object ({body_name}) does not match the name on the URL ({name})");
+            return Err(ApiError::bad_request(message));
+        }
+        let plural = kind_info.plural.clone();
+        let current = kind_info
+            .objects
+            .get(&kind_info.key(namespace.unwrap_or_default(), name))
+            .cloned();
+        if let Some(current) = current
+            && let Some(remaining) = st.conflicts.get_mut(&plural).filter(|n| **n > 0)
+        {
+            *remaining -= 1;
+            let mut changed = (*current).clone();
+            let annotations = &mut changed["metadata"]["annotations"];
+            let count = annotations[CONCURRENT_WRITES]
+                .as_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if !annotations.is_object() {
+                *annotations = json!({});
+            }
+            annotations[CONCURRENT_WRITES] = json!((count + 1).to_string());
+            st.write(changed, WriteMode::Apply)?;
+        }
+        st.write(object, WriteMode::Update)?
+    };
+    shared.wake_watches();
+    Ok(json_response(200, &*stored))
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    let object: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body of the request was in an unknown format: {e}")))?;
+    if !object.is_object() || !object["metadata"].is_object() {
+        return Err(ApiError::new(422, "Invalid", "metadata: Required value"));
+    }
+    Ok(object)
+}
+
+/// Fills in or checks the body's `apiVersion`, `kind` and namespace against the URL.
+fn check_body_type(object: &mut Value, kind: &Kind, namespace: Option<&str>) -> Result<(), ApiError> {
+    for (field, expected) in [("apiVersion", kind.api_version()), ("kind", kind.kind.clone())] {
+        match object[field].as_str() {
+            None | Some("") => object[field] = json!(expected),
+            Some(sent) if sent == expected => {}
+            Some(sent) => {
+                let message =
+                    format!("the {field} in the data ({sent}) does not match the expected {field} ({expected})");
+                return Err(ApiError::bad_request(message));
+            }
+        }
+    }
+    if let Some(namespace) = namespace {
+        let meta = &mut object["metadata"];
+        match meta["namespace"].as_str() {
+            None | Some("") => meta["namespace"] = json!(namespace),
+            Some(sent) if sent == namespace => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks the real server makes on an `events.k8s.io/v1` Event it creates.
+fn validate_event(event: &Value) -> Result<(), ApiError> {
+    let text = |field: &str| event[field].as_str().unwrap_or_default();
+    let mut problems = Vec::new();
+    if event["eventTime"].as_str().is_none_or(str::is_empty) {
+        problems.push("eventTime: Required value".to_owned());
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        problems.push(format!(
+            "type: Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
+            text("type")
+        ));
+    }
+    if !is_qualified_name(text("reportingController")) {
+        problems.push(format!(
+            "reportingController: Invalid value: {:?}: must be a qualified name",
+            text("reportingController")
+        ));
+    }
+    for (field, limit) in [
+        ("reportingInstance", 128),
+        ("action", 128),
+        ("reason", 128),
+        ("note", 1024),
+    ] {
+        let value = text(field);
+        if value.is_empty() && field != "note" {
+            problems.push(format!("{field}: Required value"));
+        } else if value.len() > limit {
+            problems.push(format!("{field}: Too long: may not be more than {limit} bytes"));
+        }
+    }
+    let namespace = event["metadata"]["namespace"].as_str().unwrap_or_default();
+    let regarding = event["regarding"]["namespace"].as_str().unwrap_or_default();
+    if !regarding.is_empty() && regarding != namespace {
+        problems.push(format!(
+            "regarding.namespace: Invalid value: {regarding:?}: does not match event.namespace"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let name = event["metadata"]["name"].as_str().unwrap_or_default();
+        let message = format!("Event.events.k8s.io {name:?} is invalid: {}", problems.join(", "));
+        Err(ApiError::new(422, "Invalid", message))
+    }
+}
+
+/// `[prefix/]name`: a DNS subdomain prefix, and a name of at most 63 alphanumerics,
+/// `-`, `_` and `.`, starting and ending with an alphanumeric.
+fn is_qualified_name(value: &str) -> bool {
+    let (prefix, name) = value.rsplit_once('/').unwrap_or(("", value));
+    let prefix_ok = !value.contains('/')
+        || (!prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c)));
+    let edges_ok = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    prefix_ok
+        && name.len() <= 63
+        && edges_ok(name)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn get(
@@ -1416,7 +1736,7 @@ fn api_resource_list(st: &State, group: &str, version: &str) -> Value {
                 "singularName": k.kind.to_lowercase(),
                 "namespaced": k.namespaced,
                 "kind": k.kind,
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["create", "get", "list", "update", "watch"],
             })
         })
         .collect();
