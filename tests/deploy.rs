@@ -203,9 +203,9 @@ fn rbac_reads_only_the_watched_kinds_and_writes_only_events_and_status() {
             for group in &groups {
                 for resource in &resources {
                     let allowed: &[&str] = match (*group, *resource) {
-                        ("" | "events.k8s.io", "events") => &["create", "patch"],
+                        ("events.k8s.io", "events") => &["create"],
                         ("", "configmaps") if !names.is_empty() && names.iter().all(|n| Some(*n) == status) => {
-                            &["get", "update", "patch"]
+                            &["get", "update"]
                         }
                         _ => {
                             let kind = ((*group).to_owned(), (*resource).to_owned());
@@ -357,7 +357,11 @@ fn pod_is_hardened_and_wired_to_its_config() {
             .collect();
         assert_eq!(
             env,
-            BTreeMap::from([("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")])
+            BTreeMap::from([
+                ("POD_NAME", "metadata.name"),
+                ("POD_NAMESPACE", "metadata.namespace"),
+                ("POD_UID", "metadata.uid")
+            ])
         );
     }
 

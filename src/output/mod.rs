@@ -36,8 +36,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The template's `check` command rejected a staged file.
-    #[error("template `{template}`: check {command:?} rejected {} ({status}){}", file.display(), output_suffix(output))]
+    /// The template's `check` command rejected the staged new version of
+    /// `file`.
+    #[error("template `{template}`: check {command:?} rejected the new {} ({status}){}", file.display(), output_suffix(output))]
     CheckFailed {
         template: String,
         command: Vec<String>,
@@ -113,8 +114,8 @@ pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
-        for (file, _) in &s.files {
-            check(job.template, file.path()).await?;
+        for (file, target) in &s.files {
+            check(job.template, file.path(), target).await?;
         }
         staged.push(s);
     }
@@ -300,8 +301,9 @@ fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
     empty && dir != root && fs::remove_dir(dir).is_ok()
 }
 
-/// Runs the template's `check` on a staged file.
-async fn check(template: &Template, staged: &Path) -> Result<()> {
+/// Runs the template's `check` on a staged file; errors name the file it
+/// would have replaced (the staged name is random).
+async fn check(template: &Template, staged: &Path, target: &Path) -> Result<()> {
     if template.check.is_empty() {
         return Ok(());
     }
@@ -323,7 +325,7 @@ async fn check(template: &Template, staged: &Path) -> Result<()> {
             command::Failure::Exit { status, output } => Error::CheckFailed {
                 template: template.name.clone(),
                 command: template.check.clone(),
-                file: staged.to_owned(),
+                file: target.to_owned(),
                 status,
                 output,
             },
