@@ -33,6 +33,16 @@ impl fmt::Display for FieldPath {
 
 impl FieldPath {
     /// Parses `a.b['c.d'][0].e`. A leading `$.` is accepted.
+    ///
+    /// ```
+    /// use kube_template::index::FieldPath;
+    /// use serde_json::json;
+    ///
+    /// let path = FieldPath::parse("metadata.labels['kubernetes.io/service-name']").unwrap();
+    /// let slice = json!({"metadata": {"labels": {"kubernetes.io/service-name": "web"}}});
+    /// assert_eq!(path.get(&slice), Some(&json!("web")));
+    /// assert!(FieldPath::parse("metadata.labels[").is_err());
+    /// ```
     pub fn parse(text: &str) -> Result<FieldPath, String> {
         let body = text.strip_prefix("$.").unwrap_or(text);
         let chars: Vec<char> = body.chars().collect();
