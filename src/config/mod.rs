@@ -487,11 +487,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let base_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        // A config in the working directory has an empty parent: paths then
+        // stay relative (`out/x`, not `./out/x`).
+        let base_dir = path.parent().unwrap_or(Path::new("")).to_owned();
         Ok((text, base_dir))
     }
 
