@@ -220,30 +220,23 @@ fn metrics_parse_and_counters_move_with_events_renders_and_actions() {
     let config = format!("{CONFIG}actions:\n  - command: [\"true\"]\n");
     let sidecar = Sidecar::start(&server, &config, &[]);
     sidecar.wait_for_status("/readyz", 200);
-    let before = parse_metrics(&sidecar.get("/metrics").1);
+    // The render is counted when it is done, its action when that is done.
+    let action = "kube_template_actions_total{action=\"command [\\\"true\\\"]\",result=\"success\"}";
+    let renders = "kube_template_renders_total{result=\"success\"}";
+    let after_runs = |n: f64| {
+        wait_until(&format!("{n} renders and action runs in the metrics"), || {
+            let series = parse_metrics(&sidecar.get("/metrics").1);
+            (metric(&series, renders) == n && metric(&series, action) == n).then_some(series)
+        })
+    };
+    let before = after_runs(1.0);
     assert_eq!(metric(&before, "kube_template_store_objects{store=\"cms\"}"), 1.0);
-    assert_eq!(
-        metric(
-            &before,
-            "kube_template_watch_events_total{store=\"cms\",type=\"listed\"}"
-        ),
-        1.0
-    );
-    assert_eq!(metric(&before, "kube_template_renders_total{result=\"success\"}"), 1.0);
-    assert_eq!(
-        metric(
-            &before,
-            "kube_template_actions_total{action=\"command [\\\"true\\\"]\",result=\"success\"}"
-        ),
-        1.0
-    );
+    let listed = "kube_template_watch_events_total{store=\"cms\",type=\"listed\"}";
+    assert_eq!(metric(&before, listed), 1.0);
     assert!(metric(&before, "kube_template_last_successful_render_timestamp_seconds") > 1.6e9);
 
     server.apply(config_map("b"));
-    let after = wait_until("a second render in the metrics", || {
-        let series = parse_metrics(&sidecar.get("/metrics").1);
-        (metric(&series, "kube_template_renders_total{result=\"success\"}") == 2.0).then_some(series)
-    });
+    let after = after_runs(2.0);
     assert_eq!(metric(&after, "kube_template_store_objects{store=\"cms\"}"), 2.0);
     assert_eq!(
         metric(
@@ -260,7 +253,7 @@ fn metrics_parse_and_counters_move_with_events_renders_and_actions() {
     assert_eq!(
         metric(
             &after,
-            "kube_template_actions_total{action=\"command [\\\"true\\\"]\",result=\"success\"}"
+            "kube_template_action_duration_seconds_count{action=\"command [\\\"true\\\"]\"}"
         ),
         2.0
     );
