@@ -117,7 +117,7 @@ fn event_to_file(runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<Durat
         object["metadata"]["labels"]["app"] = json!(marker);
         let started = Instant::now();
         server.apply(object);
-        wait_for(&format!("{} {marker}\n", format!("config-{n:06}")));
+        wait_for(&format!("config-{n:06} {marker}\n"));
         latencies.push(started.elapsed());
     }
     let _ = child.kill();
