@@ -18,19 +18,16 @@ use std::ffi::OsStr;
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::fake_api::FakeApiServer;
+use support::sidecar::{POLL, Sidecar, WAIT};
 use tokio::time::{Instant, sleep, timeout};
 
 /// Upper bound for a whole test; they normally take one to five seconds.
 const TEST_DEADLINE: Duration = Duration::from_secs(40);
-/// Upper bound for one awaited condition.
-const WAIT: Duration = Duration::from_secs(15);
-/// How often a condition is re-checked.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Admin server on a free port, so that tests running in parallel never collide.
 const ADMIN: &str = "admin: {listen: \"127.0.0.1:0\"}\n";
@@ -178,55 +175,13 @@ impl Case {
     }
 }
 
-/// A running `kube-template run`; killed when dropped.
-struct Sidecar {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sidecar {
-    /// What it logged so far.
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits until `probe` gives a value; fails the test with the log after [`WAIT`].
-    async fn until<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(value) = probe() {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- sidecar log ---\n{}",
-                self.log()
-            );
-            sleep(POLL).await;
-        }
-    }
-
+/// Waits on files of a [`Case`].
+trait UntilFile {
     /// Waits until the file `rel` of `case` holds exactly `expected`.
+    async fn until_file(&self, case: &Case, rel: &str, expected: &str);
+}
+
+impl UntilFile for Sidecar {
     async fn until_file(&self, case: &Case, rel: &str, expected: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -238,22 +193,6 @@ impl Sidecar {
                 Instant::now() < deadline,
                 "timed out waiting for {rel} to be\n{expected}\nit is\n{}\n--- sidecar log ---\n{}",
                 current.as_deref().unwrap_or("(missing)"),
-                self.log()
-            );
-            sleep(POLL).await;
-        }
-    }
-
-    /// Waits for the process to exit, at most `within`.
-    async fn exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sidecar did not exit within {within:?}\n--- sidecar log ---\n{}",
                 self.log()
             );
             sleep(POLL).await;

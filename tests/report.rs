@@ -13,7 +13,7 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::future::Future;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,14 +23,11 @@ use kube_template::telemetry::{RenderOutcome, Telemetry};
 use serde_json::{Value, json};
 use sha2::Digest;
 use support::fake_api::{CONCURRENT_WRITES, FakeApiServer, Fault, Verb};
+use support::sidecar::{POLL, Sidecar, WAIT};
 use tokio::time::{Instant, sleep, timeout};
 
 /// Upper bound for a whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(40);
-/// Upper bound for one awaited condition.
-const WAIT: Duration = Duration::from_secs(15);
-/// How often the end-to-end test re-checks a condition.
-const POLL: Duration = Duration::from_millis(20);
 
 const STATUS: &str = "kube-template-status";
 
@@ -454,54 +451,6 @@ fn status_without_a_namespace_outside_a_pod_is_an_error() {
 // ---------------------------------------------------------------------------
 // End to end
 
-/// A running `kube-template run`; killed when dropped.
-struct Sidecar {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sidecar {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `probe` holds, failing the test with the log after [`WAIT`].
-    async fn until(&self, what: &str, probe: impl Fn() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !probe() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n--- sidecar log ---\n{}",
-                self.log()
-            );
-            sleep(POLL).await;
-        }
-    }
-
-    /// Waits for the process to exit, failing the test after [`WAIT`].
-    async fn exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit\n--- sidecar log ---\n{}",
-                self.log()
-            );
-            sleep(POLL).await;
-        }
-    }
-}
-
 const MARKER: &str = "s3cr3t-marker";
 
 /// The binary in a pod with `status:`: a template writes a Secret's value to a
@@ -559,7 +508,7 @@ status:
         let out = dir.path().join("out/creds.txt");
         let sum = format!("{:x}", sha2::Sha256::digest(format!("{MARKER}-1")));
         sidecar
-            .until("the first status", || {
+            .until_holds("the first status", || {
                 annotations(&server)
                     .get("kube-template/checksums")
                     .and_then(Value::as_str)
@@ -574,7 +523,7 @@ status:
         fs::write(dir.path().join("fail"), "").unwrap();
         server.apply(secret(&format!("{MARKER}-2")));
         sidecar
-            .until("the failure reported", || {
+            .until_holds("the failure reported", || {
                 reasons(&server) == ["RenderFailed"] && result(&server).as_deref() == Some("failure")
             })
             .await;
@@ -584,7 +533,7 @@ status:
         // written, but the same failure (with a new staged file) is no new Event.
         let writes_so_far = successful_puts(&server);
         sidecar
-            .until("a retried render", || successful_puts(&server) > writes_so_far)
+            .until_holds("a retried render", || successful_puts(&server) > writes_so_far)
             .await;
         assert_eq!(reasons(&server), ["RenderFailed"]);
 
@@ -593,7 +542,7 @@ status:
         // (A retry may recover before the new value is rendered: wait for both.)
         let sum = format!("{:x}", sha2::Sha256::digest(format!("{MARKER}-3")));
         sidecar
-            .until("the recovery reported", || {
+            .until_holds("the recovery reported", || {
                 let checksums = annotations(&server)
                     .get("kube-template/checksums")
                     .and_then(Value::as_str)
@@ -610,7 +559,7 @@ status:
             .status()
             .unwrap();
         assert!(status.success());
-        let exit = sidecar.exit().await;
+        let exit = sidecar.exit(WAIT).await;
         assert!(exit.success(), "{exit}\n{}", sidecar.log());
 
         // A status write per render, two Events, and no Secret data in any.
