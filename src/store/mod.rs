@@ -442,14 +442,6 @@ impl<T: Clone> Index<T> {
         }
     }
 
-    pub fn contains(&self, id: ObjectId) -> bool {
-        self.slots.contains_key(&id)
-    }
-
-    pub fn get(&self, id: ObjectId) -> Option<&T> {
-        self.slot_of(id).and_then(|slot| self.entries.get(&slot))
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
