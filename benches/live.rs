@@ -1,104 +1,131 @@
-//! The live pipeline against the fake API server (DESIGN section 9): the
-//! release binary, timed from outside, with its peak resident memory.
+//! The live pipeline end to end (DESIGN section 9): the release binary against
+//! the fake API server, timed and measured from outside.
 //!
-//! `cargo bench --bench live` prints, for each scenario, the wall time and the
-//! peak RSS of `kube-template run --once`:
-//! - initial sync of 100k ConfigMaps (~1 KB) to the first render done;
-//! - one-shot: 10k ConfigMaps → 10k files in a directory output;
-//! - watch event → file replaced (`wait.min: 0`), 10k objects: p50/p99 over
-//!   200 updates.
+//! `cargo bench --bench live` prints one table. Each row starts the fake
+//! server with N generated ConfigMaps (~1 KB of JSON each), runs
+//! `kube-template run` on them and reports:
+//! - the time from start to the first render written (`run --once`: the
+//!   process exits once it is written);
+//! - the peak resident memory (`VmHWM` from /proc), and what it holds beyond
+//!   the baseline of a run with no objects, per byte of object JSON;
+//! - for the `event` rows, the p50/p99 of watch event → file replaced over
+//!   single-object updates with `wait.min: 0`.
+//!
+//! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`) runs
+//! only the rows whose scenario name contains the argument.
 
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApiServer;
-use serde_json::json;
+use serde_json::{Value, json};
 
-fn config_map(i: usize) -> serde_json::Value {
+/// A ConfigMap of about 1 KB once the server has added its metadata.
+fn config_map(i: usize) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": format!("config-{i:06}"),
             "namespace": format!("team-{:02}", i % 40),
-            "labels": {"app": format!("app-{}", i % 100)},
+            "labels": {"app": format!("app-{}", i % 100), "tier": "backend"},
+            "annotations": {"owner": "platform-team@example.com"},
         },
-        "data": {"settings.json": "x".repeat(900)}
+        "data": {"settings.json": "x".repeat(700), "mode": "production"}
     })
 }
 
-/// Peak resident memory of a process, from /proc (0 once it is gone).
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// One line per object, as an HAProxy backend list would be built.
+const LINES: &str = "{% for cm in resources.cms %}{{ cm.metadata.namespace }}/{{ cm.metadata.name }} {{ cm.metadata.labels.app }} {{ cm.data.mode }}\n{% endfor %}";
+
+/// A fake server holding `count` ConfigMaps, and their JSON size in bytes.
+fn server_with(runtime: &tokio::runtime::Runtime, count: usize) -> (FakeApiServer, u64) {
+    let server = runtime.block_on(FakeApiServer::start());
+    let bytes = (0..count)
+        .map(|i| serde_json::to_vec(&server.apply(config_map(i))).unwrap().len() as u64)
+        .sum();
+    (server, bytes)
 }
 
-/// Runs `run --once` on `template` (a directory output when `directory`),
-/// returns wall time and peak RSS.
-fn run_once(server: &FakeApiServer, dir: &Path, template: &str, directory: bool) -> (Duration, u64) {
-    let output = if directory { "directory: out" } else { "path: out.txt" };
-    let config = format!(
-        "watched_resources:\n  cms: {{api_version: v1, kind: ConfigMap}}\ntemplates:\n  t:\n    inline: {}\n    {output}\n",
-        serde_json::to_string(template).unwrap()
-    );
-    std::fs::write(dir.join("config.yaml"), config).unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
-        .args(["--log-level", "warn", "run", "--once", "-c"])
-        .arg(dir.join("config.yaml"))
+/// A config watching the ConfigMaps with `templates` (name → YAML of the rest
+/// of the entry) and `extra` top-level YAML.
+fn write_config(dir: &Path, templates: &[(String, String)], extra: &str) {
+    let mut text = String::from("watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\ntemplates:\n");
+    for (name, entry) in templates {
+        text.push_str(&format!("  {name}: {entry}\n"));
+    }
+    text.push_str(extra);
+    std::fs::write(dir.join("config.yaml"), text).unwrap();
+}
+
+fn inline(template: &str, output: &str) -> String {
+    format!("{{inline: {}, {output}}}", serde_json::to_string(template).unwrap())
+}
+
+fn sidecar(server: &FakeApiServer, dir: &Path, once: bool) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kube-template"));
+    command
+        .args(["--log-level", "warn", "run", "-c"])
+        .arg(dir.join("config.yaml"));
+    if once {
+        command.arg("--once");
+    }
+    command
         .arg("--kubeconfig")
         .arg(server.kubeconfig_path())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Peak resident memory of a process in bytes, from /proc (`None` once it is gone).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs `run --once` to the end: wall time and peak RSS.
+fn run_once(server: &FakeApiServer, dir: &Path) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut child = sidecar(server, dir, true);
     let mut peak = 0;
     loop {
-        peak = peak.max(peak_rss_kib(child.id()));
+        // VmHWM only grows, so the last reading before the exit is the peak
+        // (short of the last 1 ms, when the process is tearing down).
+        if let Some(rss) = peak_rss(child.id()) {
+            peak = peak.max(rss);
+        }
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "run --once failed");
-            break;
+            return (started.elapsed(), peak);
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
-    (started.elapsed(), peak)
 }
 
-/// Applies `samples` updates one at a time to a running sidecar watching
-/// 10k ConfigMaps and times each until the output file shows it.
-fn event_to_file(runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<Duration> {
-    let server = runtime.block_on(FakeApiServer::start());
-    for i in 0..10_000 {
-        server.apply(config_map(i));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = "watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\ntemplates:\n  t:\n    inline: \"{% for cm in resources.cms %}{{ cm.metadata.name }} {{ cm.metadata.labels.app }}\\n{% endfor %}\"\n    path: out.txt\nrender:\n  wait: {min: 0s, max: 1s}\nadmin: {listen: \"127.0.0.1:0\"}\n";
-    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
-        .args(["--log-level", "warn", "run", "-c"])
-        .arg(dir.path().join("config.yaml"))
-        .arg("--kubeconfig")
-        .arg(server.kubeconfig_path())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = dir.path().join("out.txt");
+/// Applies `samples` single-object updates to a running sidecar and times each
+/// until the output file shows it.
+fn event_latencies(server: &FakeApiServer, dir: &Path, samples: usize) -> Vec<Duration> {
+    let mut child = sidecar(server, dir, false);
+    let out = dir.join("out.txt");
     // Reads the file only when a new one replaced it (a rename changes the
     // inode), so that the polling itself costs the sidecar little CPU.
     let mut seen_inode = 0;
     let mut wait_for = |needle: &str| {
-        use std::os::unix::fs::MetadataExt;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let inode = std::fs::metadata(&out).map(|m| m.ino()).unwrap_or(0);
             if inode != seen_inode && std::fs::read_to_string(&out).is_ok_and(|t| t.contains(needle)) {
@@ -109,7 +136,7 @@ fn event_to_file(runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<Durat
             std::thread::sleep(Duration::from_micros(200));
         }
     };
-    wait_for("config-009999 ");
+    wait_for("/config-000000 ");
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples {
         let mut object = config_map(n);
@@ -117,7 +144,7 @@ fn event_to_file(runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<Durat
         object["metadata"]["labels"]["app"] = json!(marker);
         let started = Instant::now();
         server.apply(object);
-        wait_for(&format!("config-{n:06} {marker}\n"));
+        wait_for(&format!("/config-{n:06} {marker} "));
         latencies.push(started.elapsed());
     }
     let _ = child.kill();
@@ -126,43 +153,145 @@ fn event_to_file(runtime: &tokio::runtime::Runtime, samples: usize) -> Vec<Durat
     latencies
 }
 
+/// One row of the table.
+struct Row {
+    scenario: String,
+    objects: usize,
+    json_bytes: u64,
+    first_render: Option<Duration>,
+    peak_rss: Option<u64>,
+    latency: Option<(Duration, Duration)>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn print(rows: &[Row], baseline: Option<u64>) {
+    println!(
+        "| scenario | objects | object JSON | first render written | peak RSS | (RSS − baseline) / JSON | event → file p50 / p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let first = row
+            .first_render
+            .map_or("".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+        let rss = row.peak_rss.map_or("".into(), |b| format!("{:.1} MiB", b as f64 / MIB));
+        let ratio = match (row.peak_rss, baseline) {
+            (Some(peak), Some(base)) if row.json_bytes > 0 => {
+                format!("{:.2}", peak.saturating_sub(base) as f64 / row.json_bytes as f64)
+            }
+            _ => String::new(),
+        };
+        let latency = row.latency.map_or("".into(), |(p50, p99)| {
+            format!("{:.1} / {:.1} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
+        });
+        println!(
+            "| {} | {} | {:.1} MiB | {first} | {rss} | {ratio} | {latency} |",
+            row.scenario,
+            row.objects,
+            row.json_bytes as f64 / MIB
+        );
+    }
+    if let Some(base) = baseline {
+        println!("\nbaseline (no objects): {:.1} MiB peak RSS", base as f64 / MIB);
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let wanted = |scenario: &str| args.is_empty() || args.iter().any(|a| scenario.contains(a.as_str()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for (count, template, directory, what) in [
-        (
-            100_000,
-            "{{ resources.cms | length }}\n",
-            false,
-            "initial sync, 100k ConfigMaps, to first render done",
-        ),
-        (
-            10_000,
-            "{% for cm in resources.cms %}{{ file(cm.metadata.namespace ~ '_' ~ cm.metadata.name, cm.data['settings.json']) }}{% endfor %}",
-            true,
-            "one-shot, 10k ConfigMaps to 10k files",
-        ),
-    ] {
-        let server = runtime.block_on(FakeApiServer::start());
-        for i in 0..count {
-            server.apply(config_map(i));
+    let mut rows = Vec::new();
+
+    let one_file = [("t".to_string(), inline(LINES, "path: out.txt"))];
+    let mut baseline = None;
+    for count in [0, 10_000, 100_000] {
+        let scenario = format!("sync, 1 template, run --once (N={count})");
+        if !wanted(&scenario) {
+            continue;
         }
+        let (server, json_bytes) = server_with(&runtime, count);
         let dir = tempfile::tempdir().unwrap();
-        let (elapsed, peak) = run_once(&server, dir.path(), template, directory);
-        println!(
-            "{what}: {:.3} s wall, {:.1} MiB peak RSS",
-            elapsed.as_secs_f64(),
-            peak as f64 / 1024.0
-        );
-        drop(server);
+        write_config(dir.path(), &one_file, "");
+        let (elapsed, peak) = run_once(&server, dir.path());
+        if count == 0 {
+            baseline = Some(peak);
+        }
+        rows.push(Row {
+            scenario,
+            objects: count,
+            json_bytes,
+            first_render: Some(elapsed),
+            peak_rss: Some(peak),
+            latency: None,
+        });
     }
-    let latencies = event_to_file(&runtime, 200);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    println!(
-        "watch event to file replaced, 10k objects, wait.min 0: p50 {:.1} ms, p99 {:.1} ms",
-        at(0.50).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3
-    );
+
+    for templates in [1, 100] {
+        let scenario = format!("templates: {templates} over the same store, run --once");
+        if !wanted(&scenario) {
+            continue;
+        }
+        let count = 10_000;
+        let (server, json_bytes) = server_with(&runtime, count);
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (0..templates)
+            .map(|t| (format!("t{t}"), inline(LINES, &format!("path: out-{t}.txt"))))
+            .collect();
+        write_config(dir.path(), &entries, "");
+        let (elapsed, peak) = run_once(&server, dir.path());
+        rows.push(Row {
+            scenario,
+            objects: count,
+            json_bytes,
+            first_render: Some(elapsed),
+            peak_rss: Some(peak),
+            latency: None,
+        });
+    }
+
+    let scenario = "files: one file per object in a directory output, run --once".to_string();
+    if wanted(&scenario) {
+        let count = 10_000;
+        let (server, json_bytes) = server_with(&runtime, count);
+        let dir = tempfile::tempdir().unwrap();
+        let template = "{% for cm in resources.cms %}{{ file(cm.metadata.namespace ~ '_' ~ cm.metadata.name, cm.data['settings.json']) }}{% endfor %}";
+        write_config(dir.path(), &[("t".into(), inline(template, "directory: out"))], "");
+        let (elapsed, peak) = run_once(&server, dir.path());
+        rows.push(Row {
+            scenario,
+            objects: count,
+            json_bytes,
+            first_render: Some(elapsed),
+            peak_rss: Some(peak),
+            latency: None,
+        });
+    }
+
+    for (count, samples) in [(10_000, 1_000), (100_000, 100)] {
+        let scenario = format!("event → file, wait.min 0, {samples} updates (N={count})");
+        if !wanted(&scenario) {
+            continue;
+        }
+        let (server, json_bytes) = server_with(&runtime, count);
+        let dir = tempfile::tempdir().unwrap();
+        write_config(
+            dir.path(),
+            &one_file,
+            "render:\n  wait: {min: 0s, max: 1s}\nadmin: {listen: \"127.0.0.1:0\"}\n",
+        );
+        let latencies = event_latencies(&server, dir.path(), samples);
+        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        rows.push(Row {
+            scenario,
+            objects: count,
+            json_bytes,
+            first_render: None,
+            peak_rss: None,
+            latency: Some((at(0.50), at(0.99))),
+        });
+    }
+    print(&rows, baseline);
 }

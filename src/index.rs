@@ -10,6 +10,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::config::OnMissingKey;
+use crate::store::document::{Json, Node};
 
 /// One step of a [`FieldPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,26 +114,6 @@ impl FieldPath {
             Segment::Index(i) => v.get(*i),
         })
     }
-
-    /// Removes the value at this path, if it exists (`ignore_fields`).
-    pub fn remove(&self, value: &mut Value) {
-        let Some((last, parents)) = self.segments.split_last() else {
-            return;
-        };
-        let parent = parents.iter().try_fold(value, |v, segment| match segment {
-            Segment::Field(name) => v.get_mut(name.as_str()),
-            Segment::Index(i) => v.get_mut(*i),
-        });
-        match (parent, last) {
-            (Some(Value::Object(map)), Segment::Field(name)) => {
-                map.remove(name);
-            }
-            (Some(Value::Array(items)), Segment::Index(i)) if *i < items.len() => {
-                items.remove(*i);
-            }
-            _ => {}
-        }
-    }
 }
 
 fn is_name_char(c: char) -> bool {
@@ -179,16 +160,17 @@ impl Indexer {
     /// The object's key, or `None` when a value is missing and the policy is
     /// `skip`. Strings are used as they are, numbers and booleans in their JSON
     /// form, lists and mappings as compact JSON; `null` counts as missing.
-    pub fn key(&self, object: &Value) -> Option<Key> {
+    pub fn key(&self, object: Node<'_>) -> Option<Key> {
         let mut parts = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
-            match path.get(object) {
-                Some(Value::String(s)) => parts.push(s.clone()),
-                Some(Value::Null) | None => match self.on_missing {
+            let value = object.at_path(path);
+            match value.map(Node::json) {
+                Some(Json::String(s)) => parts.push(s.to_string()),
+                Some(Json::Null) | None => match self.on_missing {
                     OnMissingKey::Empty => parts.push(String::new()),
                     OnMissingKey::Skip => return None,
                 },
-                Some(other) => parts.push(other.to_string()),
+                Some(_) => parts.push(serde_json::to_string(&value).unwrap_or_default()),
             }
         }
         Some(Key(parts))
@@ -200,6 +182,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::store::document::Document;
+
+    fn key_of(indexer: &Indexer, object: serde_json::Value) -> Option<Key> {
+        indexer.key(Document::from_json(&object).root())
+    }
 
     fn indexer(exprs: &[&str], on_missing: OnMissingKey) -> Indexer {
         Indexer::new(exprs.iter().map(|e| FieldPath::parse(e).unwrap()).collect(), on_missing)
@@ -238,15 +225,15 @@ mod tests {
     #[test]
     fn key_is_a_tuple_so_values_with_slashes_do_not_collide() {
         let ix = indexer(&["metadata.namespace", "metadata.name"], OnMissingKey::Empty);
-        let a = ix.key(&json!({"metadata": {"namespace": "a/b", "name": "c"}})).unwrap();
-        let b = ix.key(&json!({"metadata": {"namespace": "a", "name": "b/c"}})).unwrap();
+        let a = key_of(&ix, json!({"metadata": {"namespace": "a/b", "name": "c"}})).unwrap();
+        let b = key_of(&ix, json!({"metadata": {"namespace": "a", "name": "b/c"}})).unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
     fn numbers_and_booleans_use_their_json_form() {
         let ix = indexer(&["spec.port", "spec.on"], OnMissingKey::Empty);
-        let key = ix.key(&json!({"spec": {"port": 8080, "on": true}})).unwrap();
+        let key = key_of(&ix, json!({"spec": {"port": 8080, "on": true}})).unwrap();
         assert_eq!(key.parts(), ["8080", "true"]);
     }
 
@@ -254,23 +241,23 @@ mod tests {
     fn missing_values_follow_on_missing_key() {
         let obj = json!({"metadata": {"name": "x"}});
         let empty = indexer(&["metadata.labels.app", "metadata.name"], OnMissingKey::Empty);
-        assert_eq!(empty.key(&obj).unwrap().parts(), ["", "x"]);
+        assert_eq!(key_of(&empty, obj.clone()).unwrap().parts(), ["", "x"]);
         let skip = indexer(&["metadata.labels.app", "metadata.name"], OnMissingKey::Skip);
-        assert_eq!(skip.key(&obj), None);
+        assert_eq!(key_of(&skip, obj.clone()), None);
         assert_eq!(
-            skip.key(&json!({"metadata": {"name": "x", "labels": {"app": null}}})),
+            key_of(&skip, json!({"metadata": {"name": "x", "labels": {"app": null}}})),
             None
         );
     }
 
     #[test]
-    fn remove_prunes_only_the_named_field() {
-        let mut obj = json!({"metadata": {"name": "x", "managedFields": [1], "annotations": {"a.b/c": "1", "d": "2"}}});
-        FieldPath::parse("metadata.managedFields").unwrap().remove(&mut obj);
-        FieldPath::parse("metadata.annotations['a.b/c']")
-            .unwrap()
-            .remove(&mut obj);
-        FieldPath::parse("spec.absent").unwrap().remove(&mut obj);
-        assert_eq!(obj, json!({"metadata": {"name": "x", "annotations": {"d": "2"}}}));
+    fn ignored_fields_prune_only_the_named_field() {
+        let obj = json!({"metadata": {"name": "x", "managedFields": [1], "annotations": {"a.b/c": "1", "d": "2"}}});
+        let ignored: Vec<FieldPath> = ["metadata.managedFields", "metadata.annotations['a.b/c']", "spec.absent"]
+            .iter()
+            .map(|e| FieldPath::parse(e).unwrap())
+            .collect();
+        let pruned = Document::from_json_without(&obj, &ignored).to_json();
+        assert_eq!(pruned, json!({"metadata": {"name": "x", "annotations": {"d": "2"}}}));
     }
 }

@@ -18,6 +18,7 @@ use crate::output::{self, Job};
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::{self, Event, Scope, Sources};
 use crate::store::AnyStore;
+use crate::store::document::Document;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
@@ -68,10 +69,14 @@ pub enum Error {
 pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, AnyStore> {
     let mut stores = empty_stores(config, &BTreeMap::new());
     for watch in source::plan(config) {
-        let selected: Vec<&Value> = objects.iter().filter(|o| watch.spec.selects(o)).collect();
+        let selected: Vec<Document> = objects
+            .iter()
+            .filter(|o| watch.spec.selects(o))
+            .map(|o| watch.document(o))
+            .collect();
         for name in &watch.stores {
             if let Some(store) = stores.get_mut(name) {
-                store.reset_scope(None, selected.iter().map(|o| (*o).clone()));
+                store.reset_scope(None, selected.iter().cloned());
             }
         }
     }

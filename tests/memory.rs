@@ -35,7 +35,7 @@ fn bytes_per_reference(index_by: &[&str]) -> f64 {
                 "labels": {"app": format!("app-{}", i % 100), "tier": "edge"},
             }
         });
-        store.apply(object);
+        store.apply(object.into());
     }
     let change = region.change();
     assert_eq!(store.len(), REFERENCES);

@@ -109,7 +109,7 @@ impl StoreView {
         match &self.store {
             StoreSnapshot::Full(s) => Ok(slots
                 .iter()
-                .filter_map(|slot| s.get(slot).map(|o| crate::render::value::document(&o.body)))
+                .filter_map(|slot| s.get(slot).map(crate::render::value::document))
                 .collect()),
             StoreSnapshot::OnDemand { snapshot, cache } => {
                 let layout = snapshot.layout();

@@ -97,7 +97,7 @@ fn a_render_reads_only_its_snapshot() {
     let renderer = Renderer::new(&config).unwrap();
     let mut stores = pipeline::stores_from(&config, &[cm("a", "x")]);
     let before = pipeline::snapshot(&stores);
-    stores.get_mut("cms").unwrap().apply(cm("b", "x"));
+    stores.get_mut("cms").unwrap().apply(cm("b", "x").into());
     let rendered = renderer.render_all(&before).unwrap();
     assert_eq!(rendered[0].content, Content::File(b"1".to_vec()));
 }

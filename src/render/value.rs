@@ -1,133 +1,100 @@
 //! Kubernetes objects as template values, without copying them.
 //!
-//! Stores keep each object as a shared JSON document. A template sees a
-//! document through [`document`]: mappings and lists are lazy views that
-//! reach into the shared JSON when a template reads them, so applying an
-//! object costs no conversion and a render converts only the fields it reads.
+//! Stores keep each object as a [`Document`]. A template sees a document
+//! through [`document`]: mappings and lists are lazy views of a node of the
+//! shared document, so applying an object costs no conversion and a render
+//! converts only the fields it reads.
 
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use serde_json::Value as Json;
 
-/// An object as stores keep it.
-pub type Document = Arc<Json>;
+use crate::store::document::{self, Document, Table};
 
 /// The template value of a whole document.
-pub fn document(root: &Document) -> Value {
-    node_value(root, Vec::new(), root)
+pub fn document(doc: &Document) -> Value {
+    node_value(doc, doc.root())
 }
 
-/// The template value of a JSON value that is not part of a store (a
-/// fetched body, a test value).
+/// The template value of a JSON value that is not part of a store (a test
+/// value, a filter's result).
 pub fn from_json(json: Json) -> Value {
-    document(&Arc::new(json))
-}
-
-/// One step from a node to its child.
-#[derive(Debug, Clone)]
-enum Step {
-    Key(String),
-    Index(usize),
+    document(&Document::from_json(&json))
 }
 
 /// A mapping or list inside a shared document.
 #[derive(Debug)]
 struct Node {
-    root: Document,
-    path: Vec<Step>,
+    doc: Document,
+    offset: u32,
 }
 
 impl Node {
-    /// The JSON this node stands for (walked from the root: documents are
-    /// shallow, and a walk is cheaper than copying every object up front).
-    fn json(&self) -> &Json {
-        self.path.iter().fold(&*self.root, |json, step| match step {
-            Step::Key(key) => json.get(key.as_str()).unwrap_or(&Json::Null),
-            Step::Index(i) => json.get(*i).unwrap_or(&Json::Null),
-        })
-    }
-
-    fn child(&self, step: Step, json: &Json) -> Value {
-        let mut path = Vec::with_capacity(self.path.len() + 1);
-        path.extend(self.path.iter().cloned());
-        path.push(step);
-        node_value(&self.root, path, json)
+    fn table(&self) -> Option<(Table<'_>, bool)> {
+        match self.doc.node(self.offset).json() {
+            document::Json::Map(map) => Some((map, true)),
+            document::Json::List(list) => Some((list, false)),
+            _ => None,
+        }
     }
 }
 
 /// Scalars become plain values; mappings and lists lazy nodes.
-fn node_value(root: &Document, path: Vec<Step>, json: &Json) -> Value {
-    match json {
-        Json::Null => Value::from(()),
-        Json::Bool(b) => Value::from(*b),
-        Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                Value::from(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Json::String(s) => Value::from(s.as_str()),
-        Json::Array(_) | Json::Object(_) => Value::from_object(Node {
-            root: Arc::clone(root),
-            path,
+fn node_value(doc: &Document, node: document::Node<'_>) -> Value {
+    match node.json() {
+        document::Json::Null => Value::from(()),
+        document::Json::Bool(b) => Value::from(b),
+        document::Json::Int(i) => Value::from(i),
+        document::Json::UInt(u) => Value::from(u),
+        document::Json::Float(f) => Value::from(f),
+        document::Json::String(s) => Value::from(s),
+        document::Json::List(_) | document::Json::Map(_) => Value::from_object(Node {
+            doc: doc.clone(),
+            offset: node.offset(),
         }),
     }
 }
 
 impl Object for Node {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
-        match self.json() {
-            Json::Array(_) => ObjectRepr::Seq,
+        match self.table() {
+            Some((_, false)) => ObjectRepr::Seq,
             _ => ObjectRepr::Map,
         }
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        match self.json() {
-            Json::Object(map) => {
-                let key = key.as_str()?;
-                let child = map.get(key)?;
-                Some(self.child(Step::Key(key.to_string()), child))
-            }
-            Json::Array(items) => {
-                let index = key.as_i64()?;
-                let index = if index < 0 { items.len() as i64 + index } else { index };
-                let index = usize::try_from(index).ok()?;
-                let child = items.get(index)?;
-                Some(self.child(Step::Index(index), child))
-            }
-            _ => None,
-        }
+        let (table, is_map) = self.table()?;
+        let child = if is_map {
+            table.get(key.as_str()?)?
+        } else {
+            let index = key.as_i64()?;
+            let index = if index < 0 { table.len() as i64 + index } else { index };
+            table.item(usize::try_from(index).ok()?)?
+        };
+        Some(node_value(&self.doc, child))
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        let this = Arc::clone(self);
-        match self.json() {
-            Json::Object(map) => {
-                let keys: Vec<Value> = map.keys().map(|k| Value::from(k.as_str())).collect();
+        match self.table() {
+            Some((map, true)) => {
+                let keys: Vec<Value> = map.entries().map(|(k, _)| Value::from(k)).collect();
                 Enumerator::Iter(Box::new(keys.into_iter()))
             }
-            Json::Array(items) => {
-                let len = items.len();
-                Enumerator::Iter(Box::new((0..len).filter_map(move |i| {
-                    let child = this.json().get(i)?;
-                    Some(this.child(Step::Index(i), child))
+            Some((list, false)) => {
+                let this = Arc::clone(self);
+                Enumerator::Iter(Box::new((0..list.len()).filter_map(move |i| {
+                    let (list, _) = this.table()?;
+                    Some(node_value(&this.doc, list.item(i)?))
                 })))
             }
-            _ => Enumerator::Empty,
+            None => Enumerator::Empty,
         }
     }
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        match self.json() {
-            Json::Object(map) => Some(map.len()),
-            Json::Array(items) => Some(items.len()),
-            _ => Some(0),
-        }
+        Some(self.table().map_or(0, |(table, _)| table.len()))
     }
 }
 

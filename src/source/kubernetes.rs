@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Event, Scope, SourceEvent, Watch};
+use crate::store::document::Document;
 use crate::store::on_demand::Fetch;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;
@@ -319,14 +320,15 @@ async fn run_watch(
             None => Api::all_with(client, ar),
         };
         let stream = watcher(api, config).default_backoff();
-        pump.run(stream, |meta| metadata_json(meta, ar)).await?;
+        pump.run(stream, |meta| watch.document(&metadata_json(meta, ar)))
+            .await?;
     } else {
         let api: Api<DynamicObject> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
         let stream = watcher(api, config).default_backoff();
-        pump.run(stream, |object| to_json(object, ar)).await?;
+        pump.run(stream, |object| watch.document(&to_json(object, ar))).await?;
     }
     Ok(())
 }
@@ -347,10 +349,10 @@ impl Pump<'_> {
     async fn run<K>(
         &self,
         stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-        json: impl Fn(K) -> Value,
+        json: impl Fn(K) -> Document,
     ) -> Result<()> {
         let mut stream = std::pin::pin!(stream);
-        let mut listing: Option<Vec<Value>> = None;
+        let mut listing: Option<Vec<Document>> = None;
         let status = &self.reporting.telemetry.status;
         let mut failing = false;
         while let Some(item) = stream.next().await {

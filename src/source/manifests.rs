@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Event, SourceEvent, Watch};
+use crate::store::document::Document;
 use crate::store::{Meta, ObjectId};
 
 /// Why manifests could not be loaded.
@@ -193,7 +194,7 @@ pub struct LiveManifests {
     /// Each file's last text and the objects parsed from it.
     files: HashMap<PathBuf, (String, Vec<Value>)>,
     /// What each watch holds now, by identity.
-    state: Vec<BTreeMap<ObjectId, Value>>,
+    state: Vec<BTreeMap<ObjectId, Document>>,
 }
 
 impl LiveManifests {
@@ -292,7 +293,7 @@ impl LiveManifests {
     }
 
     /// Each watch's objects from the files as they are now.
-    fn selected(&self) -> Vec<BTreeMap<ObjectId, Value>> {
+    fn selected(&self) -> Vec<BTreeMap<ObjectId, Document>> {
         let mut paths: Vec<&PathBuf> = self.files.keys().collect();
         paths.sort();
         self.watches
@@ -302,7 +303,10 @@ impl LiveManifests {
                     .iter()
                     .flat_map(|p| &self.files[*p].1)
                     .filter(|o| watch.spec.selects(o))
-                    .map(|o| (Meta::of(o).id, o.clone()))
+                    .map(|o| {
+                        let document = watch.document(o);
+                        (Meta::of(document.root()).id, document)
+                    })
                     .collect()
             })
             .collect()
@@ -450,8 +454,8 @@ mod tests {
         let summary: Vec<String> = events
             .iter()
             .map(|e| match &e.event {
-                Event::Applied(o) => format!("applied {}", o["metadata"]["name"].as_str().unwrap()),
-                Event::Deleted(o) => format!("deleted {}", o["metadata"]["name"].as_str().unwrap()),
+                Event::Applied(o) => format!("applied {}", o.to_json()["metadata"]["name"].as_str().unwrap()),
+                Event::Deleted(o) => format!("deleted {}", o.to_json()["metadata"]["name"].as_str().unwrap()),
                 Event::Listed { .. } => "listed".into(),
             })
             .collect();

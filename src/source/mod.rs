@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, Resource, StoreKind};
+use crate::index::FieldPath;
+use crate::store::document::Document;
 use crate::store::on_demand::BodyCache;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::CacheMetrics;
@@ -104,6 +106,16 @@ impl WatchSpec {
 pub struct Watch {
     pub spec: WatchSpec,
     pub stores: Vec<String>,
+    /// The `ignore_fields` of every one of its stores: left out of objects
+    /// as they arrive, so that no store ever holds them.
+    pub omit: Vec<FieldPath>,
+}
+
+impl Watch {
+    /// What the stores of this watch keep of `object`.
+    pub fn document(&self, object: &Value) -> Document {
+        Document::from_json_without(object, &self.omit)
+    }
 }
 
 /// The distinct watches a config needs, in a stable order; a watch's index in
@@ -112,14 +124,13 @@ pub fn plan(config: &Config) -> Vec<Watch> {
     let mut watches: BTreeMap<_, Watch> = BTreeMap::new();
     for (name, resource) in &config.watched_resources {
         let spec = WatchSpec::of(resource);
-        watches
-            .entry(spec.identity())
-            .or_insert_with(|| Watch {
-                spec,
-                stores: Vec::new(),
-            })
-            .stores
-            .push(name.clone());
+        let watch = watches.entry(spec.identity()).or_insert_with(|| Watch {
+            spec,
+            stores: Vec::new(),
+            omit: resource.ignore_fields.clone(),
+        });
+        watch.stores.push(name.clone());
+        watch.omit.retain(|field| resource.ignore_fields.contains(field));
     }
     watches.into_values().collect()
 }
@@ -131,11 +142,11 @@ pub type Scope = Option<String>;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// An object was added or modified.
-    Applied(Value),
+    Applied(Document),
     /// An object was deleted (its last state).
-    Deleted(Value),
+    Deleted(Document),
     /// A complete listing of `scope`: everything else in that scope is gone.
-    Listed { scope: Scope, objects: Vec<Value> },
+    Listed { scope: Scope, objects: Vec<Document> },
 }
 
 /// An [`Event`] of watch number `watch` (its index in [`plan`]).
@@ -298,5 +309,20 @@ templates:
         let shared = watches.iter().find(|w| w.stores.len() == 2).unwrap();
         assert_eq!(shared.stores, ["a", "b"]);
         assert_eq!(shared.spec.namespaces, ["x", "y"]);
+    }
+
+    #[test]
+    fn a_watch_leaves_out_only_what_all_its_stores_ignore() {
+        let text = r#"
+watched_resources:
+  a: {api_version: v1, kind: Secret, ignore_fields: [metadata.managedFields, metadata.annotations]}
+  b: {api_version: v1, kind: Secret, ignore_fields: [metadata.managedFields, data]}
+templates:
+  t: {inline: x, path: t}
+"#;
+        let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
+        let watches = plan(&config);
+        let omitted: Vec<String> = watches[0].omit.iter().map(ToString::to_string).collect();
+        assert_eq!(omitted, ["metadata.managedFields"]);
     }
 }

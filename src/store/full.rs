@@ -1,30 +1,16 @@
 //! The full store: whole objects (after `ignore_fields`), shared immutably with
 //! renders.
 
-use std::sync::Arc;
+use super::document::Document;
+use super::{Entry, Store};
 
-use serde_json::Value;
+/// Whole objects of one watched resource, indexed by its `index_by` keys;
+/// each object is shared by every render (templates read it in place).
+pub type FullStore = Store<Document>;
 
-use super::{Entry, Meta, Store};
-use crate::render::value::Document;
-
-/// One stored object, ready for templates.
-#[derive(Debug)]
-pub struct Object {
-    pub meta: Meta,
-    /// The object, shared by every render (templates read it in place).
-    pub body: Document,
-}
-
-/// Whole objects of one watched resource, indexed by its `index_by` keys.
-pub type FullStore = Store<Arc<Object>>;
-
-impl Entry for Arc<Object> {
-    fn from_object(object: Value, meta: Meta) -> Self {
-        Arc::new(Object {
-            meta,
-            body: Arc::new(object),
-        })
+impl Entry for Document {
+    fn from_object(object: Document) -> Self {
+        object
     }
 }
 
@@ -33,12 +19,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::config::OnMissingKey;
     use crate::index::{FieldPath, Indexer};
-    use crate::store::{Applied, ObjectId, Snapshot};
+    use crate::store::{Applied, Meta, ObjectId, Snapshot};
 
     fn store(exprs: &[&str], on_missing: OnMissingKey) -> FullStore {
         let paths = exprs.iter().map(|e| FieldPath::parse(e).unwrap()).collect();
@@ -48,12 +34,20 @@ mod tests {
         )
     }
 
-    fn obj(uid: &str, ns: &str, name: &str, app: &str) -> Value {
-        json!({"metadata": {"uid": uid, "namespace": ns, "name": name, "labels": {"app": app}}})
+    fn obj(uid: &str, ns: &str, name: &str, app: &str) -> Document {
+        doc(json!({"metadata": {"uid": uid, "namespace": ns, "name": name, "labels": {"app": app}}}))
     }
 
-    fn names(snapshot: &Snapshot<Arc<Object>>) -> Vec<String> {
-        snapshot.iter().map(|(_, o)| o.meta.name.clone()).collect()
+    fn doc(value: Value) -> Document {
+        Document::from_json(&value)
+    }
+
+    fn names(snapshot: &Snapshot<Document>) -> Vec<String> {
+        snapshot.iter().map(|(_, o)| name(o)).collect()
+    }
+
+    fn name(object: &Document) -> String {
+        Meta::of(object.root()).name.to_string()
     }
 
     #[test]
@@ -63,12 +57,9 @@ mod tests {
         s.apply(obj("2", "b", "two", "web"));
         s.apply(obj("3", "a", "three", "db"));
         let snap = s.snapshot();
-        let web: Vec<_> = snap.prefix(&["web".into()]).map(|(_, o)| o.meta.name.clone()).collect();
+        let web: Vec<_> = snap.prefix(&["web".into()]).map(|(_, o)| name(o)).collect();
         assert_eq!(web, ["one", "two"]);
-        let web_b: Vec<_> = snap
-            .prefix(&["web".into(), "b".into()])
-            .map(|(_, o)| o.meta.name.clone())
-            .collect();
+        let web_b: Vec<_> = snap.prefix(&["web".into(), "b".into()]).map(|(_, o)| name(o)).collect();
         assert_eq!(web_b, ["two"]);
         assert_eq!(snap.prefix(&["we".into()]).count(), 0);
         assert_eq!(snap.keys().len(), 3);
@@ -98,9 +89,13 @@ mod tests {
     #[test]
     fn objects_without_uid_are_identified_by_namespace_and_name() {
         let mut s = store(&["metadata.name"], OnMissingKey::Empty);
-        s.apply(json!({"metadata": {"namespace": "a", "name": "x", "labels": {"v": "1"}}}));
-        s.apply(json!({"metadata": {"namespace": "a", "name": "x", "labels": {"v": "2"}}}));
-        s.apply(json!({"metadata": {"namespace": "b", "name": "x"}}));
+        s.apply(doc(
+            json!({"metadata": {"namespace": "a", "name": "x", "labels": {"v": "1"}}}),
+        ));
+        s.apply(doc(
+            json!({"metadata": {"namespace": "a", "name": "x", "labels": {"v": "2"}}}),
+        ));
+        s.apply(doc(json!({"metadata": {"namespace": "b", "name": "x"}})));
         assert_eq!(s.len(), 2);
     }
 
@@ -109,7 +104,7 @@ mod tests {
         let mut s = store(&["metadata.labels.app"], OnMissingKey::Skip);
         s.apply(obj("1", "a", "one", "web"));
         assert_eq!(
-            s.apply(json!({"metadata": {"uid": "1", "namespace": "a", "name": "one"}})),
+            s.apply(doc(json!({"metadata": {"uid": "1", "namespace": "a", "name": "one"}}))),
             Applied::Skipped
         );
         assert_eq!((s.len(), s.skipped()), (0, 1));
@@ -120,10 +115,13 @@ mod tests {
     #[test]
     fn ignore_fields_are_pruned_before_storing() {
         let mut s = store(&["metadata.name"], OnMissingKey::Empty);
-        s.apply(json!({"metadata": {"name": "x", "managedFields": [{"manager": "kubectl"}]}}));
+        s.apply(doc(
+            json!({"metadata": {"name": "x", "managedFields": [{"manager": "kubectl"}]}}),
+        ));
         let snap = s.snapshot();
         let (_, object) = snap.iter().next().unwrap();
-        assert!(object.body["metadata"].get("managedFields").is_none());
+        let metadata = object.root().get("metadata").unwrap();
+        assert!(metadata.get("managedFields").is_none() && metadata.get("name").is_some());
     }
 
     #[test]
@@ -194,7 +192,7 @@ mod tests {
                 let snap = s.snapshot();
                 let actual: Vec<(String, String, ObjectId)> = snap
                     .iter()
-                    .map(|(slot, o)| (slot.key(snap.layout())[0].to_string(), o.meta.name.clone(), o.meta.id))
+                    .map(|(slot, o)| (slot.key(snap.layout())[0].to_string(), name(o), slot.id()))
                     .collect();
                 prop_assert_eq!(&actual, &expected);
                 for app in 0..3u8 {

@@ -11,6 +11,7 @@
 //! each ended by `\0`, so that byte order is tuple order and a key prefix is a
 //! string prefix; and a 128-bit identity.
 
+pub mod document;
 pub mod full;
 pub mod on_demand;
 
@@ -18,11 +19,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::Resource;
 use crate::index::{FieldPath, Indexer, Key};
+use document::{Document, Node};
 
 /// How an object is identified: its UID (as 128 bits), or a digest of
 /// `namespace/name` when it has none (manifests written by hand).
@@ -60,30 +61,30 @@ fn parse_uuid(text: &str) -> Option<u128> {
 }
 
 /// Namespace, name, identity and version of an object as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    pub namespace: String,
-    pub name: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
     pub id: ObjectId,
-    pub resource_version: String,
+    pub resource_version: &'a str,
 }
 
-impl Meta {
+impl<'a> Meta<'a> {
     /// Reads `metadata` of a Kubernetes object.
-    pub fn of(object: &Value) -> Meta {
+    pub fn of(object: Node<'a>) -> Meta<'a> {
+        let metadata = object.get("metadata");
         let text = |field: &str| {
-            object
-                .get("metadata")
+            metadata
                 .and_then(|m| m.get(field))
-                .and_then(Value::as_str)
+                .and_then(Node::as_str)
                 .unwrap_or_default()
         };
         let (namespace, name) = (text("namespace"), text("name"));
         Meta {
             id: ObjectId::new(text("uid"), namespace, name),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            resource_version: text("resourceVersion").to_string(),
+            namespace,
+            name,
+            resource_version: text("resourceVersion"),
         }
     }
 }
@@ -107,16 +108,16 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(layout: Layout, key: &Key, meta: &Meta) -> Slot {
+    pub fn new(layout: Layout, key: &Key, meta: &Meta<'_>) -> Slot {
         let mut text = String::new();
         for part in key.parts() {
             text.push_str(part);
             text.push('\0');
         }
         if !layout.names_in_key {
-            text.push_str(&meta.namespace);
+            text.push_str(meta.namespace);
             text.push('\0');
-            text.push_str(&meta.name);
+            text.push_str(meta.name);
             text.push('\0');
         }
         Slot {
@@ -165,7 +166,7 @@ pub enum Applied {
 /// What a store keeps per object, made from the object (after
 /// `ignore_fields`) when it is applied.
 pub trait Entry: Clone + Send + Sync + 'static {
-    fn from_object(object: Value, meta: Meta) -> Self;
+    fn from_object(object: Document) -> Self;
 }
 
 /// The objects of one watched resource, indexed by its `index_by` keys: pure
@@ -195,16 +196,16 @@ impl<E: Entry> Store<E> {
     }
 
     /// Adds or updates an object (an ADDED or MODIFIED event).
-    pub fn apply(&mut self, object: Value) -> Applied {
+    pub fn apply(&mut self, object: Document) -> Applied {
         match self.prepare(object) {
-            Prepared::Stored(meta, key, object) => {
-                self.skipped.remove(&meta.id);
-                self.index.upsert(&meta, &key, object);
+            Prepared::Stored(slot, entry) => {
+                self.skipped.remove(&slot.id);
+                self.index.upsert(slot, entry);
                 Applied::Stored
             }
-            Prepared::Skipped(meta) => {
-                self.index.remove(meta.id);
-                self.skipped.insert(meta.id, meta.namespace);
+            Prepared::Skipped(id, namespace) => {
+                self.index.remove(id);
+                self.skipped.insert(id, namespace);
                 Applied::Skipped
             }
         }
@@ -212,33 +213,33 @@ impl<E: Entry> Store<E> {
 
     /// Removes an object (a DELETED event); only that object, never its key
     /// siblings.
-    pub fn delete(&mut self, object: &Value) -> bool {
-        let id = Meta::of(object).id;
+    pub fn delete(&mut self, object: &Document) -> bool {
+        let id = Meta::of(object.root()).id;
         self.skipped.remove(&id);
         self.index.remove(id)
     }
 
     /// Replaces everything with `objects` at once (an initial list or re-list).
-    pub fn reset(&mut self, objects: impl IntoIterator<Item = Value>) {
+    pub fn reset(&mut self, objects: impl IntoIterator<Item = Document>) {
         self.reset_scope(None, objects);
     }
 
     /// Replaces the objects of one namespace (`Some`), or all (`None`), with
     /// `objects` at once: the listing of one scope of a watch.
-    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
+    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Document>) {
         let mut stored = Vec::new();
         let mut skipped = Vec::new();
         for object in objects {
             match self.prepare(object) {
-                Prepared::Stored(meta, key, object) => stored.push((meta, key, object)),
-                Prepared::Skipped(meta) => skipped.push(meta),
+                Prepared::Stored(slot, entry) => stored.push((slot, entry)),
+                Prepared::Skipped(id, namespace) => skipped.push((id, namespace)),
             }
         }
         match namespace {
             None => self.skipped.clear(),
             Some(ns) => self.skipped.retain(|_, meta_ns| meta_ns != ns),
         }
-        self.skipped.extend(skipped.into_iter().map(|m| (m.id, m.namespace)));
+        self.skipped.extend(skipped);
         self.index.replace_scope(namespace, stored);
     }
 
@@ -260,28 +261,32 @@ impl<E: Entry> Store<E> {
         self.index.snapshot()
     }
 
-    fn prepare(&self, mut object: Value) -> Prepared<E> {
-        let meta = Meta::of(&object);
-        for field in &self.ignore_fields {
-            field.remove(&mut object);
+    fn prepare(&self, mut object: Document) -> Prepared<E> {
+        // Sources leave out what every store of their watch ignores, so this
+        // re-encoding is for fields only some of them ignore.
+        if object.contains_any(&self.ignore_fields) {
+            object = Document::from_json_without(&object.to_json(), &self.ignore_fields);
         }
-        match self.indexer.key(&object) {
-            Some(key) => Prepared::Stored(meta.clone(), key, E::from_object(object, meta)),
-            None => Prepared::Skipped(meta),
-        }
+        let meta = Meta::of(object.root());
+        let Some(key) = self.indexer.key(object.root()) else {
+            return Prepared::Skipped(meta.id, meta.namespace.to_string());
+        };
+        let slot = Slot::new(self.index.layout, &key, &meta);
+        Prepared::Stored(slot, E::from_object(object))
     }
 }
 
 enum Prepared<E> {
-    Stored(Meta, Key, E),
-    Skipped(Meta),
+    Stored(Slot, E),
+    /// Left out for a missing key: identity and namespace.
+    Skipped(ObjectId, String),
 }
 
 /// One store at one point in time.
 #[derive(Debug, Clone)]
 pub enum StoreSnapshot {
     /// Whole objects.
-    Full(Snapshot<Arc<full::Object>>),
+    Full(Snapshot<Document>),
     /// References, with the cache their bodies are read through.
     OnDemand {
         snapshot: Snapshot<on_demand::Reference>,
@@ -310,21 +315,21 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
-    pub fn apply(&mut self, object: Value) -> Applied {
+    pub fn apply(&mut self, object: Document) -> Applied {
         match self {
             AnyStore::Full(s) => s.apply(object),
             AnyStore::OnDemand(s, _) => s.apply(object),
         }
     }
 
-    pub fn delete(&mut self, object: &Value) -> bool {
+    pub fn delete(&mut self, object: &Document) -> bool {
         match self {
             AnyStore::Full(s) => s.delete(object),
             AnyStore::OnDemand(s, _) => s.delete(object),
         }
     }
 
-    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Value>) {
+    pub fn reset_scope(&mut self, namespace: Option<&str>, objects: impl IntoIterator<Item = Document>) {
         match self {
             AnyStore::Full(s) => s.reset_scope(namespace, objects),
             AnyStore::OnDemand(s, _) => s.reset_scope(namespace, objects),
@@ -387,11 +392,11 @@ impl<T: Clone> Index<T> {
         })
     }
 
-    /// Inserts or replaces the object `meta.id` at `key`, moving it if its key
-    /// (or name) changed.
-    pub fn upsert(&mut self, meta: &Meta, key: &Key, entry: T) {
-        let mut slot = Slot::new(self.layout, key, meta);
-        let old = self.slot_of(meta.id);
+    /// Inserts or replaces the object `slot.id()` at `slot`, moving it if
+    /// its key (or name) changed.
+    pub fn upsert(&mut self, mut slot: Slot, entry: T) {
+        let id = slot.id;
+        let old = self.slot_of(id);
         let entries = Arc::make_mut(&mut self.entries);
         if let Some(old) = old {
             if old == slot {
@@ -401,7 +406,7 @@ impl<T: Clone> Index<T> {
                 entries.remove(&old);
             }
         }
-        self.slots.insert(meta.id, Arc::clone(&slot.text));
+        self.slots.insert(id, Arc::clone(&slot.text));
         entries.insert(slot, entry);
     }
 
@@ -418,7 +423,7 @@ impl<T: Clone> Index<T> {
 
     /// Replaces the entries of one namespace (`Some`) or all entries (`None`)
     /// at once: a listing of one scope of a watch.
-    pub fn replace_scope(&mut self, namespace: Option<&str>, items: impl IntoIterator<Item = (Meta, Key, T)>) {
+    pub fn replace_scope(&mut self, namespace: Option<&str>, items: impl IntoIterator<Item = (Slot, T)>) {
         match namespace {
             None => {
                 self.entries = Arc::default();
@@ -437,8 +442,8 @@ impl<T: Clone> Index<T> {
                 });
             }
         }
-        for (meta, key, entry) in items {
-            self.upsert(&meta, &key, entry);
+        for (slot, entry) in items {
+            self.upsert(slot, entry);
         }
     }
 
@@ -518,17 +523,14 @@ impl<T> Snapshot<T> {
 mod tests {
     use super::*;
 
-    fn meta(ns: &str, name: &str, uid: &str) -> Meta {
-        Meta {
-            namespace: ns.into(),
-            name: name.into(),
-            id: ObjectId::new(uid, ns, name),
-            resource_version: "1".into(),
-        }
-    }
-
-    fn key(parts: &[&str]) -> Key {
-        Key(parts.iter().map(|p| p.to_string()).collect())
+    fn slot(layout: Layout, ns: &str, name: &str, key: &[&str]) -> Slot {
+        let meta = Meta {
+            namespace: ns,
+            name,
+            id: ObjectId::new("", ns, name),
+            resource_version: "1",
+        };
+        Slot::new(layout, &Key(key.iter().map(|p| p.to_string()).collect()), &meta)
     }
 
     #[test]
@@ -547,7 +549,7 @@ mod tests {
         };
         let mut index = Index::new(layout);
         for (k, name) in [(["a", "b"], "1"), (["ab", ""], "2"), (["a", ""], "3"), (["", "z"], "4")] {
-            index.upsert(&meta("ns", name, ""), &key(&k), ());
+            index.upsert(slot(layout, "ns", name, &k), ());
         }
         let snapshot = index.snapshot();
         let names: Vec<_> = snapshot.iter().map(|(s, _)| s.names(&layout).1).collect();
@@ -570,7 +572,7 @@ mod tests {
             names_in_key: true,
         };
         let mut index = Index::new(layout);
-        index.upsert(&meta("ns", "x", ""), &key(&["ns", "x"]), ());
+        index.upsert(slot(layout, "ns", "x", &["ns", "x"]), ());
         let snapshot = index.snapshot();
         let (slot, _) = snapshot.iter().next().unwrap();
         assert_eq!(slot.names(&layout), ("ns", "x"));

@@ -24,10 +24,11 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::document::Document;
 use super::{Entry, Meta, ObjectId, Store};
 use crate::config::CacheSettings;
 use crate::index::FieldPath;
-use crate::render::value::{Document, document};
+use crate::render::value::document;
 use crate::telemetry::metrics::CacheMetrics;
 
 /// What an on-demand store keeps per object besides its position: the
@@ -38,9 +39,9 @@ pub struct Reference {
 }
 
 impl Entry for Reference {
-    fn from_object(_object: Value, meta: Meta) -> Self {
+    fn from_object(object: Document) -> Self {
         Reference {
-            version: Version::of(&meta.resource_version),
+            version: Version::of(Meta::of(object.root()).resource_version),
         }
     }
 }
@@ -189,17 +190,14 @@ impl BodyCache {
             self.stats.fetch_duration.observe(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok(Some(mut object)) => {
-                for field in &self.ignore_fields {
-                    field.remove(&mut object);
-                }
-                let version = Version::of(&Meta::of(&object).resource_version);
-                let body: Document = Arc::new(object);
+            Ok(Some(object)) => {
+                let body = Document::from_json_without(&object, &self.ignore_fields);
+                let version = Version::of(Meta::of(body.root()).resource_version);
                 lock(&self.entries).put(
                     wanted.id,
                     Cached {
                         version,
-                        body: Arc::clone(&body),
+                        body: body.clone(),
                         fetched: Instant::now(),
                     },
                 );

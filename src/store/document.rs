@@ -1,0 +1,516 @@
+//! How stores keep an object: one compact, immutable buffer per object.
+//!
+//! A parsed `serde_json::Value` costs four to five times its JSON size (every
+//! mapping is a B-tree whose nodes are allocated for eleven entries, every
+//! string is a separate allocation). A [`Document`] is a single allocation of
+//! about the object's JSON size that templates read in place: values are
+//! written children first, each mapping ends with a table of its entries
+//! sorted by key (looked up by binary search), each list with a table of its
+//! items, and the last four bytes give the root.
+//!
+//! Encoding, all integers little-endian, offsets from the buffer's start:
+//! `0` null, `1` false, `2` true, `3` i64, `4` u64, `5` f64 (8 bytes each),
+//! `6` string (u32 length, UTF-8 bytes), `7` list (u32 count, u32 offset per
+//! item), `8` mapping (u32 count, u32 key offset and u32 value offset per
+//! entry; keys are strings).
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value;
+
+use crate::index::{FieldPath, Segment};
+
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const INT: u8 = 3;
+const UINT: u8 = 4;
+const FLOAT: u8 = 5;
+const STRING: u8 = 6;
+const LIST: u8 = 7;
+const MAP: u8 = 8;
+
+/// One object, shared by the store and every render that reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Document(Arc<[u8]>);
+
+impl Document {
+    /// Encodes `value`.
+    pub fn from_json(value: &Value) -> Document {
+        Document::from_json_without(value, &[])
+    }
+
+    /// Encodes `value` without the fields at `omit` (`ignore_fields`).
+    pub fn from_json_without(value: &Value, omit: &[FieldPath]) -> Document {
+        let omit: Vec<&[Segment]> = omit.iter().map(FieldPath::segments).collect();
+        let mut encoder = Encoder::default();
+        let root = encoder.value(value, &omit);
+        encoder.buf.extend_from_slice(&root.to_le_bytes());
+        Document(encoder.buf.into())
+    }
+
+    /// The whole object.
+    pub fn root(&self) -> Node<'_> {
+        let at = self.0.len() as u32 - 4;
+        Node {
+            buf: &self.0,
+            at: read_u32(&self.0, at),
+        }
+    }
+
+    /// The value at `offset` (from [`Node::offset`] of a node of this document).
+    pub fn node(&self, offset: u32) -> Node<'_> {
+        Node {
+            buf: &self.0,
+            at: offset,
+        }
+    }
+
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The object as a `serde_json::Value`.
+    pub fn to_json(&self) -> Value {
+        self.root().to_json()
+    }
+
+    /// Whether any of `paths` is present.
+    pub fn contains_any(&self, paths: &[FieldPath]) -> bool {
+        paths.iter().any(|path| self.root().at_path(path).is_some())
+    }
+}
+
+impl From<Value> for Document {
+    fn from(value: Value) -> Document {
+        Document::from_json(&value)
+    }
+}
+
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+fn read_u32(buf: &[u8], at: u32) -> u32 {
+    let at = at as usize;
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("four bytes"))
+}
+
+fn read_8(buf: &[u8], at: u32) -> [u8; 8] {
+    let at = at as usize;
+    buf[at..at + 8].try_into().expect("eight bytes")
+}
+
+/// Writes values children first; `pending` holds the offsets of the items of
+/// the lists and mappings being written.
+#[derive(Default)]
+struct Encoder {
+    buf: Vec<u8>,
+    pending: Vec<u32>,
+}
+
+impl Encoder {
+    fn offset(&self) -> u32 {
+        u32::try_from(self.buf.len()).expect("an object is smaller than 4 GiB")
+    }
+
+    fn string(&mut self, text: &str) -> u32 {
+        let at = self.offset();
+        self.buf.push(STRING);
+        let len = u32::try_from(text.len()).expect("a string is smaller than 4 GiB");
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(text.as_bytes());
+        at
+    }
+
+    /// Writes `value` without the fields `omit` names (paths relative to it)
+    /// and returns its offset.
+    fn value(&mut self, value: &Value, omit: &[&[Segment]]) -> u32 {
+        let at = self.offset();
+        match value {
+            Value::Null => self.buf.push(NULL),
+            Value::Bool(false) => self.buf.push(FALSE),
+            Value::Bool(true) => self.buf.push(TRUE),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    self.buf.push(INT);
+                    self.buf.extend_from_slice(&i.to_le_bytes());
+                } else if let Some(u) = n.as_u64() {
+                    self.buf.push(UINT);
+                    self.buf.extend_from_slice(&u.to_le_bytes());
+                } else {
+                    self.buf.push(FLOAT);
+                    self.buf
+                        .extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_le_bytes());
+                }
+            }
+            Value::String(s) => return self.string(s),
+            Value::Array(items) => {
+                let start = self.pending.len();
+                for (i, item) in items.iter().enumerate() {
+                    let inner = descend(omit, |s| *s == Segment::Index(i));
+                    if inner.as_ref().is_some_and(|inner| inner.omitted) {
+                        continue;
+                    }
+                    let item = self.value(item, inner.as_ref().map_or(&[], |i| &i.paths));
+                    self.pending.push(item);
+                }
+                return self.table(LIST, start, 1);
+            }
+            Value::Object(map) => {
+                let start = self.pending.len();
+                for (key, item) in map {
+                    let inner = descend(omit, |s| matches!(s, Segment::Field(f) if f == key));
+                    if inner.as_ref().is_some_and(|inner| inner.omitted) {
+                        continue;
+                    }
+                    let key = self.string(key);
+                    let item = self.value(item, inner.as_ref().map_or(&[], |i| &i.paths));
+                    self.pending.extend([key, item]);
+                }
+                self.sort_entries(start);
+                return self.table(MAP, start, 2);
+            }
+        }
+        at
+    }
+
+    /// Sorts the pending (key, value) pairs from `start` by key bytes, in
+    /// case the map was not ordered already.
+    fn sort_entries(&mut self, start: usize) {
+        let buf = &self.buf;
+        let key = |at: u32| string_bytes(buf, at);
+        let pairs = &self.pending[start..];
+        let sorted = pairs
+            .chunks(2)
+            .zip(pairs.chunks(2).skip(1))
+            .all(|(a, b)| key(a[0]) <= key(b[0]));
+        if !sorted {
+            let mut entries: Vec<[u32; 2]> = pairs.chunks(2).map(|p| [p[0], p[1]]).collect();
+            entries.sort_by(|a, b| key(a[0]).cmp(key(b[0])));
+            self.pending.truncate(start);
+            self.pending.extend(entries.into_iter().flatten());
+        }
+    }
+
+    /// Writes a list or mapping header over the pending offsets from `start`
+    /// (`width` offsets per item) and returns its offset.
+    fn table(&mut self, tag: u8, start: usize, width: usize) -> u32 {
+        let at = self.offset();
+        let count = (self.pending.len() - start) / width;
+        self.buf.push(tag);
+        self.buf.extend_from_slice(&(count as u32).to_le_bytes());
+        for offset in self.pending.drain(start..) {
+            self.buf.extend_from_slice(&offset.to_le_bytes());
+        }
+        at
+    }
+}
+
+/// The omitted paths below one child.
+struct Inner<'p> {
+    /// The child itself is omitted.
+    omitted: bool,
+    paths: Vec<&'p [Segment]>,
+}
+
+/// Which of `omit` go through the child that `step` matches; `None` (and no
+/// allocation) when none does, the usual case.
+fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> bool) -> Option<Inner<'p>> {
+    let mut inner: Option<Inner<'p>> = None;
+    for path in omit {
+        let Some((first, rest)) = path.split_first() else {
+            continue;
+        };
+        if !step(first) {
+            continue;
+        }
+        let inner = inner.get_or_insert_with(|| Inner {
+            omitted: false,
+            paths: Vec::new(),
+        });
+        if rest.is_empty() {
+            inner.omitted = true;
+        } else {
+            inner.paths.push(rest);
+        }
+    }
+    inner
+}
+
+fn string_bytes(buf: &[u8], at: u32) -> &[u8] {
+    let len = read_u32(buf, at + 1) as usize;
+    let start = at as usize + 5;
+    &buf[start..start + len]
+}
+
+/// A value inside a [`Document`].
+#[derive(Clone, Copy)]
+pub struct Node<'a> {
+    buf: &'a [u8],
+    at: u32,
+}
+
+/// What a [`Node`] holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Json<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    String(&'a str),
+    List(Table<'a>),
+    Map(Table<'a>),
+}
+
+impl<'a> Node<'a> {
+    /// Where this node is in its document (see [`Document::node`]).
+    pub fn offset(self) -> u32 {
+        self.at
+    }
+
+    pub fn json(self) -> Json<'a> {
+        let payload = self.at + 1;
+        match self.buf[self.at as usize] {
+            FALSE => Json::Bool(false),
+            TRUE => Json::Bool(true),
+            INT => Json::Int(i64::from_le_bytes(read_8(self.buf, payload))),
+            UINT => Json::UInt(u64::from_le_bytes(read_8(self.buf, payload))),
+            FLOAT => Json::Float(f64::from_le_bytes(read_8(self.buf, payload))),
+            // Written from a `&str`: valid UTF-8 unless the buffer is damaged.
+            STRING => Json::String(std::str::from_utf8(string_bytes(self.buf, self.at)).unwrap_or_default()),
+            LIST => Json::List(self.table()),
+            MAP => Json::Map(self.table()),
+            _ => Json::Null,
+        }
+    }
+
+    fn table(self) -> Table<'a> {
+        Table {
+            buf: self.buf,
+            len: read_u32(self.buf, self.at + 1),
+            entries: self.at + 5,
+        }
+    }
+
+    pub fn as_str(self) -> Option<&'a str> {
+        match self.json() {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value under `key`, if this is a mapping that has it.
+    pub fn get(self, key: &str) -> Option<Node<'a>> {
+        match self.json() {
+            Json::Map(map) => map.get(key),
+            _ => None,
+        }
+    }
+
+    /// Item `index` of a list.
+    pub fn item(self, index: usize) -> Option<Node<'a>> {
+        match self.json() {
+            Json::List(list) => list.item(index),
+            _ => None,
+        }
+    }
+
+    /// The value at `path`, if every step exists.
+    pub fn at_path(self, path: &FieldPath) -> Option<Node<'a>> {
+        path.segments().iter().try_fold(self, |node, segment| match segment {
+            Segment::Field(name) => node.get(name),
+            Segment::Index(i) => node.item(*i),
+        })
+    }
+
+    pub fn to_json(self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The entries of a list or mapping.
+#[derive(Debug, Clone, Copy)]
+pub struct Table<'a> {
+    buf: &'a [u8],
+    len: u32,
+    /// Offset of the first entry's offsets.
+    entries: u32,
+}
+
+impl<'a> Table<'a> {
+    pub fn len(self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    fn node(self, at: u32) -> Node<'a> {
+        Node {
+            buf: self.buf,
+            at: read_u32(self.buf, at),
+        }
+    }
+
+    /// Item `index` of a list.
+    pub fn item(self, index: usize) -> Option<Node<'a>> {
+        (index < self.len()).then(|| self.node(self.entries + 4 * index as u32))
+    }
+
+    /// The items of a list.
+    pub fn items(self) -> impl ExactSizeIterator<Item = Node<'a>> + 'a {
+        (0..self.len).map(move |i| self.node(self.entries + 4 * i))
+    }
+
+    /// Entry `index` of a mapping: key and value.
+    pub fn entry(self, index: usize) -> Option<(&'a str, Node<'a>)> {
+        (index < self.len()).then(|| {
+            let at = self.entries + 8 * index as u32;
+            let key = self.node(at).as_str().unwrap_or_default();
+            (key, self.node(at + 4))
+        })
+    }
+
+    /// The entries of a mapping, in key order.
+    pub fn entries(self) -> impl ExactSizeIterator<Item = (&'a str, Node<'a>)> + 'a {
+        (0..self.len()).map(move |i| self.entry(i).expect("in range"))
+    }
+
+    /// The value under `key` in a mapping.
+    pub fn get(self, key: &str) -> Option<Node<'a>> {
+        let (mut low, mut high) = (0, self.len);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let at = self.entries + 8 * mid;
+            match string_bytes(self.buf, read_u32(self.buf, at)).cmp(key.as_bytes()) {
+                Ordering::Less => low = mid + 1,
+                Ordering::Greater => high = mid,
+                Ordering::Equal => return Some(self.node(at + 4)),
+            }
+        }
+        None
+    }
+}
+
+impl Serialize for Node<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.json() {
+            Json::Null => serializer.serialize_unit(),
+            Json::Bool(b) => serializer.serialize_bool(b),
+            Json::Int(i) => serializer.serialize_i64(i),
+            Json::UInt(u) => serializer.serialize_u64(u),
+            Json::Float(f) => serializer.serialize_f64(f),
+            Json::String(s) => serializer.serialize_str(s),
+            Json::List(list) => {
+                let mut seq = serializer.serialize_seq(Some(list.len()))?;
+                for item in list.items() {
+                    seq.serialize_element(&item)?;
+                }
+                seq.end()
+            }
+            Json::Map(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (key, value) in map.entries() {
+                    out.serialize_entry(key, &value)?;
+                }
+                out.end()
+            }
+        }
+    }
+}
+
+impl Serialize for Document {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.root().serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn paths(exprs: &[&str]) -> Vec<FieldPath> {
+        exprs.iter().map(|e| FieldPath::parse(e).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_document_gives_back_the_json_it_was_made_from() {
+        let value = json!({
+            "s": "text", "empty": "", "n": null, "t": true, "f": false,
+            "i": -3, "u": u64::MAX, "x": 2.5, "list": [1, [], {}, "a"],
+            "map": {"z": 1, "a": {"deep": ["x"]}, "ünïcode": "✓"}
+        });
+        let doc = Document::from_json(&value);
+        assert_eq!(doc.to_json(), value);
+        assert_eq!(serde_json::to_string(&doc).unwrap(), value.to_string());
+    }
+
+    #[test]
+    fn lookups_find_keys_and_items_and_nothing_else() {
+        let doc = Document::from_json(&json!({"b": {"k": [10, 20]}, "a": 1, "c": "x"}));
+        let root = doc.root();
+        assert_eq!(root.get("c").and_then(Node::as_str), Some("x"));
+        assert!(root.get("d").is_none() && root.get("").is_none());
+        let list = root.get("b").and_then(|b| b.get("k")).unwrap();
+        assert!(matches!(list.item(1).unwrap().json(), Json::Int(20)));
+        assert!(list.item(2).is_none());
+        assert!(root.get("c").unwrap().get("x").is_none());
+        let Json::Map(map) = root.json() else {
+            panic!("a mapping")
+        };
+        let keys: Vec<&str> = map.entries().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let nested = paths(&["b.k[0]"]);
+        assert!(matches!(root.at_path(&nested[0]).unwrap().json(), Json::Int(10)));
+    }
+
+    #[test]
+    fn omitted_fields_are_left_out_and_others_kept() {
+        let value = json!({
+            "metadata": {"name": "x", "managedFields": [{"manager": "kubectl"}], "labels": {"a": "1", "b": "2"}},
+            "spec": {"items": ["keep", "drop"]}
+        });
+        let doc = Document::from_json_without(
+            &value,
+            &paths(&[
+                "metadata.managedFields",
+                "metadata.labels.b",
+                "spec.items[1]",
+                "absent.field",
+            ]),
+        );
+        assert_eq!(
+            doc.to_json(),
+            json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"items": ["keep"]}})
+        );
+        assert!(!doc.contains_any(&paths(&["metadata.managedFields"])));
+        assert!(doc.contains_any(&paths(&["absent", "metadata.name"])));
+    }
+
+    #[test]
+    fn a_document_is_about_the_size_of_its_json() {
+        let value = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config-000001", "namespace": "team-01", "uid": "0b0c6f3e-1d4b-4f5e-9a51-0c7f8a3b2d01",
+                          "resourceVersion": "100001", "labels": {"app": "app-1", "tier": "backend"}},
+            "data": {"settings.json": "x".repeat(700), "mode": "production"}
+        });
+        let json_size = value.to_string().len();
+        let size = Document::from_json(&value).size();
+        assert!(
+            size <= json_size + json_size / 5,
+            "{size} bytes for {json_size} bytes of JSON"
+        );
+    }
+}
