@@ -120,7 +120,10 @@ fn encode(c: &mut Criterion) {
     const N: usize = 10_000;
     let mut group = c.benchmark_group("encode");
     group.throughput(Throughput::Elements(N as u64));
-    for (what, make) in [("configmaps", config_map as fn(usize) -> Value), ("endpointslices", endpoint_slice)] {
+    for (what, make) in [
+        ("configmaps", config_map as fn(usize) -> Value),
+        ("endpointslices", endpoint_slice),
+    ] {
         let objects: Vec<Value> = (0..N).map(make).collect();
         group.bench_function(format!("10k_{what}"), |b| {
             b.iter(|| objects.iter().map(Document::from_json).collect::<Vec<_>>())
@@ -232,7 +235,10 @@ fn on_demand(c: &mut Criterion) {
     }
     let change = region.change();
     let kept = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
-    println!("on_demand: {:.1} bytes kept per reference ({N} references)", kept / N as f64);
+    println!(
+        "on_demand: {:.1} bytes kept per reference ({N} references)",
+        kept / N as f64
+    );
     drop(store);
 
     let mut group = c.benchmark_group("on_demand");

@@ -14,6 +14,7 @@
 //! item), `8` mapping (u32 count, u32 key offset and u32 value offset per
 //! entry; keys are strings).
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ const STRING: u8 = 6;
 const LIST: u8 = 7;
 const MAP: u8 = 8;
 
+/// Scratch space kept between encodings, per thread.
+const SCRATCH_KEPT: usize = 1 << 20;
+
 /// One object, shared by the store and every render that reads it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Document(Arc<[u8]>);
@@ -45,11 +49,23 @@ impl Document {
 
     /// Encodes `value` without the fields at `omit` (`ignore_fields`).
     pub fn from_json_without(value: &Value, omit: &[FieldPath]) -> Document {
+        thread_local! {
+            /// Scratch space, so that encoding an object allocates only its
+            /// document.
+            static ENCODER: RefCell<Encoder> = RefCell::default();
+        }
         let omit: Vec<&[Segment]> = omit.iter().map(FieldPath::segments).collect();
-        let mut encoder = Encoder::default();
-        let root = encoder.value(value, &omit);
-        encoder.buf.extend_from_slice(&root.to_le_bytes());
-        Document(encoder.buf.into())
+        ENCODER.with_borrow_mut(|encoder| {
+            encoder.buf.clear();
+            let root = encoder.value(value, &omit);
+            encoder.buf.extend_from_slice(&root.to_le_bytes());
+            let document = Document(Arc::from(&encoder.buf[..]));
+            // A huge object should not pin its size in every thread.
+            if encoder.buf.capacity() > SCRATCH_KEPT {
+                *encoder = Encoder::default();
+            }
+            document
+        })
     }
 
     /// The whole object.
