@@ -12,7 +12,7 @@ pub mod value;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use minijinja::value::{Object, Value};
@@ -109,10 +109,16 @@ impl Renderer {
     /// one per failing template.
     pub fn render_all(&self, snapshot: &StoresSnapshot) -> Result<Vec<Rendered>, Vec<Error>> {
         let resources = Value::from_object(Resources::new(snapshot));
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let results = if workers < 2 || self.jobs.len() < 2 {
+            self.jobs.iter().map(|job| self.render_one(job, &resources)).collect()
+        } else {
+            self.render_in_parallel(workers.min(self.jobs.len()), &resources)
+        };
         let mut rendered = Vec::with_capacity(self.jobs.len());
         let mut errors = Vec::new();
-        for job in &self.jobs {
-            match self.render_one(job, &resources) {
+        for (job, result) in self.jobs.iter().zip(results) {
+            match result {
                 Ok(content) => rendered.push(Rendered {
                     template: job.name.clone(),
                     content,
@@ -124,6 +130,38 @@ impl Renderer {
             }
         }
         if errors.is_empty() { Ok(rendered) } else { Err(errors) }
+    }
+
+    /// Renders the templates on `workers` threads (templates are independent
+    /// and read the same immutable snapshot); results in template order.
+    fn render_in_parallel(&self, workers: usize, resources: &Value) -> Vec<Result<Content, String>> {
+        let next = AtomicUsize::new(0);
+        let mut results: Vec<Option<Result<Content, String>>> = self.jobs.iter().map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(job) = self.jobs.get(i) else { break done };
+                            done.push((i, self.render_one(job, resources)));
+                        }
+                    })
+                })
+                .collect();
+            for thread in threads {
+                // A panicking template engine is a bug: pass it on.
+                let done = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                for (i, result) in done {
+                    results[i] = Some(result);
+                }
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| r.expect("every template is rendered by one worker"))
+            .collect()
     }
 
     fn render_one(&self, job: &Job, resources: &Value) -> Result<Content, String> {

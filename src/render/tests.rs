@@ -101,3 +101,41 @@ fn a_render_reads_only_its_snapshot() {
     let rendered = renderer.render_all(&before).unwrap();
     assert_eq!(rendered[0].content, Content::File(b"1".to_vec()));
 }
+
+#[test]
+fn many_templates_render_in_their_order_and_each_error_names_its_template() {
+    let mut templates = String::new();
+    for i in 0..12 {
+        let body = if i % 5 == 3 {
+            "{{ missing_name }}".to_string()
+        } else {
+            format!("{i}:{{{{ resources.cms|length }}}}")
+        };
+        templates.push_str(&format!("  t{i:02}:\n    inline: \"{body}\"\n    path: t{i:02}.txt\n"));
+    }
+    let (renderer, snapshot) = setup(&templates, &[cm("x", "a"), cm("y", "b")]);
+    let errors = renderer.render_all(&snapshot).unwrap_err();
+    let failed: Vec<&str> = errors.iter().map(|e| e.template.as_str()).collect();
+    assert_eq!(failed, ["t03", "t08"]);
+
+    let good: String = (0..12).filter(|i| i % 5 != 3).fold(String::new(), |mut text, i| {
+        text.push_str(&format!(
+            "  t{i:02}:\n    inline: \"{i}:{{{{ resources.cms|length }}}}\"\n    path: t{i:02}.txt\n"
+        ));
+        text
+    });
+    let (renderer, snapshot) = setup(&good, &[cm("x", "a"), cm("y", "b")]);
+    let rendered = renderer.render_all(&snapshot).unwrap();
+    let texts: Vec<String> = rendered
+        .iter()
+        .map(|r| match &r.content {
+            Content::File(bytes) => format!("{}={}", r.template, String::from_utf8_lossy(bytes)),
+            Content::Directory(_) => unreachable!(),
+        })
+        .collect();
+    let expected: Vec<String> = (0..12)
+        .filter(|i| i % 5 != 3)
+        .map(|i| format!("t{i:02}={i}:2"))
+        .collect();
+    assert_eq!(texts, expected);
+}
