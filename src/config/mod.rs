@@ -557,6 +557,17 @@ impl Validator<'_> {
                 config.watched_resources.insert(name, resource);
             }
         }
+        for (path, again, first) in self.tree.duplicate_keys() {
+            let key = path.last().cloned().unwrap_or_default();
+            self.issues.push(Issue {
+                path: display_path(&path),
+                position: Some(again.position),
+                message: format!(
+                    "`{key}` is given twice (first at line {}); names and keys must be unique",
+                    first.position.line
+                ),
+            });
+        }
         let templates = self.named_entries("templates");
         if templates.is_empty() && !self.issues.iter().any(|i| i.path.starts_with("templates")) {
             self.issue(&["templates".into()], "at least one template is required");

@@ -41,7 +41,9 @@ pub enum NodeValue {
 
 impl Node {
     /// Parses one YAML document. Only `true` and `false` are booleans (YAML
-    /// 1.2), so that `y` or `on` in a config stay strings.
+    /// 1.2), so that `y` or `on` in a config stay strings. Duplicate keys are
+    /// kept, both of them, so that validation can report each one with its
+    /// path along with every other problem ([`Node::duplicate_keys`]).
     pub fn parse(text: &str) -> Result<Node, serde_saphyr::Error> {
         if text.trim().is_empty() {
             return Ok(Node {
@@ -49,7 +51,13 @@ impl Node {
                 value: NodeValue::Null,
             });
         }
-        serde_saphyr::from_str_with_options(text, serde_saphyr::options! { strict_booleans: true })
+        serde_saphyr::from_str_with_options(
+            text,
+            serde_saphyr::options! {
+                strict_booleans: true,
+                duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+            },
+        )
     }
 
     /// The entries of a mapping, or `None` for any other node.
@@ -98,6 +106,37 @@ impl Node {
                     .collect::<Map<_, _>>(),
             ),
         }
+    }
+
+    /// Every key that appears a second time in the same mapping, anywhere in
+    /// the tree: its path (parent segments and the key), the repeated node, and
+    /// the node of the first occurrence.
+    pub fn duplicate_keys(&self) -> Vec<(Vec<String>, &Node, &Node)> {
+        let mut found = Vec::new();
+        let mut pending = vec![(Vec::new(), self)];
+        while let Some((path, node)) = pending.pop() {
+            match &node.value {
+                NodeValue::Mapping(entries) => {
+                    for (i, (key, value)) in entries.iter().enumerate() {
+                        let mut at = path.clone();
+                        at.push(key.clone());
+                        match entries[..i].iter().find(|(k, _)| k == key) {
+                            Some((_, first)) => found.push((at, value, first)),
+                            None => pending.push((at, value)),
+                        }
+                    }
+                }
+                NodeValue::Sequence(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let mut at = path.clone();
+                        at.push(i.to_string());
+                        pending.push((at, item));
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
     }
 
     /// A short name of the node's type, for messages.
@@ -219,6 +258,19 @@ mod tests {
         );
         let yes = Node::parse("a: y\nb: on\n").unwrap();
         assert_eq!(yes.to_json(), serde_json::json!({"a": "y", "b": "on"}));
+    }
+
+    #[test]
+    fn duplicate_keys_are_kept_and_found_at_any_depth() {
+        let node = Node::parse("a:\n  b: 1\n  b: 2\nc: [{d: 1, d: 2}]\n").unwrap();
+        let found: Vec<_> = node
+            .duplicate_keys()
+            .into_iter()
+            .map(|(path, again, first)| (path.join("."), again.position.line, first.position.line))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.contains(&("a.b".to_string(), 3, 2)), "{found:?}");
+        assert!(found.iter().any(|(p, _, _)| p == "c.0.d"), "{found:?}");
     }
 
     #[test]
