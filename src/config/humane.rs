@@ -7,14 +7,60 @@ use serde::de::{self, Deserializer, Visitor};
 
 /// `serde(with = "humane::duration")` for `Duration` fields.
 pub mod duration {
+    use std::fmt;
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    const EXAMPLES: &str = "expected e.g. 500ms, 2s, 1m";
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration `{text}` ({e}): expected e.g. 500ms, 2s, 1m")))
+        d.deserialize_any(DurationVisitor)
+    }
+
+    /// Parses `500ms`, `2s`, `1m`; the message of an error quotes the text.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(format!("bad duration `{text}`: it is empty; {EXAMPLES}"));
+        }
+        if trimmed.starts_with('-') {
+            return Err(format!("bad duration `{text}`: a duration cannot be negative"));
+        }
+        if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!(
+                "bad duration `{text}`: it needs a unit, e.g. {trimmed}ms or {trimmed}s"
+            ));
+        }
+        humantime::parse_duration(trimmed).map_err(|e| format!("bad duration `{text}` ({e}): {EXAMPLES}"))
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 500ms, 2s or 1m")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+
+        // A bare number is a duration without its unit.
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            parse(&v.to_string()).map_err(E::custom)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            parse(&v.to_string()).map_err(E::custom)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            parse(&v.to_string()).map_err(E::custom)
+        }
     }
 }
 
@@ -79,6 +125,15 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_not_negative_and_need_a_unit() {
+        assert_eq!(duration::parse("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert!(duration::parse("200").unwrap_err().contains("needs a unit"));
+        assert!(duration::parse("-2s").unwrap_err().contains("cannot be negative"));
+        assert!(duration::parse("").unwrap_err().contains("empty"));
+        assert!(duration::parse("5 parsecs").unwrap_err().contains("parsecs"));
+    }
 
     #[test]
     fn sizes_accept_binary_and_decimal_units() {
