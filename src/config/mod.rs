@@ -205,7 +205,7 @@ pub struct TemplateEntry {
     #[serde(default)]
     pub directory: Option<PathBuf>,
     /// File mode of written files, octal (`"0644"`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "mode_text")]
     pub mode: Option<String>,
     /// fsync each staged file and the directory before renaming (durable writes).
     #[serde(default)]
@@ -216,6 +216,26 @@ pub struct TemplateEntry {
     /// How long `check` may run.
     #[serde(default = "default_check_timeout", with = "humane::duration")]
     pub check_timeout: Duration,
+}
+
+/// A file mode is written as a quoted string: unquoted, YAML reads `0644` as
+/// the decimal number 644.
+fn mode_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(Some(text)),
+        serde_json::Value::Null => Ok(None),
+        // YAML may read `0644` as a float; show it as written.
+        serde_json::Value::Number(n) => Err(D::Error::custom(format!(
+            "bad file mode {}: quote it, e.g. \"0644\" (unquoted, YAML reads 0644 as the decimal number 644)",
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0)
+                .map_or(n.to_string(), |f| format!("{f:.0}"))
+        ))),
+        other => Err(D::Error::custom(format!(
+            "bad file mode {other}: expected octal in quotes such as \"0644\""
+        ))),
+    }
 }
 
 fn default_check_timeout() -> Duration {
