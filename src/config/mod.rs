@@ -571,7 +571,7 @@ impl Validator<'_> {
         }
         for (name, entry) in self.named_entries("watched_resources") {
             let path = vec!["watched_resources".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<WatchedResource>(&path, &entry)
+            if let Some(spec) = self.typed::<WatchedResource>(&path, &entry, &["cache"])
                 && let Some(resource) = self.resource(&path, name.clone(), spec)
             {
                 config.watched_resources.insert(name, resource);
@@ -594,7 +594,7 @@ impl Validator<'_> {
         }
         for (name, entry) in templates {
             let path = vec!["templates".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry)
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &[])
                 && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
             {
                 config.templates.insert(name, template);
@@ -606,7 +606,7 @@ impl Validator<'_> {
                 NodeValue::Sequence(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let path = vec!["actions".to_string(), i.to_string()];
-                        if let Some(entry) = self.typed::<ActionEntry>(&path, item)
+                        if let Some(entry) = self.typed::<ActionEntry>(&path, item, &["http"])
                             && let Some(action) = self.action(&path, entry)
                         {
                             config.actions.push(action);
@@ -621,7 +621,8 @@ impl Validator<'_> {
             }
         }
         if let Some(node) = self.tree.get("render").cloned()
-            && let Some(render) = self.typed::<RenderSettings>(&["render".into()], &node)
+            && !matches!(node.value, NodeValue::Null)
+            && let Some(render) = self.typed::<RenderSettings>(&["render".into()], &node, &["wait"])
         {
             if render.wait.min > render.wait.max {
                 self.issue(
@@ -636,14 +637,15 @@ impl Validator<'_> {
             config.render = render;
         }
         if let Some(node) = self.tree.get("admin").cloned()
-            && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node)
+            && !matches!(node.value, NodeValue::Null)
+            && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node, &[])
         {
             config.admin = admin;
         }
         if let Some(node) = self.tree.get("status").cloned()
             && !matches!(node.value, NodeValue::Null)
         {
-            config.status = self.typed::<StatusSettings>(&["status".into()], &node);
+            config.status = self.typed::<StatusSettings>(&["status".into()], &node, &[]);
             if config.status.as_ref().is_some_and(|s| s.config_map.trim().is_empty()) {
                 self.issue(&["status".into(), "config_map".into()], "must not be empty");
             }
@@ -671,34 +673,77 @@ impl Validator<'_> {
         }
     }
 
-    /// Deserializes one node into a typed entry; on failure records the issue at
-    /// the exact path inside the entry.
-    fn typed<T: DeserializeOwned>(&mut self, path: &[String], node: &Node) -> Option<T> {
-        let json = node.to_json();
-        match serde_path_to_error::deserialize::<_, T>(json) {
-            Ok(value) => Some(value),
-            Err(err) => {
-                let mut full = path.to_vec();
-                for segment in err.path().iter() {
-                    match segment {
-                        serde_path_to_error::Segment::Seq { index } => full.push(index.to_string()),
-                        serde_path_to_error::Segment::Map { key } => full.push(key.clone()),
-                        serde_path_to_error::Segment::Enum { variant } => full.push(variant.clone()),
-                        serde_path_to_error::Segment::Unknown => {}
-                    }
-                }
-                let message = err.into_inner().to_string();
-                // serde names unknown fields in its message, and the path then stops
-                // at their parent: point at the unknown key itself.
-                if let Some(unknown) = unknown_field(&message)
-                    && full.last() != Some(&unknown)
-                {
-                    full.push(unknown);
-                }
-                self.issue(&full, message);
-                None
+    /// Deserializes one mapping into a typed entry. Each problem is recorded at
+    /// its exact path inside the entry; the offending key is then set aside and
+    /// the rest read again, so that an entry with several problems reports them
+    /// all. `nested` names the fields that are mappings themselves (serde would
+    /// also take a list for a struct).
+    fn typed<T: DeserializeOwned>(&mut self, path: &[String], node: &Node, nested: &[&str]) -> Option<T> {
+        if !self.expect_mapping(path, node) {
+            return None;
+        }
+        let mut json = node.to_json();
+        let mut failed = false;
+        for field in nested {
+            if let Some(child) = node.get(field)
+                && !matches!(child.value, NodeValue::Null)
+                && !self.expect_mapping(&[path, &[field.to_string()]].concat(), child)
+            {
+                failed = true;
+                set_aside(&mut json, &[field.to_string()]);
             }
         }
+        let mut set_aside_paths: Vec<Vec<String>> = Vec::new();
+        // Bounded: each round sets one key aside.
+        for _ in 0..64 {
+            let err = match serde_path_to_error::deserialize::<_, T>(json.clone()) {
+                Ok(value) => return (!failed).then_some(value),
+                Err(err) => err,
+            };
+            let mut inner = Vec::new();
+            for segment in err.path().iter() {
+                match segment {
+                    serde_path_to_error::Segment::Seq { index } => inner.push(index.to_string()),
+                    serde_path_to_error::Segment::Map { key } => inner.push(key.clone()),
+                    serde_path_to_error::Segment::Enum { variant } => inner.push(variant.clone()),
+                    serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let message = err.into_inner().to_string();
+            // serde names unknown fields in its message, and the path then stops
+            // at their parent: point at the unknown key itself.
+            if let Some(unknown) = quoted_field(&message, "unknown field `")
+                && inner.last() != Some(&unknown)
+            {
+                inner.push(unknown);
+            }
+            if let Some(missing) = quoted_field(&message, "missing field `") {
+                // Not a problem of its own when it is missing because it was
+                // set aside after an earlier one.
+                let mut at = inner.clone();
+                at.push(missing);
+                if !set_aside_paths.contains(&at) {
+                    self.issue(&[path, &inner].concat(), plain_serde_message(&message));
+                }
+                return None;
+            }
+            self.issue(&[path, &inner].concat(), plain_serde_message(&message));
+            failed = true;
+            match set_aside(&mut json, &inner) {
+                Some(removed) => set_aside_paths.push(removed),
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// Records an issue unless `node` is a mapping.
+    fn expect_mapping(&mut self, path: &[String], node: &Node) -> bool {
+        if matches!(node.value, NodeValue::Mapping(_)) {
+            return true;
+        }
+        self.issue(path, format!("expected a mapping, found {}", node.type_name()));
+        false
     }
 
     fn resource(&mut self, path: &[String], name: String, spec: WatchedResource) -> Option<Resource> {
@@ -924,10 +969,50 @@ pub fn sort_issues(issues: &mut [Issue]) {
     issues.sort_by_key(|i| i.position.map(|p| (p.line, p.column)));
 }
 
-/// Extracts `x` from serde's "unknown field `x`, expected …".
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+/// Extracts `x` from serde's "unknown field `x`, expected …" (with that
+/// `prefix`) or "missing field `x`".
+fn quoted_field(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
     Some(rest.split('`').next()?.to_string())
+}
+
+/// Removes the key a problem is about from `json` (the deepest mapping key on
+/// `path` before any list index) and returns the path removed.
+fn set_aside(json: &mut serde_json::Value, path: &[String]) -> Option<Vec<String>> {
+    let mut depth = 0;
+    let mut node = &*json;
+    for segment in path {
+        match node.get(segment.as_str()) {
+            Some(next) if node.is_object() => {
+                depth += 1;
+                node = next;
+            }
+            _ => break,
+        }
+    }
+    let (parent, key) = path[..depth].split_at(depth.checked_sub(1)?);
+    let mut map = &mut *json;
+    for segment in parent {
+        map = map.get_mut(segment.as_str())?;
+    }
+    map.as_object_mut()?.remove(&key[0])?;
+    Some(path[..depth].to_vec())
+}
+
+/// Serde's wording with Rust's names replaced by the YAML ones.
+fn plain_serde_message(message: &str) -> String {
+    let mut out = message
+        .replace("expected a sequence", "expected a list")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected usize", "expected a whole number");
+    if let Some(at) = out.find("expected struct ") {
+        let end = out[at + "expected struct ".len()..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(out.len(), |n| at + "expected struct ".len() + n);
+        out.replace_range(at..end, "expected a mapping");
+    }
+    out
 }
 
 fn display_path(path: &[String]) -> String {
