@@ -912,14 +912,24 @@ impl Validator<'_> {
         let all: Vec<_> = templates.values().collect();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
-                let (pa, pb) = (a.output.path(), b.output.path());
+                // `out/x`, `./out/x` and `out/../out/x` are one file.
+                let (pa, pb) = (lexical(a.output.path()), lexical(b.output.path()));
                 let clash = pa == pb
-                    || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(pa)
-                    || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(pb);
+                    || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(&pa)
+                    || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(&pb);
                 if clash {
+                    let field = match b.output {
+                        OutputTarget::File { .. } => "path",
+                        OutputTarget::Directory { .. } => "directory",
+                    };
                     self.issue(
-                        &["templates".into(), b.name.clone()],
-                        format!("output {} overlaps the output of template `{}`", pb.display(), a.name),
+                        &["templates".into(), b.name.clone(), field.into()],
+                        format!(
+                            "output {} overlaps the output of template `{}` ({})",
+                            b.output.path().display(),
+                            a.name,
+                            a.output.path().display()
+                        ),
                     );
                 }
             }
@@ -962,6 +972,23 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// `path` with `.` dropped and `..` applied to the parts before it, without
+/// looking at the file system (outputs need not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Orders issues as they appear in the file.
