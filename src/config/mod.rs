@@ -755,9 +755,25 @@ impl Validator<'_> {
         };
         if spec.api_version.trim().is_empty() {
             self.issue(&at("api_version"), "must not be empty");
+        } else if !api_version_shape(&spec.api_version) {
+            self.issue(
+                &at("api_version"),
+                format!(
+                    "`{}` is not an apiVersion: expected `version` or `group/version`, e.g. `v1` or `networking.k8s.io/v1`",
+                    spec.api_version
+                ),
+            );
         }
         if spec.kind.trim().is_empty() {
             self.issue(&at("kind"), "must not be empty");
+        } else if !kind_shape(&spec.kind) {
+            self.issue(
+                &at("kind"),
+                format!(
+                    "`{}` is not a kind: expected a name such as `Ingress` or `ConfigMap`",
+                    spec.kind
+                ),
+            );
         }
         let mut paths = Vec::new();
         if spec.index_by.is_empty() {
@@ -989,6 +1005,30 @@ fn lexical(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// `v1`, `apps/v1`, `networking.k8s.io/v1`, `example.com/v1alpha1`: an
+/// optional DNS-subdomain group, then a DNS-label version.
+fn api_version_shape(text: &str) -> bool {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let version = |s: &str| label(s) && s.starts_with(|c: char| c.is_ascii_lowercase());
+    match text.split_once('/') {
+        None => version(text),
+        Some((group, v)) => group.len() <= 253 && group.split('.').all(label) && version(v),
+    }
+}
+
+/// `Ingress`, `ConfigMap`, a CRD's kind: letters and digits, starting with a
+/// letter.
+fn kind_shape(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic()) && text.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// Orders issues as they appear in the file.
