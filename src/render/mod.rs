@@ -184,8 +184,13 @@ impl Renderer {
         };
         if let Err(e) = template.render_captured_to(ctx, writer) {
             if budget.exceeded.load(Ordering::Relaxed) {
+                // minijinja drops the line of a failed write; the file at least.
+                let at = match location(&e) {
+                    at if at.is_empty() => format!("{}: ", job.source),
+                    at => at,
+                };
                 return Err(format!(
-                    "output is larger than render.max_output_bytes ({} bytes)",
+                    "{at}output is larger than render.max_output_bytes ({} bytes)",
                     self.max_output
                 ));
             }
@@ -221,9 +226,11 @@ fn environment(base_dir: &Path) -> Environment<'static> {
     let base = base_dir.to_owned();
     env.set_loader(move |name| {
         if !safe_relative(name) {
+            // Not `TemplateNotFound`: `include` would replace this message
+            // with its own "non-existing template".
             return Err(minijinja::Error::new(
-                ErrorKind::TemplateNotFound,
-                format!("`{name}` is outside the config directory"),
+                ErrorKind::InvalidOperation,
+                format!("`{name}` is outside the config directory: template names are relative paths without `..`"),
             ));
         }
         match std::fs::read_to_string(base.join(name)) {
@@ -259,11 +266,7 @@ pub fn safe_relative(name: &str) -> bool {
 /// A message for a template error: where (template file and line), then the
 /// cause, then any nested cause (e.g. inside an included template).
 fn describe(err: &minijinja::Error) -> String {
-    let mut message = match (err.name(), err.line()) {
-        (Some(name), Some(line)) => format!("{name} line {line}: "),
-        (Some(name), None) => format!("{name}: "),
-        _ => String::new(),
-    };
+    let mut message = location(err);
     message.push_str(&err.kind().to_string());
     if let Some(detail) = err.detail() {
         message.push_str(": ");
@@ -275,6 +278,15 @@ fn describe(err: &minijinja::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+/// `templates/x.j2 line 3: `, or as much of it as the error knows.
+fn location(err: &minijinja::Error) -> String {
+    match (err.name(), err.line()) {
+        (Some(name), Some(line)) => format!("{name} line {line}: "),
+        (Some(name), None) => format!("{name}: "),
+        _ => String::new(),
+    }
 }
 
 /// Bytes a template may still produce.
