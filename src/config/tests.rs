@@ -122,3 +122,44 @@ fn on_demand_stores_index_by_metadata_only() {
     assert_eq!(ok.watched_resources["s"].cache.max_entries, 10);
     assert_eq!(ok.watched_resources["s"].cache.ttl, Duration::from_secs(30));
 }
+
+#[test]
+fn every_problem_of_one_entry_is_listed_without_knock_on_ones() {
+    let text = "watched_resources:\n  s:\n    api_version: [v1]\n    kind: 3\n    store: partial\ntemplates:\n  t: {inline: x, path: t}\n";
+    let issues = parse(text).unwrap_err();
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    // Not also "missing field `api_version`" once it was set aside.
+    assert_eq!(
+        paths,
+        [
+            "watched_resources.s.api_version",
+            "watched_resources.s.kind",
+            "watched_resources.s.store"
+        ],
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn one_file_written_by_two_templates_is_found_however_it_is_spelled() {
+    let text = "templates:\n  a:\n    inline: x\n    path: out/t\n  b:\n    inline: y\n    path: ./out/t\n  c:\n    inline: z\n    path: out/x/../t\n";
+    let issues = Config::parse(text, Path::new("config.yaml"), Path::new("")).unwrap_err();
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["templates.b.path", "templates.c.path", "templates.c.path"],
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn a_list_is_not_taken_for_a_mapping() {
+    let text =
+        "watched_resources:\n  s: [v1, Secret]\ntemplates:\n  t: {inline: x, path: t}\nadmin: [\"127.0.0.1:1\"]\n";
+    let issues = parse(text).unwrap_err();
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert!(
+        issues.iter().all(|i| i.message == "expected a mapping, found a list"),
+        "{issues:?}"
+    );
+}
