@@ -601,6 +601,7 @@ impl Validator<'_> {
             }
         }
         self.outputs_do_not_overlap(&config.templates);
+        self.outputs_spare_inputs(file, &config.templates);
         if let Some(node) = self.tree.get("actions").cloned() {
             match &node.value {
                 NodeValue::Sequence(items) => {
@@ -933,6 +934,25 @@ impl Validator<'_> {
                 let clash = pa == pb
                     || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(&pa)
                     || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(&pb);
+        if let Some(file) = &spec.path {
+            let at = [path, &["path".to_string()]].concat();
+            let text = file.to_string_lossy();
+            if text.trim().is_empty() {
+                self.issue(&at, "must not be empty");
+            } else if text.ends_with('/') {
+                self.issue(
+                    &at,
+                    format!(
+                        "`{text}` names a directory: give a file name, or use `directory` for files emitted with file()"
+                    ),
+                );
+            }
+        }
+        if let Some(dir) = &spec.directory
+            && dir.to_string_lossy().trim().is_empty()
+        {
+            self.issue(&[path, &["directory".to_string()]].concat(), "must not be empty");
+        }
                 if clash {
                     let field = match b.output {
                         OutputTarget::File { .. } => "path",
@@ -991,6 +1011,38 @@ impl Validator<'_> {
 }
 
 /// `path` with `.` dropped and `..` applied to the parts before it, without
+    /// No output may replace the config file or a template, and no directory
+    /// output may hold them: it removes every file it did not render.
+    fn outputs_spare_inputs(&mut self, file: &Path, templates: &BTreeMap<String, Template>) {
+        let absolute = |p: &Path| lexical(&std::path::absolute(p).unwrap_or_else(|_| p.to_owned()));
+        let mut inputs = vec![("the config file".to_string(), absolute(file))];
+        for t in templates.values() {
+            if let TemplateSource::File { name, path } = &t.source {
+                inputs.push((format!("template `{name}`"), absolute(path)));
+            }
+        }
+        for t in templates.values() {
+            let out = absolute(t.output.path());
+            let (field, hit) = match t.output {
+                OutputTarget::File { .. } => ("path", inputs.iter().find(|(_, input)| *input == out)),
+                OutputTarget::Directory { .. } => {
+                    ("directory", inputs.iter().find(|(_, input)| input.starts_with(&out)))
+                }
+            };
+            if let Some((what, input)) = hit {
+                let message = match t.output {
+                    OutputTarget::File { .. } => format!("output {} would replace {what}", out.display()),
+                    OutputTarget::Directory { .. } => format!(
+                        "directory output {} holds {what} ({}), which it would remove as a stale file",
+                        out.display(),
+                        input.display()
+                    ),
+                };
+                self.issue(&["templates".into(), t.name.clone(), field.into()], message);
+            }
+        }
+    }
+
 /// looking at the file system (outputs need not exist yet).
 fn lexical(path: &Path) -> PathBuf {
     use std::path::Component;
