@@ -635,20 +635,51 @@ impl Validator<'_> {
                     ),
                 );
             }
+            if render.fuel == 0 {
+                self.issue(
+                    &["render".into(), "fuel".into()],
+                    "must be at least 1: with no fuel every render fails",
+                );
+            }
             config.render = render;
         }
         if let Some(node) = self.tree.get("admin").cloned()
             && !matches!(node.value, NodeValue::Null)
             && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node, &[])
         {
+            if !listen_shape(&admin.listen) {
+                self.issue(
+                    &["admin".into(), "listen".into()],
+                    format!(
+                        "`{}` is not an address to listen on: expected host:port, e.g. 0.0.0.0:9090",
+                        admin.listen
+                    ),
+                );
+            }
             config.admin = admin;
         }
         if let Some(node) = self.tree.get("status").cloned()
             && !matches!(node.value, NodeValue::Null)
         {
             config.status = self.typed::<StatusSettings>(&["status".into()], &node, &[]);
-            if config.status.as_ref().is_some_and(|s| s.config_map.trim().is_empty()) {
-                self.issue(&["status".into(), "config_map".into()], "must not be empty");
+            if let Some(status) = &config.status {
+                if status.config_map.trim().is_empty() {
+                    self.issue(&["status".into(), "config_map".into()], "must not be empty");
+                } else if !dns_subdomain(&status.config_map) {
+                    self.issue(
+                        &["status".into(), "config_map".into()],
+                        format!(
+                            "`{}` is not a ConfigMap name (lowercase letters, digits, `-` and `.`)",
+                            status.config_map
+                        ),
+                    );
+                }
+                if let Some(namespace) = status.namespace.as_deref().filter(|n| !dns_label(n)) {
+                    self.issue(
+                        &["status".into(), "namespace".into()],
+                        format!("`{namespace}` is not a namespace name (lowercase letters, digits and `-`)"),
+                    );
+                }
             }
         }
         config
@@ -776,6 +807,14 @@ impl Validator<'_> {
                 ),
             );
         }
+        for (i, namespace) in spec.namespaces.iter().enumerate() {
+            if !dns_label(namespace) {
+                self.issue(
+                    &[at("namespaces"), vec![i.to_string()]].concat(),
+                    format!("`{namespace}` is not a namespace name (lowercase letters, digits and `-`)"),
+                );
+            }
+        }
         let mut paths = Vec::new();
         if spec.index_by.is_empty() {
             self.issue(&at("index_by"), "needs at least one expression");
@@ -895,6 +934,25 @@ impl Validator<'_> {
                 None
             }
         };
+        if let Some(file) = &spec.path {
+            let at = [path, &["path".to_string()]].concat();
+            let text = file.to_string_lossy();
+            if text.trim().is_empty() {
+                self.issue(&at, "must not be empty");
+            } else if text.ends_with('/') {
+                self.issue(
+                    &at,
+                    format!(
+                        "`{text}` names a directory: give a file name, or use `directory` for files emitted with file()"
+                    ),
+                );
+            }
+        }
+        if let Some(dir) = &spec.directory
+            && dir.to_string_lossy().trim().is_empty()
+        {
+            self.issue(&[path, &["directory".to_string()]].concat(), "must not be empty");
+        }
         let mode = match &spec.mode {
             None => Some(0o644),
             Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
@@ -934,25 +992,6 @@ impl Validator<'_> {
                 let clash = pa == pb
                     || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(&pa)
                     || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(&pb);
-        if let Some(file) = &spec.path {
-            let at = [path, &["path".to_string()]].concat();
-            let text = file.to_string_lossy();
-            if text.trim().is_empty() {
-                self.issue(&at, "must not be empty");
-            } else if text.ends_with('/') {
-                self.issue(
-                    &at,
-                    format!(
-                        "`{text}` names a directory: give a file name, or use `directory` for files emitted with file()"
-                    ),
-                );
-            }
-        }
-        if let Some(dir) = &spec.directory
-            && dir.to_string_lossy().trim().is_empty()
-        {
-            self.issue(&[path, &["directory".to_string()]].concat(), "must not be empty");
-        }
                 if clash {
                     let field = match b.output {
                         OutputTarget::File { .. } => "path",
@@ -972,45 +1011,6 @@ impl Validator<'_> {
         }
     }
 
-    fn action(&mut self, path: &[String], entry: ActionEntry) -> Option<Action> {
-        match (entry.command, entry.http) {
-            (Some(argv), None) => {
-                if argv.first().is_none_or(|p| p.trim().is_empty()) {
-                    self.issue(&[path, &["command".to_string()]].concat(), "the command is empty");
-                    return None;
-                }
-                Some(Action::Command {
-                    argv,
-                    timeout: entry.timeout,
-                })
-            }
-            (None, Some(http)) => {
-                if !http.url.starts_with("http://") {
-                    let at = [path, &["http".to_string(), "url".to_string()]].concat();
-                    self.issue(
-                        &at,
-                        format!(
-                            "`{}` is not an http:// URL (reload endpoints are local; https is not supported)",
-                            http.url
-                        ),
-                    );
-                    return None;
-                }
-                Some(Action::Http(http))
-            }
-            (Some(_), Some(_)) => {
-                self.issue(path, "has both `command` and `http`; give one per action");
-                None
-            }
-            (None, None) => {
-                self.issue(path, "needs `command` or `http`");
-                None
-            }
-        }
-    }
-}
-
-/// `path` with `.` dropped and `..` applied to the parts before it, without
     /// No output may replace the config file or a template, and no directory
     /// output may hold them: it removes every file it did not render.
     fn outputs_spare_inputs(&mut self, file: &Path, templates: &BTreeMap<String, Template>) {
@@ -1043,6 +1043,64 @@ impl Validator<'_> {
         }
     }
 
+    fn action(&mut self, path: &[String], entry: ActionEntry) -> Option<Action> {
+        match (entry.command, entry.http) {
+            (Some(argv), None) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    self.issue(&[path, &["command".to_string()]].concat(), "the command is empty");
+                    return None;
+                }
+                Some(Action::Command {
+                    argv,
+                    timeout: entry.timeout,
+                })
+            }
+            (None, Some(http)) => {
+                if !http.url.starts_with("http://") {
+                    let at = [path, &["http".to_string(), "url".to_string()]].concat();
+                    self.issue(
+                        &at,
+                        format!(
+                            "`{}` is not an http:// URL (reload endpoints are local; https is not supported)",
+                            http.url
+                        ),
+                    );
+                    return None;
+                }
+                if http.url["http://".len()..]
+                    .split(['/', '?', '#'])
+                    .next()
+                    .is_none_or(str::is_empty)
+                {
+                    let at = [path, &["http".to_string(), "url".to_string()]].concat();
+                    self.issue(&at, format!("`{}` has no host", http.url));
+                    return None;
+                }
+                if http.method.is_empty()
+                    || !http
+                        .method
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+                {
+                    let at = [path, &["http".to_string(), "method".to_string()]].concat();
+                    self.issue(&at, format!("`{}` is not an HTTP method such as POST", http.method));
+                    return None;
+                }
+                Some(Action::Http(http))
+            }
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `command` and `http`; give one per action");
+                None
+            }
+            (None, None) => {
+                self.issue(path, "needs `command` or `http`");
+                None
+            }
+        }
+    }
+}
+
+/// `path` with `.` dropped and `..` applied to the parts before it, without
 /// looking at the file system (outputs need not exist yet).
 fn lexical(path: &Path) -> PathBuf {
     use std::path::Component;
@@ -1062,19 +1120,34 @@ fn lexical(path: &Path) -> PathBuf {
 /// `v1`, `apps/v1`, `networking.k8s.io/v1`, `example.com/v1alpha1`: an
 /// optional DNS-subdomain group, then a DNS-label version.
 fn api_version_shape(text: &str) -> bool {
-    let label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    let version = |s: &str| label(s) && s.starts_with(|c: char| c.is_ascii_lowercase());
+    let version = |s: &str| dns_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase());
     match text.split_once('/') {
         None => version(text),
-        Some((group, v)) => group.len() <= 253 && group.split('.').all(label) && version(v),
+        Some((group, v)) => dns_subdomain(group) && version(v),
     }
+}
+
+/// A Kubernetes DNS label (RFC 1123): a namespace name, one part of a group.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Kubernetes DNS subdomain: most object names, API groups.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(dns_label)
+}
+
+/// `host:port` as a listener binds it: `0.0.0.0:9090`, `[::]:9090`,
+/// `localhost:9090`.
+fn listen_shape(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    })
 }
 
 /// `Ingress`, `ConfigMap`, a CRD's kind: letters and digits, starting with a
