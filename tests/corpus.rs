@@ -5,8 +5,9 @@
 //!   `render -c … --from manifests/ --out DIR`.
 //! - `templates/<case>.j2`: rendered by `render` through a generated config
 //!   that has it as one template (a `directory` output when its first line is
-//!   `{# directory #}`, a `path` otherwise) beside a good one. Files whose
-//!   name starts with `_` are helpers the cases include, not cases.
+//!   `{# directory #}`, a `path` otherwise) beside a good one.
+//!
+//! Names that start with `_` are helpers the cases use, not cases.
 //!
 //! `<case>.error` holds `exit: N` on its first line (64: a config error, as a
 //! template that does not compile is; 1: a failed render), then lines that
@@ -225,7 +226,7 @@ fn template_case(name: &str) -> Result<(), String> {
 }
 
 /// The cases of one corpus directory: the files with extension `ext` that
-/// are not helpers. Every case needs its `.error` and every `.error` its
+/// are not `_` helpers. Every case needs its `.error` and every `.error` its
 /// case; anything else in the directory is a mistake too.
 fn cases(dir: &Path, ext: &str) -> (Vec<String>, Vec<String>) {
     let mut cases = Vec::new();
@@ -233,8 +234,10 @@ fn cases(dir: &Path, ext: &str) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     for entry in fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with('_') {
+            continue;
+        }
         match name.rsplit_once('.') {
-            Some((stem, e)) if e == ext && stem.starts_with('_') => {}
             Some((stem, e)) if e == ext => cases.push(stem.to_string()),
             Some((stem, "error")) => errors.push(stem.to_string()),
             _ => problems.push(format!("{name}: neither a case, its `.error`, nor a `_` helper")),
