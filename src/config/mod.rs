@@ -290,13 +290,21 @@ impl OutputTarget {
     }
 
     /// The same target moved under `root`, as `render --out` does: an absolute
-    /// `/etc/x` becomes `root/etc/x`, a relative `out/x` becomes `root/out/x`.
+    /// `/etc/x` becomes `root/etc/x`, a relative `out/x` becomes `root/out/x`,
+    /// and `../x` becomes `root/x`.
     pub fn rerooted(&self, root: &Path) -> OutputTarget {
+        // `..` climbs no higher than `root`: every output stays below it.
         let move_under = |written: &Path| {
-            let relative: PathBuf = written
-                .components()
-                .filter(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::ParentDir))
-                .collect();
+            let mut relative = PathBuf::new();
+            for part in written.components() {
+                match part {
+                    std::path::Component::Normal(name) => relative.push(name),
+                    std::path::Component::ParentDir => {
+                        relative.pop();
+                    }
+                    _ => {}
+                }
+            }
             root.join(relative)
         };
         match self {

@@ -92,6 +92,28 @@ fn out_reroots_absolute_and_relative_paths() {
     );
 }
 
+#[test]
+fn out_keeps_outputs_that_climb_with_dotdot_below_the_root() {
+    let text = "templates:
+  a:
+    inline: x
+    path: ../../escape.txt
+  b:
+    inline: y
+    path: ../up/x/../y.txt
+";
+    let config = parse(text).unwrap();
+    let root = Path::new("/scratch");
+    assert_eq!(
+        config.templates["a"].output.rerooted(root).path(),
+        Path::new("/scratch/escape.txt")
+    );
+    assert_eq!(
+        config.templates["b"].output.rerooted(root).path(),
+        Path::new("/scratch/up/y.txt")
+    );
+}
+
 /// Every config we ship loads, and its templates compile.
 #[test]
 fn shipped_configs_are_valid() {
