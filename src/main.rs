@@ -83,7 +83,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, cli.log_level.as_deref());
