@@ -12,7 +12,9 @@
 //!   single-object updates with `wait.min: 0`.
 //!
 //! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`) runs
-//! only the rows whose scenario name contains the argument.
+//! only the rows whose scenario name contains the argument;
+//! `cargo bench --bench live -- serve 10000` only starts the server and
+//! prints its kubeconfig, to run the binary under a profiler by hand.
 
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
@@ -201,8 +203,23 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let wanted = |scenario: &str| args.is_empty() || args.iter().any(|a| scenario.contains(a.as_str()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    if let [serve, count] = &args[..]
+        && serve == "serve"
+    {
+        // For profiling the binary by hand: the server and its kubeconfig,
+        // until interrupted.
+        let (server, json_bytes) = server_with(&runtime, count.parse().expect("serve COUNT"));
+        println!(
+            "serving {count} ConfigMaps ({:.1} MiB of JSON); kubeconfig: {}",
+            json_bytes as f64 / MIB,
+            server.kubeconfig_path().display()
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+    let wanted = |scenario: &str| args.is_empty() || args.iter().any(|a| scenario.contains(a.as_str()));
     let mut rows = Vec::new();
 
     let one_file = [("t".to_string(), inline(LINES, "path: out.txt"))];
