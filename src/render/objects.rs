@@ -8,8 +8,10 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectExt, ObjectRepr, Value, ValueKind};
 use minijinja::{Error, ErrorKind, State};
 
-use crate::store::on_demand::Wanted;
-use crate::store::{Slot, StoreSnapshot};
+use crate::render::value::document;
+use crate::store::document::Document;
+use crate::store::on_demand::{BodyCache, Reference, Wanted};
+use crate::store::{Slot, Snapshot, StoreSnapshot};
 
 /// One consistent point in time across all stores: what a render reads.
 #[derive(Debug, Clone, Default)]
@@ -103,39 +105,40 @@ impl StoreView {
         }
     }
 
-    /// The objects at `slots`, in order; on-demand bodies are fetched
-    /// concurrently, and objects deleted meanwhile are left out.
-    fn bodies(&self, slots: &[Slot]) -> Result<Vec<Value>, Error> {
+    /// The objects at `slots` of an on-demand store, in order: fetched
+    /// concurrently, leaving out objects deleted meanwhile.
+    fn fetch(&self, snapshot: &Snapshot<Reference>, cache: &BodyCache, slots: &[Slot]) -> Result<Vec<Value>, Error> {
+        let layout = snapshot.layout();
+        let wanted: Vec<Wanted> = slots
+            .iter()
+            .filter_map(|slot| {
+                let reference = snapshot.get(slot)?;
+                let (namespace, name) = slot.names(layout);
+                Some(Wanted {
+                    id: slot.id(),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    version: reference.version,
+                })
+            })
+            .collect();
+        let runtime = self.runtime.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("resources.{}: on-demand reads need the live pipeline", self.name),
+            )
+        })?;
+        runtime
+            .block_on(cache.read_all(&wanted))
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    }
+
+    /// The objects whose key starts with `prefix` (all for `None`), in order.
+    /// Full documents are shared, not copied.
+    fn objects(&self, prefix: Option<&[String]>) -> Result<Vec<Value>, Error> {
         match &self.store {
-            StoreSnapshot::Full(s) => Ok(slots
-                .iter()
-                .filter_map(|slot| s.get(slot).map(crate::render::value::document))
-                .collect()),
-            StoreSnapshot::OnDemand { snapshot, cache } => {
-                let layout = snapshot.layout();
-                let wanted: Vec<Wanted> = slots
-                    .iter()
-                    .filter_map(|slot| {
-                        let reference = snapshot.get(slot)?;
-                        let (namespace, name) = slot.names(layout);
-                        Some(Wanted {
-                            id: slot.id(),
-                            namespace: namespace.to_string(),
-                            name: name.to_string(),
-                            version: reference.version,
-                        })
-                    })
-                    .collect();
-                let runtime = self.runtime.as_ref().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidOperation,
-                        format!("resources.{}: on-demand reads need the live pipeline", self.name),
-                    )
-                })?;
-                runtime
-                    .block_on(cache.read_all(&wanted))
-                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
-            }
+            StoreSnapshot::Full(s) => Ok(documents(s, prefix).iter().map(document).collect()),
+            StoreSnapshot::OnDemand { snapshot, cache } => self.fetch(snapshot, cache, &self.slots(prefix)),
         }
     }
 
@@ -158,15 +161,24 @@ impl Object for StoreView {
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let index = key.as_usize()?;
-        let slot = self.slots(None).into_iter().nth(index)?;
-        self.bodies(&[slot]).ok()?.into_iter().next()
+        match &self.store {
+            StoreSnapshot::Full(s) => s.iter().nth(index).map(|(_, d)| document(d)),
+            StoreSnapshot::OnDemand { snapshot, cache } => {
+                let (slot, _) = snapshot.iter().nth(index)?;
+                self.fetch(snapshot, cache, std::slice::from_ref(slot)).ok()?.pop()
+            }
+        }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.bodies(&self.slots(None)) {
-            Ok(bodies) => Enumerator::Iter(Box::new(bodies.into_iter())),
-            // An invalid value fails the loop that reaches it, with this error.
-            Err(error) => Enumerator::Iter(Box::new(std::iter::once(Value::from(error)))),
+        match &self.store {
+            // A loop makes each object a value only when it reaches it.
+            StoreSnapshot::Full(s) => Enumerator::Iter(Box::new(documents(s, None).into_iter().map(|d| document(&d)))),
+            StoreSnapshot::OnDemand { snapshot, cache } => match self.fetch(snapshot, cache, &self.slots(None)) {
+                Ok(bodies) => Enumerator::Iter(Box::new(bodies.into_iter())),
+                // An invalid value fails the loop that reaches it, with this error.
+                Err(error) => Enumerator::Iter(Box::new(std::iter::once(Value::from(error)))),
+            },
         }
     }
 
@@ -178,14 +190,14 @@ impl Object for StoreView {
         match method {
             "get" => {
                 let prefix = self.key_args(method, args)?;
-                Ok(Value::from(self.bodies(&self.slots(Some(&prefix)))?))
+                Ok(Value::from(self.objects(Some(&prefix))?))
             }
             "get_one" => {
                 let prefix = self.key_args(method, args)?;
                 let slots = self.slots(Some(&prefix));
                 match &slots[..] {
                     [] => Ok(Value::from(())),
-                    [one] => Ok(self.bodies(std::slice::from_ref(one))?.pop().unwrap_or(Value::from(()))),
+                    [_] => Ok(self.objects(Some(&prefix))?.pop().unwrap_or(Value::from(()))),
                     [first, second, rest @ ..] => Err(Error::new(
                         ErrorKind::InvalidOperation,
                         format!(
@@ -219,6 +231,15 @@ impl Object for StoreView {
             }
             _ => Err(Error::from(ErrorKind::UnknownMethod)),
         }
+    }
+}
+
+/// The documents of a full store whose key starts with `prefix` (all for
+/// `None`), in order.
+fn documents(snapshot: &Snapshot<Document>, prefix: Option<&[String]>) -> Vec<Document> {
+    match prefix {
+        None => snapshot.iter().map(|(_, d)| d.clone()).collect(),
+        Some(prefix) => snapshot.prefix(prefix).map(|(_, d)| d.clone()).collect(),
     }
 }
 
