@@ -34,6 +34,9 @@ const STRING: u8 = 6;
 const LIST: u8 = 7;
 const MAP: u8 = 8;
 
+/// Mappings up to this size are searched from the start, not bisected.
+const LINEAR_LOOKUP: u32 = 8;
+
 /// Scratch space kept between encodings, per thread.
 const SCRATCH_KEPT: usize = 1 << 20;
 
@@ -403,11 +406,19 @@ impl<'a> Table<'a> {
 
     /// The value under `key` in a mapping.
     pub fn get(self, key: &str) -> Option<Node<'a>> {
+        let key_at = |i: u32| read_u32(self.buf, self.entries + 8 * i);
+        if self.len <= LINEAR_LOOKUP {
+            // Small mappings (most of an object's): lengths rule out most
+            // keys without comparing bytes.
+            return (0..self.len)
+                .find(|&i| string_bytes(self.buf, key_at(i)) == key.as_bytes())
+                .map(|i| self.node(self.entries + 8 * i + 4));
+        }
         let (mut low, mut high) = (0, self.len);
         while low < high {
             let mid = low + (high - low) / 2;
             let at = self.entries + 8 * mid;
-            match string_bytes(self.buf, read_u32(self.buf, at)).cmp(key.as_bytes()) {
+            match string_bytes(self.buf, key_at(mid)).cmp(key.as_bytes()) {
                 Ordering::Less => low = mid + 1,
                 Ordering::Greater => high = mid,
                 Ordering::Equal => return Some(self.node(at + 4)),
@@ -487,6 +498,13 @@ mod tests {
         };
         let keys: Vec<&str> = map.entries().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "b", "c"]);
+        let wide: serde_json::Map<String, Value> = (0..40).map(|i| (format!("key-{i}"), json!(i))).collect();
+        let doc_wide = Document::from_json(&Value::Object(wide));
+        for i in 0..40 {
+            let found = doc_wide.root().get(&format!("key-{i}")).map(Node::json);
+            assert!(matches!(found, Some(Json::Int(n)) if n == i), "key-{i}");
+        }
+        assert!(doc_wide.root().get("key-40").is_none() && doc_wide.root().get("a").is_none());
         let nested = paths(&["b.k[0]"]);
         assert!(matches!(root.at_path(&nested[0]).unwrap().json(), Json::Int(10)));
     }
