@@ -186,3 +186,36 @@ fn render_without_out_writes_the_configured_paths() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     assert_eq!(fs::read_to_string(dir.path().join("out/t.txt")).unwrap(), "0 stores\n");
 }
+
+/// A directory output may hold more files than the process may keep open:
+/// staged files are closed before they are renamed into place.
+#[test]
+fn a_directory_output_may_have_more_files_than_open_files_allowed() {
+    const FILES: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("config.yaml"),
+        "watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\ntemplates:\n  t:\n    inline: \"{% for cm in resources.cms %}{% for k, v in cm.data|items %}{{ file(k, v) }}{% endfor %}{% endfor %}\"\n    directory: out\n",
+    )
+    .unwrap();
+    let data: serde_json::Map<String, serde_json::Value> = (0..FILES)
+        .map(|i| (format!("file-{i:04}"), format!("{i}\n").into()))
+        .collect();
+    let manifest =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "many"}, "data": data});
+    fs::create_dir(dir.path().join("m")).unwrap();
+    fs::write(dir.path().join("m/cm.json"), manifest.to_string()).unwrap();
+    // `ulimit -n 128`: far fewer open files than the output has.
+    let result = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\" render -c \"$1\" --from \"$2\"")
+        .arg(binary())
+        .arg(dir.path().join("config.yaml"))
+        .arg(dir.path().join("m"))
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let written = tree(&dir.path().join("out"));
+    assert_eq!(written.len(), FILES);
+    assert_eq!(written["file-0599"], b"599\n");
+}

@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tempfile::NamedTempFile;
+use tempfile::TempPath;
 
 use crate::command;
 use crate::config::{OutputTarget, Template};
@@ -103,7 +103,7 @@ pub struct Job<'a> {
 struct Staged {
     template: String,
     fsync_dirs: BTreeSet<PathBuf>,
-    files: Vec<(NamedTempFile, PathBuf)>,
+    files: Vec<(TempPath, PathBuf)>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
@@ -115,7 +115,7 @@ pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
     for job in jobs {
         let s = stage(job)?;
         for (file, target) in &s.files {
-            check(job.template, file.path(), target).await?;
+            check(job.template, file, target).await?;
         }
         staged.push(s);
     }
@@ -183,14 +183,18 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         stale: Vec::new(),
         root: None,
     };
-    // Files known not to exist need no read; directories known to exist no mkdir.
+    // Files known not to exist need no read; directories known to exist no
+    // mkdir (each with its absolute form, where files are staged).
     let mut absent: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut made_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut made_dirs: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     let wanted: BTreeMap<PathBuf, &[u8]> = match (job.target, job.content) {
         (OutputTarget::File { path, .. }, Content::File(bytes)) => [(path.clone(), bytes.as_slice())].into(),
         (OutputTarget::Directory { path, .. }, Content::Directory(files)) => {
             fs::create_dir_all(path).map_err(io("cannot create directory", path))?;
-            made_dirs.insert(path.clone());
+            made_dirs.insert(
+                path.clone(),
+                std::path::absolute(path).map_err(io("cannot resolve", path))?,
+            );
             let existing: BTreeSet<PathBuf> = list_files(path)
                 .map_err(io("cannot list directory", path))?
                 .into_iter()
@@ -230,22 +234,27 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
             Err(e) => return Err(io("cannot read", &target)(e)),
         }
         let dir = target.parent().unwrap_or(Path::new("."));
-        if !made_dirs.contains(dir) {
+        if !made_dirs.contains_key(dir) {
             fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
-            made_dirs.insert(dir.to_owned());
+            let absolute = std::path::absolute(dir).map_err(io("cannot resolve", dir))?;
+            made_dirs.insert(dir.to_owned(), absolute);
         }
+        // An absolute directory spares the temp file a getcwd of its own.
         let mut file = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
-            .tempfile_in(dir)
+            .tempfile_in(&made_dirs[dir])
             .map_err(io("cannot create a temp file in", dir))?;
         file.write_all(bytes).map_err(io("cannot write", file.path()))?;
-        fs::set_permissions(file.path(), fs::Permissions::from_mode(job.template.mode))
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(job.template.mode))
             .map_err(io("cannot set the mode of", file.path()))?;
         if job.template.fsync {
             file.as_file().sync_all().map_err(io("cannot fsync", file.path()))?;
             staged.fsync_dirs.insert(dir.to_owned());
         }
-        staged.files.push((file, target));
+        // Closed now: a directory output may stage more files than a process
+        // may keep open.
+        staged.files.push((file.into_temp_path(), target));
     }
     Ok(staged)
 }
