@@ -236,7 +236,10 @@ fn on_demand(c: &mut Criterion) {
     }
     let change = region.change();
     let kept = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
-    println!("on_demand: {:.1} bytes kept per reference ({MEASURED} references)", kept / MEASURED as f64);
+    println!(
+        "on_demand: {:.1} bytes kept per reference ({MEASURED} references)",
+        kept / MEASURED as f64
+    );
     drop(store);
 
     let documents = &documents[..APPLIED];
