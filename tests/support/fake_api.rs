@@ -475,6 +475,107 @@ impl FakeApiServer {
 }
 
 // ---------------------------------------------------------------------------
+// Fault-matrix controls: short list pages, failing continued lists, watch
+// events cut mid-JSON, and the server going away and coming back, possibly
+// with a fresh resourceVersion history.
+
+/// State of the fault-matrix controls.
+#[derive(Default)]
+struct FaultMatrix {
+    /// Most items a LIST page holds, whatever `limit` asked for (a real server
+    /// may answer with fewer items than `limit`).
+    page_cap: Option<usize>,
+    /// Codes for the next LISTs that carry a `continue` token, in order.
+    page_faults: VecDeque<u16>,
+    /// Watch chunks still to cut in the middle of their last event.
+    cuts_pending: usize,
+    /// Watch chunks cut so far.
+    cuts_done: usize,
+}
+
+impl FaultMatrix {
+    fn take_page_fault(&mut self, verb: Verb, query: &Query) -> Option<u16> {
+        if verb != Verb::List || query.get("continue").is_none_or(|c| c.is_empty()) {
+            return None;
+        }
+        self.page_faults.pop_front()
+    }
+}
+
+impl FakeApiServer {
+    /// LIST pages hold at most `cap` items (at least one), even when the client
+    /// asked for more: initial lists of a few objects then take several pages.
+    pub fn cap_list_pages(&self, cap: usize) {
+        self.shared.lock().matrix.page_cap = Some(cap.max(1));
+    }
+
+    /// The next `n` LISTs that carry a `continue` token (a second or later page)
+    /// fail with `code` (410 is what an expired token gets).
+    pub fn fail_continued_lists(&self, n: usize, code: u16) {
+        let faults = &mut self.shared.lock().matrix.page_faults;
+        faults.extend(std::iter::repeat_n(code, n));
+    }
+
+    /// The next `n` watch chunks that end with an object event (not a bookmark
+    /// or an error) are cut: each is sent up to the middle of its last event
+    /// line, and then its stream ends.
+    pub fn cut_next_watch_events(&self, n: usize) {
+        self.shared.lock().matrix.cuts_pending += n;
+    }
+
+    /// Watch chunks cut so far by [`Self::cut_next_watch_events`].
+    pub fn cut_watch_events(&self) -> usize {
+        self.shared.lock().matrix.cuts_done
+    }
+
+    /// Stops serving, as when the API server process dies: the listener closes
+    /// and every connection, open watches included, is cut without a clean end.
+    /// Clients get "connection refused" until [`Self::come_back`]; the objects
+    /// and the controls stay as they are.
+    pub async fn go_down(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Serves again at the same address, after [`Self::go_down`].
+    pub async fn come_back(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("bind the same address again");
+        self.task = tokio::spawn(serve(listener, self.shared.clone()));
+    }
+
+    /// The storage restored from a backup, as an etcd restore does: every object
+    /// keeps its content and uid but gets a new, low resourceVersion (1, 2, …
+    /// in their old order), and the history and list snapshots are gone. A watch
+    /// from a version of the old history waits for that version, as the real
+    /// server does for a version it has not reached yet (its bookmarks repeat
+    /// that version).
+    pub fn restart_history(&self) {
+        {
+            let mut st = self.shared.lock();
+            let mut all: Vec<(u64, usize, (String, String))> = Vec::new();
+            for (index, kind) in st.kinds.iter().enumerate() {
+                for (key, object) in &kind.objects {
+                    let rv = object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok());
+                    all.push((rv.unwrap_or(0), index, key.clone()));
+                }
+            }
+            all.sort();
+            for (n, (_, index, key)) in all.iter().enumerate() {
+                let objects = &mut st.kinds[*index].objects;
+                if let Some(object) = objects.get_mut(key) {
+                    *object = Arc::new(with_resource_version(object, n as u64 + 1));
+                }
+            }
+            st.rv = all.len() as u64;
+            st.history.clear();
+            st.floor = 0;
+            st.snapshots.clear();
+        }
+        self.shared.wake_watches();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // State
 
 /// State shared by the handle and the connection tasks.
@@ -561,6 +662,8 @@ struct State {
     /// Requests for `plural` that asked for metadata only.
     metadata_requests: HashMap<String, u64>,
     open_watches: HashMap<String, usize>,
+    /// Controls of the fault matrix (see `FaultMatrix`).
+    matrix: FaultMatrix,
 }
 
 struct Kind {
@@ -967,7 +1070,8 @@ async fn respond(shared: &Arc<Shared>, call: Call<'_>) -> Response<Body> {
                 body: String::from_utf8_lossy(body).into_owned(),
             });
         }
-        (target, verb, st.take_fault(verb, path), list_delay)
+        let fault = st.take_fault(verb, path).or_else(|| st.matrix.take_page_fault(verb, query));
+        (target, verb, fault, list_delay)
     };
     shared.note_activity();
     if let Some(code) = fault {
@@ -1272,6 +1376,7 @@ fn list(
     };
     // resourceVersion=0 is served whole, as from the real server's watch cache.
     let limit = if rv == "0" || limit == 0 { usize::MAX } else { limit };
+    let limit = st.matrix.page_cap.map_or(limit, |cap| limit.min(cap));
     let total = snapshot.items.len();
     let start = offset.min(total);
     let end = start.saturating_add(limit).min(total);
@@ -1382,6 +1487,7 @@ fn watch(
         bookmark_due: false,
         next_bookmark: now + st.bookmark_interval,
         drop_generation: st.drop_generation,
+        cut: false,
     };
     drop(st);
     shared.note_activity();
@@ -1416,6 +1522,8 @@ struct WatchStream {
     bookmark_due: bool,
     next_bookmark: Instant,
     drop_generation: u64,
+    /// This stream sent a cut event and ends.
+    cut: bool,
 }
 
 enum Step {
@@ -1427,8 +1535,11 @@ enum Step {
 impl WatchStream {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            if self.cut {
+                return None;
+            }
             let stalled = match self.step() {
-                Step::Send(chunk) => return Some(chunk),
+                Step::Send(chunk) => return Some(self.maybe_cut(chunk)),
                 Step::Close => return None,
                 Step::Wait { stalled } => stalled,
             };
@@ -1482,6 +1593,27 @@ impl WatchStream {
             return Step::Send(bookmark_line(&self.bookmark_type, self.cursor, false));
         }
         Step::Wait { stalled: false }
+    }
+}
+
+impl WatchStream {
+    /// Cuts `chunk` in the middle of its last event line if a cut is pending
+    /// and that line is an object event; the stream then ends.
+    fn maybe_cut(&mut self, chunk: Bytes) -> Bytes {
+        let mut st = self.shared.lock();
+        if st.matrix.cuts_pending == 0 {
+            return chunk;
+        }
+        let without_newline = &chunk[..chunk.len().saturating_sub(1)];
+        let last = without_newline.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let line = &chunk[last..];
+        if line.starts_with(b"{\"type\":\"BOOKMARK\"") || line.starts_with(b"{\"type\":\"ERROR\"") {
+            return chunk;
+        }
+        st.matrix.cuts_pending -= 1;
+        st.matrix.cuts_done += 1;
+        self.cut = true;
+        chunk.slice(..last + line.len() / 2)
     }
 }
 

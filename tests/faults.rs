@@ -1,0 +1,779 @@
+//! The fault matrix: the real `kube-template run` binary against the fake API
+//! server while something goes wrong — the server unreachable at start, a
+//! watch stream cut mid-JSON, a malformed object, an object of several MB, a
+//! list failing on its second page, the server coming back with a fresh
+//! resourceVersion history, and a signal in the middle of a directory write.
+//! Each test asserts what a user of the sidecar sees: the process, its log,
+//! `/readyz`, and the files.
+//!
+//! Every test has an overall deadline and waits on conditions with deadlines,
+//! never by sleeping a fixed time.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use support::fake_api::FakeApiServer;
+use support::sidecar::{Sidecar, WAIT};
+use tokio::time::{Instant, timeout};
+
+/// Upper bound for a whole test.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Admin server on a free port, so that tests running in parallel never collide.
+const ADMIN: &str = "admin: {listen: \"127.0.0.1:0\"}\n";
+
+/// A template printing the store `cms` as `count=N` and one `name=value` line per object.
+const CMS_TEMPLATE: &str = "      count={{ resources.cms | length }}
+      {% for o in resources.cms -%}
+      {{ o.metadata.name }}={{ o.data.v }}
+      {% endfor -%}
+";
+
+/// A `check` that keeps a copy of every staged file in `versions/`, numbered in order.
+const CAPTURE_VERSIONS: &str = r#"["sh", "-c", "n=$(ls versions | wc -l); cp '{file}' versions/$(printf %06d $n)"]"#;
+
+/// Prefix of the sidecar's staged (temporary) files.
+const STAGING_PREFIX: &str = ".kube-template-";
+
+async fn within_deadline(test: impl Future<Output = ()>) {
+    timeout(TEST_DEADLINE, test)
+        .await
+        .expect("test did not finish before its deadline");
+}
+
+fn config_map(name: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"v": value},
+    })
+}
+
+/// What [`CMS_TEMPLATE`] renders for these (name, value) pairs, given in key order.
+fn listing(objects: &[(&str, &str)]) -> String {
+    let mut text = format!("count={}\n", objects.len());
+    for (name, value) in objects {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    text
+}
+
+/// A config watching ConfigMaps as `cms` and rendering [`CMS_TEMPLATE`] to
+/// `out.txt`, every staged version captured in `versions/`; `extra` is added
+/// to the template's settings, `render` to the render settings.
+fn cms_config(render: &str) -> String {
+    format!(
+        r#"
+watched_resources:
+  cms: {{api_version: v1, kind: ConfigMap}}
+templates:
+  out:
+    path: out.txt
+    check: {CAPTURE_VERSIONS}
+    inline: |
+{CMS_TEMPLATE}render:
+  wait: {{min: 10ms, max: 100ms}}
+{render}"#
+    )
+}
+
+/// A scratch directory holding a config and its outputs; the sidecar runs
+/// with it as working directory.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    /// Writes `config` (the admin section is added) as `config.yaml`.
+    fn new(config: &str) -> Case {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        fs::create_dir(dir.path().join("versions")).unwrap();
+        fs::write(dir.path().join("config.yaml"), format!("{config}{ADMIN}")).unwrap();
+        Case { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.path(rel)).ok()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    /// Every version of `out.txt` a render staged, in order.
+    fn versions(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = fs::read_dir(self.path("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        names.iter().map(|p| fs::read_to_string(p).unwrap()).collect()
+    }
+
+    /// Starts `kube-template run -c config.yaml --kubeconfig …` against `server`.
+    fn spawn_against(&self, server: &FakeApiServer) -> Sidecar {
+        let log = self.path("sidecar.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+            .arg("run")
+            .arg("-c")
+            .arg(self.path("config.yaml"))
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig_path())
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,kube_template=debug")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        Sidecar { child, log }
+    }
+}
+
+/// Waits on files, the log and the admin server of a [`Sidecar`].
+trait Observe {
+    /// Waits until the file `rel` of `case` holds exactly `expected`.
+    async fn until_file(&self, case: &Case, rel: &str, expected: &str);
+    /// Waits until the log has a line containing `needle`, and returns it.
+    async fn until_log(&self, needle: &str) -> String;
+    /// Lines of the log containing `needle`.
+    fn log_lines(&self, needle: &str) -> Vec<String>;
+    /// The admin server's address, once it listens.
+    async fn admin(&self) -> String;
+}
+
+impl Observe for Sidecar {
+    async fn until_file(&self, case: &Case, rel: &str, expected: &str) {
+        let what = format!("{rel} to hold the expected content");
+        self.until_holds(&what, || case.read(rel).as_deref() == Some(expected))
+            .await
+    }
+
+    async fn until_log(&self, needle: &str) -> String {
+        self.until(&format!("a log line with {needle:?}"), || {
+            self.log().lines().find(|l| l.contains(needle)).map(str::to_owned)
+        })
+        .await
+    }
+
+    fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn admin(&self) -> String {
+        let line = self.until_log("admin server listening").await;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("the log names the admin address")
+            .to_owned()
+    }
+}
+
+/// GET `path` from `addr`: the status code and the body (code 0 when nothing answers).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Waits until `condition` holds for the server; fails the test after [`WAIT`].
+async fn server_until(
+    server: &FakeApiServer,
+    sidecar: &Sidecar,
+    what: &str,
+    condition: impl Fn(&FakeApiServer) -> bool,
+) {
+    if timeout(WAIT, server.wait_for(condition)).await.is_err() {
+        panic!("timed out waiting for {what}\n--- sidecar log ---\n{}", sidecar.log());
+    }
+}
+
+/// The files of a directory (recursively, relative names) and their contents.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                let name = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                files.insert(name, fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+/// Names of the sidecar's staged files directly in `dir`.
+fn staged_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(STAGING_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn modified(path: &Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// The `retry_in_ms=N` values of log lines.
+fn retry_delays(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("retry_in_ms=")))
+        .map(|n| n.parse().expect("retry_in_ms is a number"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_unreachable_at_start_retries_with_backoff_touches_nothing_then_syncs() {
+    within_deadline(async {
+        let mut server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.go_down().await;
+        let case = Case::new(&format!(
+            r#"
+watched_resources:
+  cms: {{api_version: v1, kind: ConfigMap}}
+templates:
+  out:
+    path: out.txt
+    inline: |
+{CMS_TEMPLATE}  certs:
+    directory: certs
+    inline: '{{% for o in resources.cms %}}{{{{ file(o.metadata.name ~ ".pem", o.data.v) }}}}{{% endfor %}}'
+render:
+  wait: {{min: 10ms, max: 100ms}}
+"#
+        ));
+        // Outputs left by an earlier run.
+        case.write("out.txt", "from before\n");
+        case.write("certs/old.pem", "old\n");
+        let before = (modified(&case.path("out.txt")), modified(&case.path("certs/old.pem")));
+        let started = Instant::now();
+        let mut sidecar = case.spawn_against(&server);
+        let admin = sidecar.admin().await;
+
+        // Three failed attempts, with growing delays between them.
+        let lines = sidecar
+            .until("three attempts to reach the API server", || {
+                let lines = sidecar.log_lines("cannot reach the API server");
+                (lines.len() >= 3).then_some(lines)
+            })
+            .await;
+        let elapsed = started.elapsed();
+        let delays = retry_delays(&lines);
+        assert_eq!(delays.len(), lines.len(), "every retry says when: {lines:#?}");
+        assert!(
+            delays.windows(2).all(|w| w[1] > w[0]),
+            "the delays grow (backoff): {delays:?}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(delays[0] + delays[1]),
+            "three attempts came {elapsed:?} after the start, sooner than the delays {delays:?} allow"
+        );
+        assert!(sidecar.is_running(), "the sidecar gave up\n{}", sidecar.log());
+        let (code, body) = http_get(&admin, "/readyz");
+        assert_eq!(code, 503, "/readyz while the API server is unreachable: {body}");
+        assert_eq!(case.read("out.txt").as_deref(), Some("from before\n"));
+        assert_eq!(tree(&case.path("certs")), BTreeMap::from([("old.pem".into(), "old\n".into())]));
+        assert_eq!(
+            (modified(&case.path("out.txt")), modified(&case.path("certs/old.pem"))),
+            before,
+            "outputs were touched"
+        );
+
+        // The server appears on that address: the sidecar syncs and renders.
+        server.come_back().await;
+        sidecar.until_file(&case, "out.txt", &listing(&[("a", "1")])).await;
+        sidecar
+            .until_holds("the directory output", || {
+                tree(&case.path("certs")) == BTreeMap::from([("a.pem".into(), "1".into())])
+            })
+            .await;
+        sidecar
+            .until_holds("/readyz to answer 200", || http_get(&admin, "/readyz").0 == 200)
+            .await;
+        server.apply(config_map("b", "2"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "1"), ("b", "2")]))
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_cut_mid_json_recovers_and_never_renders_a_half_decoded_event() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        // Chunks then carry events, not bookmarks.
+        server.set_bookmark_interval(Duration::from_secs(3600));
+        server.apply(config_map("a", "1"));
+        server.apply(config_map("b", "1"));
+        let case = Case::new(&cms_config(""));
+        let sidecar = case.spawn_against(&server);
+        let s0 = listing(&[("a", "1"), ("b", "1")]);
+        sidecar.until_file(&case, "out.txt", &s0).await;
+        server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
+
+        // Three changes; the chunk that carries the first of them is cut in the
+        // middle of its last event, and that stream ends.
+        server.cut_next_watch_events(1);
+        server.apply(config_map("a", "2"));
+        server.apply(config_map("c", "1"));
+        server.delete("v1", "ConfigMap", "default", "b").unwrap();
+        let states = [
+            s0,
+            listing(&[("a", "2"), ("b", "1")]),
+            listing(&[("a", "2"), ("b", "1"), ("c", "1")]),
+            listing(&[("a", "2"), ("c", "1")]),
+        ];
+        sidecar.until_file(&case, "out.txt", &states[3]).await;
+        assert_eq!(server.cut_watch_events(), 1, "one chunk was cut");
+        assert!(server.watch_count("configmaps") >= 2, "the watch was opened again");
+        for version in case.versions() {
+            assert!(
+                states.contains(&version),
+                "a render showed a state the server never had:\n{version}\n--- sidecar log ---\n{}",
+                sidecar.log()
+            );
+        }
+
+        // A single event cut, then later changes: all arrive.
+        server_until(&server, &sidecar, "the watch to be back", |s| s.open_watches("configmaps") == 1).await;
+        server.cut_next_watch_events(1);
+        server.apply(config_map("a", "3"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "3"), ("c", "1")]))
+            .await;
+        assert_eq!(server.cut_watch_events(), 2);
+        server.apply(config_map("d", "1"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "3"), ("c", "1"), ("d", "1")]))
+            .await;
+    })
+    .await;
+}
+
+/// A ConfigMap whose metadata does not decode: `labels` is a number.
+fn malformed_config_map(name: &str, value: &str) -> Value {
+    let mut object = config_map(name, value);
+    object["metadata"]["labels"] = json!(7);
+    object
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_object_is_reported_by_resource_keeps_the_last_good_output_and_recovers() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.apply(config_map("b", "1"));
+        let case = Case::new(&cms_config(""));
+        let mut sidecar = case.spawn_against(&server);
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "1"), ("b", "1")]))
+            .await;
+        server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
+
+        // In a watch event: reported, skipped; the object keeps its last good state.
+        server.apply(malformed_config_map("b", "2"));
+        let line = sidecar.until_log("watch failed").await;
+        assert!(
+            line.contains("stores=cms") && line.contains("v1/ConfigMap"),
+            "the error names the resource: {line}"
+        );
+        assert!(line.contains("decode"), "the error says what is wrong: {line}");
+        server.apply(config_map("a", "2"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("b", "1")]))
+            .await;
+        server.apply(config_map("b", "3"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("b", "3")]))
+            .await;
+        assert!(sidecar.is_running());
+
+        // In a list: a new sidecar cannot sync while it is there; the previous
+        // output stays, and it is not ready; once fixed, it syncs.
+        server.apply(malformed_config_map("b", "4"));
+        drop(sidecar);
+        let versions_before = case.versions().len();
+        let mut sidecar = case.spawn_against(&server);
+        let admin_again = sidecar.admin().await;
+        let line = sidecar.until_log("watch failed").await;
+        assert!(
+            line.contains("stores=cms") && line.contains("v1/ConfigMap") && line.contains("list"),
+            "the error names the resource and the list: {line}"
+        );
+        let (code, body) = http_get(&admin_again, "/readyz");
+        assert_eq!(code, 503, "not ready while the list fails: {body}");
+        assert_eq!(case.read("out.txt"), Some(listing(&[("a", "2"), ("b", "3")])));
+        assert_eq!(case.versions().len(), versions_before, "nothing rendered");
+        server.apply(config_map("b", "5"));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("b", "5")]))
+            .await;
+        sidecar
+            .until_holds("/readyz to answer 200", || http_get(&admin_again, "/readyz").0 == 200)
+            .await;
+        assert!(sidecar.is_running());
+    })
+    .await;
+}
+
+/// A string of `len` bytes that compresses badly and has no repeats a
+/// truncation could hide: the decimal numbers from `seed` on.
+fn big_value(len: usize, seed: u64) -> String {
+    let mut text = String::with_capacity(len + 20);
+    let mut n = seed;
+    while text.len() < len {
+        text.push_str(&n.to_string());
+        text.push(',');
+        n += 7919;
+    }
+    text.truncate(len);
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refused_when_too_big() {
+    within_deadline(async {
+        const MB5: usize = 5 << 20;
+        let server = FakeApiServer::start().await;
+        let first = big_value(MB5, 1);
+        server.apply(config_map("big", &first));
+        server.apply(config_map("small", "1"));
+
+        // Stored and rendered from the list, then from a watch event.
+        let case = Case::new(&cms_config(""));
+        let sidecar = case.spawn_against(&server);
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("big", &first), ("small", "1")]))
+            .await;
+        let second = big_value(MB5 + 12345, 2);
+        server.apply(config_map("big", &second));
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("big", &second), ("small", "1")]))
+            .await;
+        drop(sidecar);
+
+        // With a 1 MiB limit: the render fails, the old file stays, then recovers.
+        server.apply(config_map("big", "tiny"));
+        let limited = Case::new(&cms_config("  max_output_bytes: 1MiB\n"));
+        let sidecar = limited.spawn_against(&server);
+        let admin = sidecar.admin().await;
+        let good = listing(&[("big", "tiny"), ("small", "1")]);
+        sidecar.until_file(&limited, "out.txt", &good).await;
+        server.apply(config_map("big", &first));
+        let line = sidecar.until_log("render failed").await;
+        assert!(line.contains("max_output_bytes"), "the error names the limit: {line}");
+        let (code, body) = http_get(&admin, "/readyz");
+        assert_eq!(code, 503, "/readyz after a failed render");
+        assert!(body.contains("max_output_bytes"), "/readyz says why: {body}");
+        assert_eq!(limited.read("out.txt"), Some(good), "the last good file stays");
+        assert!(
+            staged_files(limited.dir.path()).is_empty(),
+            "no staged file is left behind"
+        );
+        server.apply(config_map("big", "tiny again"));
+        sidecar
+            .until_file(&limited, "out.txt", &listing(&[("big", "tiny again"), ("small", "1")]))
+            .await;
+        sidecar
+            .until_holds("/readyz to answer 200", || http_get(&admin, "/readyz").0 == 200)
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_failing_on_its_second_page_never_renders_a_partial_store() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        // kube-rs asks for pages of 500: the server answers with pages of 4.
+        server.cap_list_pages(4);
+        let mut objects: Vec<(String, String)> = (0..10).map(|i| (format!("c{i:02}"), "1".to_owned())).collect();
+        for (name, value) in &objects {
+            server.apply(config_map(name, value));
+        }
+        let full = |objects: &[(String, String)]| {
+            let pairs: Vec<(&str, &str)> = objects.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            listing(&pairs)
+        };
+        let old = full(&objects);
+
+        // The initial list: its second page fails once.
+        server.fail_continued_lists(1, 500);
+        let case = Case::new(&cms_config(""));
+        let sidecar = case.spawn_against(&server);
+        let admin = sidecar.admin().await;
+        sidecar.until_file(&case, "out.txt", &old).await;
+        assert!(
+            server.list_count("configmaps") >= 5,
+            "two pages, one failed, then three: {} LISTs",
+            server.list_count("configmaps")
+        );
+        assert_eq!(case.versions(), [old.clone()], "only the whole list was rendered");
+        sidecar
+            .until_holds("/readyz to answer 200", || http_get(&admin, "/readyz").0 == 200)
+            .await;
+        server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
+
+        // A re-list (the watch's version is compacted away) whose second page
+        // fails with 410, as an expired continue token does.
+        let lists_before = server.list_count("configmaps");
+        server.stall_watches(true);
+        for name in ["c00", "c01", "c02"] {
+            server.delete("v1", "ConfigMap", "default", name).unwrap();
+        }
+        server.apply(config_map("c05", "2"));
+        server.apply(config_map("n0", "1"));
+        server.apply(config_map("n1", "1"));
+        objects.retain(|(n, _)| !["c00", "c01", "c02"].contains(&n.as_str()));
+        objects.iter_mut().find(|(n, _)| n == "c05").unwrap().1 = "2".into();
+        objects.extend([("n0".into(), "1".into()), ("n1".into(), "1".into())]);
+        let new = full(&objects);
+        server.compact();
+        server.fail_continued_lists(1, 410);
+        server.drop_watches();
+        server.stall_watches(false);
+        sidecar.until_file(&case, "out.txt", &new).await;
+        assert!(
+            server.list_count("configmaps") >= lists_before + 4,
+            "a failed re-list, then a whole one"
+        );
+        for version in case.versions() {
+            assert!(
+                version == old || version == new,
+                "a partial store was rendered:\n{version}"
+            );
+        }
+        server.apply(config_map("n2", "1"));
+        objects.push(("n2".into(), "1".into()));
+        sidecar.until_file(&case, "out.txt", &full(&objects)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_back_with_a_fresh_resource_version_history_is_followed_again() {
+    within_deadline(async {
+        let mut server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.apply(config_map("b", "1"));
+        server.apply(config_map("c", "1"));
+        // Push the resourceVersion well above what the new history will reach.
+        for i in 0..50 {
+            server.apply(config_map("x", &i.to_string()));
+        }
+        let case = Case::new(&cms_config(""));
+        let sidecar = case.spawn_against(&server);
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "1"), ("b", "1"), ("c", "1"), ("x", "49")]))
+            .await;
+        server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
+        let old_rv = server.resource_version();
+
+        // The server dies; the sidecar notices it cannot reach it.
+        let failures = sidecar.log_lines("watch failed").len();
+        server.go_down().await;
+        sidecar
+            .until_holds("the sidecar to notice", || sidecar.log_lines("watch failed").len() > failures)
+            .await;
+
+        // It comes back from a backup, and things changed meanwhile.
+        server.restart_history();
+        server.delete("v1", "ConfigMap", "default", "b").unwrap();
+        server.apply(config_map("a", "2"));
+        server.apply(config_map("d", "1"));
+        assert!(server.resource_version() < old_rv, "the new history is behind the old one");
+        server.come_back().await;
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("x", "49")]))
+            .await;
+
+        // And it follows the new history from there.
+        server.apply(config_map("e", "1"));
+        server.delete("v1", "ConfigMap", "default", "x").unwrap();
+        sidecar
+            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("e", "1")]))
+            .await;
+    })
+    .await;
+}
+
+/// Files in the directory output: `n` of them, `f0.conf` … , each holding `gen`.
+const DIR_CONFIG: &str = r#"
+watched_resources:
+  cms: {api_version: v1, kind: ConfigMap}
+templates:
+  a_file:
+    path: out.txt
+    inline: "gen={{ resources.cms.get_one('default', 'gen').data.v }}\n"
+  b_dir:
+    directory: dir
+    inline: |
+      {%- set o = resources.cms.get_one('default', 'gen') -%}
+      {%- for i in range(o.data.n | int) -%}
+      {{ file('sub' ~ (i % 4) ~ '/f' ~ i ~ '.conf', 'gen=' ~ o.data.v ~ ' i=' ~ i ~ '\n') }}
+      {%- endfor -%}
+render:
+  wait: {min: 10ms, max: 100ms}
+"#;
+
+fn generation(v: &str, n: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gen", "namespace": "default"},
+        "data": {"v": v, "n": n.to_string()},
+    })
+}
+
+/// What [`DIR_CONFIG`] renders into `dir` for generation `v` with `n` files.
+fn dir_set(v: &str, n: usize) -> BTreeMap<String, String> {
+    (0..n)
+        .map(|i| (format!("sub{}/f{i}.conf", i % 4), format!("gen={v} i={i}\n")))
+        .collect()
+}
+
+/// Staged files anywhere below `root`.
+fn staged_below(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                found.push(entry.path());
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+const OLD_FILES: usize = 4000;
+const NEW_FILES: usize = 3000;
+
+/// Starts a sidecar over [`DIR_CONFIG`] with the old generation rendered,
+/// then changes it to the new one and returns once the write is under way
+/// (staged files exist in the directory).
+async fn directory_write_under_way(server: &FakeApiServer, case: &Case) -> Sidecar {
+    server.apply(generation("old", OLD_FILES));
+    let sidecar = case.spawn_against(server);
+    sidecar.until_file(case, "out.txt", "gen=old\n").await;
+    let old = dir_set("old", OLD_FILES);
+    sidecar
+        .until_holds("the old set", || tree(&case.path("dir")) == old)
+        .await;
+    server.apply(generation("new", NEW_FILES));
+    // Polled without pause: the write takes a fraction of a second.
+    let deadline = Instant::now() + WAIT;
+    let dir = case.path("dir");
+    while staged_below(&dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "never saw the write under way\n{}",
+            sidecar.log()
+        );
+        tokio::task::yield_now().await;
+    }
+    sidecar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_directory_write_leaves_the_old_or_the_new_set_and_no_temp_files() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        let case = Case::new(DIR_CONFIG);
+        let mut sidecar = directory_write_under_way(&server, &case).await;
+        sidecar.signal("TERM");
+        let status = sidecar.exit(Duration::from_secs(20)).await;
+        assert!(status.success(), "SIGTERM exited {status}\n{}", sidecar.log());
+
+        let files = tree(&case.path("dir"));
+        let old = dir_set("old", OLD_FILES);
+        let new = dir_set("new", NEW_FILES);
+        assert!(
+            files == old || files == new,
+            "the directory is a mix: {} files, {} of the old set, {} of the new",
+            files.len(),
+            files.iter().filter(|(k, v)| old.get(*k) == Some(v)).count(),
+            files.iter().filter(|(k, v)| new.get(*k) == Some(v)).count(),
+        );
+        let out = case.read("out.txt");
+        let expected_out = if files == new { "gen=new\n" } else { "gen=old\n" };
+        assert_eq!(out.as_deref(), Some(expected_out), "out.txt is of the same render");
+        let left: Vec<PathBuf> = staged_below(case.dir.path());
+        assert!(left.is_empty(), "staged files left behind: {left:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_no_temp_files() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        let case = Case::new(DIR_CONFIG);
+        let mut sidecar = directory_write_under_way(&server, &case).await;
+        sidecar.signal("KILL");
+        let status = sidecar.exit(Duration::from_secs(5)).await;
+        assert!(!status.success(), "SIGKILL is no clean exit");
+        drop(sidecar);
+
+        // A restart: its first render puts exactly the new set in place.
+        let sidecar = case.spawn_against(&server);
+        sidecar.until_log("render done").await;
+        let files = tree(&case.path("dir"));
+        assert!(files == dir_set("new", NEW_FILES), "{} files after the restart", files.len());
+        assert_eq!(case.read("out.txt").as_deref(), Some("gen=new\n"));
+        let left: Vec<PathBuf> = staged_below(case.dir.path());
+        assert!(left.is_empty(), "staged files left behind: {left:?}");
+    })
+    .await;
+}
