@@ -46,6 +46,21 @@ pub enum Error {
     /// A watch stream ended, which kube-rs watchers never do on their own.
     #[error("the watch of {0} ended unexpectedly")]
     WatchEnded(String),
+    /// The API server could not be reached, or answered that it cannot serve
+    /// now (5xx, 429); worth trying again.
+    #[error("cannot reach the API server: {0}")]
+    Unreachable(#[source] Box<kube::Error>),
+}
+
+/// Whether `error` says the API server could not be reached (no connection,
+/// or one that broke) or cannot serve now, rather than that it refused or
+/// could not understand the request.
+fn unavailable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => false,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -178,7 +193,8 @@ pub struct Resolved {
 }
 
 /// Resolves every watch's kind by discovery; an unknown kind is an error
-/// naming the `watched_resources` entries that use it.
+/// naming the `watched_resources` entries that use it, a server that cannot
+/// be reached is [`Error::Unreachable`].
 pub async fn resolve(client: &Client, watches: &[Watch]) -> Result<Vec<Resolved>> {
     let mut resolved = Vec::with_capacity(watches.len());
     for watch in watches {
@@ -187,15 +203,19 @@ pub async fn resolve(client: &Client, watches: &[Watch]) -> Result<Vec<Resolved>
             None => ("", watch.spec.api_version.as_str()),
         };
         let gvk = GroupVersionKind::gvk(group, version, &watch.spec.kind);
-        let (resource, capabilities) =
-            kube::discovery::pinned_kind(client, &gvk)
-                .await
-                .map_err(|source| Error::UnknownKind {
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|source| {
+                if unavailable(&source) {
+                    return Error::Unreachable(Box::new(source));
+                }
+                Error::UnknownKind {
                     stores: watch.stores.join("`, `"),
                     api_version: watch.spec.api_version.clone(),
                     kind: watch.spec.kind.clone(),
                     source: Box::new(source),
-                })?;
+                }
+            })?;
         resolved.push(Resolved {
             resource,
             namespaced: capabilities.scope == kube::discovery::Scope::Namespaced,

@@ -212,7 +212,7 @@ pub async fn start_kubernetes(
 ) -> kubernetes::Result<Sources> {
     let client = kube::Client::try_from(client_config.clone()).map_err(|e| kubernetes::Error::Config(e.to_string()))?;
     let watches = plan(config);
-    let resolved = kubernetes::resolve(&client, &watches).await?;
+    let resolved = resolve_until_reachable(&client, &watches, client_config.cluster_url.to_string()).await?;
     register_stores(config, &watches, telemetry);
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
@@ -270,6 +270,33 @@ pub async fn start_kubernetes(
         tasks,
         caches,
     })
+}
+
+/// First delay before asking an unreachable API server again; it doubles up
+/// to [`MAX_UNREACHABLE_DELAY`].
+const FIRST_UNREACHABLE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+const MAX_UNREACHABLE_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`kubernetes::resolve`], tried again with backoff for as long as the API
+/// server cannot be reached: a sidecar often starts before the API server
+/// (or the network to it) is there. Any other error ends the start.
+async fn resolve_until_reachable(
+    client: &kube::Client,
+    watches: &[Watch],
+    server: String,
+) -> kubernetes::Result<Vec<kubernetes::Resolved>> {
+    let mut delay = FIRST_UNREACHABLE_DELAY;
+    loop {
+        match kubernetes::resolve(client, watches).await {
+            Err(kubernetes::Error::Unreachable(error)) => {
+                let retry_in_ms = delay.as_millis() as u64;
+                tracing::warn!(%server, retry_in_ms, %error, "cannot reach the API server; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_UNREACHABLE_DELAY);
+            }
+            resolved => return resolved,
+        }
+    }
 }
 
 /// Puts every store on the status page.
