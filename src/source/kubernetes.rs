@@ -339,16 +339,16 @@ async fn run_watch(
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
-        let stream = watcher(api, config).default_backoff();
-        pump.run(stream, |meta| watch.document(&metadata_json(meta, ar)))
+        let start = || watcher(api.clone(), config.clone()).default_backoff();
+        pump.run(start, |meta| watch.document(&metadata_json(meta, ar)))
             .await?;
     } else {
         let api: Api<DynamicObject> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
-        let stream = watcher(api, config).default_backoff();
-        pump.run(stream, |object| watch.document(&to_json(object, ar))).await?;
+        let start = || watcher(api.clone(), config.clone()).default_backoff();
+        pump.run(start, |object| watch.document(&to_json(object, ar))).await?;
     }
     Ok(())
 }
@@ -364,14 +364,23 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    /// Runs until the receiver goes away (`Ok`) or the stream ends (never, for
-    /// a kube-rs watcher: an error).
-    async fn run<K>(
-        &self,
-        stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-        json: impl Fn(K) -> Document,
-    ) -> Result<()> {
-        let mut stream = std::pin::pin!(stream);
+    /// Runs watchers made by `start` until the receiver goes away (`Ok`) or a
+    /// stream ends (never, for a kube-rs watcher: an error).
+    ///
+    /// A watcher that lost its connection after it had listed is replaced by
+    /// a fresh one, which lists again instead of resuming from its
+    /// resourceVersion: the server it reaches next may have another history
+    /// (its storage restored from a backup, a new cluster at the same address),
+    /// where that version is one it has not reached yet, and a watch from it
+    /// would wait for it, silently, however the objects change meanwhile. The
+    /// fresh listing replaces the stores at once.
+    async fn run<K, S>(&self, start: impl Fn() -> S, json: impl Fn(K) -> Document) -> Result<()>
+    where
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    {
+        let mut stream = Box::pin(start());
+        // This watcher has listed, so it would resume from a resourceVersion.
+        let mut listed = false;
         let mut listing: Option<Vec<Document>> = None;
         let status = &self.reporting.telemetry.status;
         let mut failing = false;
@@ -382,6 +391,7 @@ impl Pump<'_> {
             }
             let event = match item {
                 Ok(watcher::Event::Init) => {
+                    listed = false;
                     listing = Some(Vec::new());
                     continue;
                 }
@@ -393,6 +403,7 @@ impl Pump<'_> {
                     let objects = listing.take().unwrap_or_default();
                     tracing::debug!(stores = %self.stores, watch = %self.name, objects = objects.len(), "listed");
                     status.watch_synced(self.reporting.index);
+                    listed = true;
                     Event::Listed {
                         scope: self.scope.clone(),
                         objects,
@@ -412,6 +423,11 @@ impl Pump<'_> {
                             watch: self.name.to_string(),
                         })
                         .inc();
+                    if listed && connection_lost(&error) {
+                        tracing::info!(stores = %self.stores, watch = %self.name, "connection to the API server lost; listing again");
+                        stream = Box::pin(start());
+                        listed = false;
+                    }
                     continue;
                 }
             };
@@ -420,6 +436,20 @@ impl Pump<'_> {
             }
         }
         Err(Error::WatchEnded(self.name.to_string()))
+    }
+}
+
+/// Whether a watcher error says the connection to the API server failed or
+/// broke, rather than that the server answered with an error.
+fn connection_lost(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            matches!(
+                e,
+                kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
+            )
+        }
+        _ => false,
     }
 }
 
