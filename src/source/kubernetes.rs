@@ -412,9 +412,10 @@ impl Pump<'_> {
                 Ok(watcher::Event::Apply(object)) => Event::Applied(json(object)),
                 Ok(watcher::Event::Delete(object)) => Event::Deleted(json(object)),
                 Err(error) => {
-                    tracing::warn!(stores = %self.stores, watch = %self.name, %error, "watch failed; retrying with backoff");
+                    let described = describe(&error);
+                    tracing::warn!(stores = %self.stores, watch = %self.name, error = %described, "watch failed; retrying with backoff");
                     failing = true;
-                    status.watch_error(self.reporting.index, Some(error.to_string()));
+                    status.watch_error(self.reporting.index, Some(described));
                     self.reporting
                         .telemetry
                         .metrics
@@ -450,6 +451,20 @@ fn connection_lost(error: &watcher::Error) -> bool {
             )
         }
         _ => false,
+    }
+}
+
+/// A watcher error as the log and the status page show it. An event line
+/// that does not decode (a malformed object) reaches us from kube as an
+/// empty API status, which says nothing; it is named for what it is.
+fn describe(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 && status.message.is_empty() => {
+            "the server sent a watch event that does not decode (a malformed object); it was skipped, \
+             and the object keeps its last good state"
+                .to_string()
+        }
+        _ => error.to_string(),
     }
 }
 
