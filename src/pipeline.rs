@@ -186,6 +186,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, RunError> {
     let config = &prepared.config;
+    for path in output::remove_leftovers(config.templates.values().map(|t| &t.output)) {
+        tracing::info!(path = %path.display(), "staged file of an earlier run removed");
+    }
     let mut stores = empty_stores(config, &sources.caches);
     let mut checksums: BTreeMap<String, String> = BTreeMap::new();
     let mut unsynced: HashSet<(usize, Scope)> = sources.expected.iter().cloned().collect();

@@ -294,6 +294,34 @@ fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Removes the staged files a killed earlier run left beside single-file
+/// outputs (directory outputs lose theirs at every write); returns them.
+/// Only names of our own making go: the staging prefix and tempfile's six
+/// random letters or digits.
+pub fn remove_leftovers<'a>(targets: impl IntoIterator<Item = &'a OutputTarget>) -> Vec<PathBuf> {
+    let dirs: BTreeSet<&Path> = targets
+        .into_iter()
+        .filter_map(|t| match t {
+            OutputTarget::File { path, .. } => Some(path.parent().unwrap_or(Path::new("."))),
+            OutputTarget::Directory { .. } => None,
+        })
+        .collect();
+    let mut removed = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let ours = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)).is_some_and(|random| {
+                random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+            if ours && entry.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
 /// Removes directories below `root` left empty by stale-file removal.
 fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {

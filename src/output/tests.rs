@@ -97,3 +97,25 @@ async fn directory_outputs_hold_exactly_the_rendered_files() {
     assert_eq!(report.removed.len(), 2);
     assert!(dir.path().join("certs").is_dir(), "the output directory itself stays");
 }
+
+#[test]
+fn leftovers_of_a_killed_run_beside_a_file_output_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    path: out/a.txt\n");
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join(".kube-template-dir0")).unwrap();
+    for name in [".kube-template-Ab12Cd", "a.txt", ".kube-template-longer-name", "kube-template-Ab12Cd"] {
+        fs::write(out.join(name), "x").unwrap();
+    }
+    let removed = remove_leftovers([&t.output]);
+    assert_eq!(removed, [out.join(".kube-template-Ab12Cd")]);
+    let mut left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [".kube-template-dir0", ".kube-template-longer-name", "a.txt", "kube-template-Ab12Cd"]
+    );
+}
