@@ -510,8 +510,12 @@ async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refuse
         server.apply(config_map("big", &first));
         let line = sidecar.until_log("render failed").await;
         assert!(line.contains("max_output_bytes"), "the error names the limit: {line}");
-        let (code, body) = http_get(&admin, "/readyz");
-        assert_eq!(code, 503, "/readyz after a failed render");
+        let body = sidecar
+            .until("/readyz to answer 503", || {
+                let (code, body) = http_get(&admin, "/readyz");
+                (code == 503).then_some(body)
+            })
+            .await;
         assert!(body.contains("max_output_bytes"), "/readyz says why: {body}");
         assert_eq!(limited.read("out.txt"), Some(good), "the last good file stays");
         assert!(
@@ -735,6 +739,12 @@ async fn sigterm_during_a_directory_write_leaves_the_old_or_the_new_set_and_no_t
         sidecar.signal("TERM");
         let status = sidecar.exit(Duration::from_secs(20)).await;
         assert!(status.success(), "SIGTERM exited {status}\n{}", sidecar.log());
+        let log = sidecar.log();
+        let signal_at = log.find("shutting down").expect("the signal was noticed");
+        assert!(
+            log[signal_at..].contains("render done"),
+            "the signal came after the write, not during it\n{log}"
+        );
 
         let files = tree(&case.path("dir"));
         let old = dir_set("old", OLD_FILES);
@@ -764,6 +774,8 @@ async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_n
         sidecar.signal("KILL");
         let status = sidecar.exit(Duration::from_secs(5)).await;
         assert!(!status.success(), "SIGKILL is no clean exit");
+        let interrupted = !staged_below(case.dir.path()).is_empty() || tree(&case.path("dir")) != dir_set("new", NEW_FILES);
+        assert!(interrupted, "the kill came after the write, not during it");
         drop(sidecar);
 
         // A restart: its first render puts exactly the new set in place.
