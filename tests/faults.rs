@@ -197,7 +197,11 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
         return (0, String::new());
     };
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let code = response
@@ -319,7 +323,10 @@ render:
         let (code, body) = http_get(&admin, "/readyz");
         assert_eq!(code, 503, "/readyz while the API server is unreachable: {body}");
         assert_eq!(case.read("out.txt").as_deref(), Some("from before\n"));
-        assert_eq!(tree(&case.path("certs")), BTreeMap::from([("old.pem".into(), "old\n".into())]));
+        assert_eq!(
+            tree(&case.path("certs")),
+            BTreeMap::from([("old.pem".into(), "old\n".into())])
+        );
         assert_eq!(
             (modified(&case.path("out.txt")), modified(&case.path("certs/old.pem"))),
             before,
@@ -383,7 +390,10 @@ async fn a_watch_stream_cut_mid_json_recovers_and_never_renders_a_half_decoded_e
         }
 
         // A single event cut, then later changes: all arrive.
-        server_until(&server, &sidecar, "the watch to be back", |s| s.open_watches("configmaps") == 1).await;
+        server_until(&server, &sidecar, "the watch to be back", |s| {
+            s.open_watches("configmaps") == 1
+        })
+        .await;
         server.cut_next_watch_events(1);
         server.apply(config_map("a", "3"));
         sidecar
@@ -560,7 +570,7 @@ async fn a_list_failing_on_its_second_page_never_renders_a_partial_store() {
             "two pages, one failed, then three: {} LISTs",
             server.list_count("configmaps")
         );
-        assert_eq!(case.versions(), [old.clone()], "only the whole list was rendered");
+        assert_eq!(case.versions(), [old.as_str()], "only the whole list was rendered");
         sidecar
             .until_holds("/readyz to answer 200", || http_get(&admin, "/readyz").0 == 200)
             .await;
@@ -616,7 +626,11 @@ async fn an_api_server_back_with_a_fresh_resource_version_history_is_followed_ag
         let case = Case::new(&cms_config(""));
         let sidecar = case.spawn_against(&server);
         sidecar
-            .until_file(&case, "out.txt", &listing(&[("a", "1"), ("b", "1"), ("c", "1"), ("x", "49")]))
+            .until_file(
+                &case,
+                "out.txt",
+                &listing(&[("a", "1"), ("b", "1"), ("c", "1"), ("x", "49")]),
+            )
             .await;
         server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
         let old_rv = server.resource_version();
@@ -625,7 +639,9 @@ async fn an_api_server_back_with_a_fresh_resource_version_history_is_followed_ag
         let failures = sidecar.log_lines("watch failed").len();
         server.go_down().await;
         sidecar
-            .until_holds("the sidecar to notice", || sidecar.log_lines("watch failed").len() > failures)
+            .until_holds("the sidecar to notice", || {
+                sidecar.log_lines("watch failed").len() > failures
+            })
             .await;
 
         // It comes back from a backup, and things changed meanwhile.
@@ -633,17 +649,28 @@ async fn an_api_server_back_with_a_fresh_resource_version_history_is_followed_ag
         server.delete("v1", "ConfigMap", "default", "b").unwrap();
         server.apply(config_map("a", "2"));
         server.apply(config_map("d", "1"));
-        assert!(server.resource_version() < old_rv, "the new history is behind the old one");
+        assert!(
+            server.resource_version() < old_rv,
+            "the new history is behind the old one"
+        );
         server.come_back().await;
         sidecar
-            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("x", "49")]))
+            .until_file(
+                &case,
+                "out.txt",
+                &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("x", "49")]),
+            )
             .await;
 
         // And it follows the new history from there.
         server.apply(config_map("e", "1"));
         server.delete("v1", "ConfigMap", "default", "x").unwrap();
         sidecar
-            .until_file(&case, "out.txt", &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("e", "1")]))
+            .until_file(
+                &case,
+                "out.txt",
+                &listing(&[("a", "2"), ("c", "1"), ("d", "1"), ("e", "1")]),
+            )
             .await;
     })
     .await;
@@ -774,7 +801,8 @@ async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_n
         sidecar.signal("KILL");
         let status = sidecar.exit(Duration::from_secs(5)).await;
         assert!(!status.success(), "SIGKILL is no clean exit");
-        let interrupted = !staged_below(case.dir.path()).is_empty() || tree(&case.path("dir")) != dir_set("new", NEW_FILES);
+        let interrupted =
+            !staged_below(case.dir.path()).is_empty() || tree(&case.path("dir")) != dir_set("new", NEW_FILES);
         assert!(interrupted, "the kill came after the write, not during it");
         drop(sidecar);
 
@@ -782,7 +810,11 @@ async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_n
         let sidecar = case.spawn_against(&server);
         sidecar.until_log("render done").await;
         let files = tree(&case.path("dir"));
-        assert!(files == dir_set("new", NEW_FILES), "{} files after the restart", files.len());
+        assert!(
+            files == dir_set("new", NEW_FILES),
+            "{} files after the restart",
+            files.len()
+        );
         assert_eq!(case.read("out.txt").as_deref(), Some("gen=new\n"));
         let left: Vec<PathBuf> = staged_below(case.dir.path());
         assert!(left.is_empty(), "staged files left behind: {left:?}");

@@ -311,9 +311,10 @@ pub fn remove_leftovers<'a>(targets: impl IntoIterator<Item = &'a OutputTarget>)
         let Ok(entries) = fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let ours = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)).is_some_and(|random| {
-                random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
-            });
+            let ours = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+                .is_some_and(|random| random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric()));
             if ours && entry.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(entry.path()).is_ok() {
                 removed.push(entry.path());
             }

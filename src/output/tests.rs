@@ -104,7 +104,12 @@ fn leftovers_of_a_killed_run_beside_a_file_output_are_removed_and_nothing_else()
     let t = template(dir.path(), "    path: out/a.txt\n");
     let out = dir.path().join("out");
     fs::create_dir_all(out.join(".kube-template-dir0")).unwrap();
-    for name in [".kube-template-Ab12Cd", "a.txt", ".kube-template-longer-name", "kube-template-Ab12Cd"] {
+    for name in [
+        ".kube-template-Ab12Cd",
+        "a.txt",
+        ".kube-template-longer-name",
+        "kube-template-Ab12Cd",
+    ] {
         fs::write(out.join(name), "x").unwrap();
     }
     let removed = remove_leftovers([&t.output]);
@@ -116,6 +121,11 @@ fn leftovers_of_a_killed_run_beside_a_file_output_are_removed_and_nothing_else()
     left.sort();
     assert_eq!(
         left,
-        [".kube-template-dir0", ".kube-template-longer-name", "a.txt", "kube-template-Ab12Cd"]
+        [
+            ".kube-template-dir0",
+            ".kube-template-longer-name",
+            "a.txt",
+            "kube-template-Ab12Cd"
+        ]
     );
 }

@@ -203,19 +203,17 @@ pub async fn resolve(client: &Client, watches: &[Watch]) -> Result<Vec<Resolved>
             None => ("", watch.spec.api_version.as_str()),
         };
         let gvk = GroupVersionKind::gvk(group, version, &watch.spec.kind);
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
-            .await
-            .map_err(|source| {
-                if unavailable(&source) {
-                    return Error::Unreachable(Box::new(source));
-                }
-                Error::UnknownKind {
-                    stores: watch.stores.join("`, `"),
-                    api_version: watch.spec.api_version.clone(),
-                    kind: watch.spec.kind.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|source| {
+            if unavailable(&source) {
+                return Error::Unreachable(Box::new(source));
+            }
+            Error::UnknownKind {
+                stores: watch.stores.join("`, `"),
+                api_version: watch.spec.api_version.clone(),
+                kind: watch.spec.kind.clone(),
+                source: Box::new(source),
+            }
+        })?;
         resolved.push(Resolved {
             resource,
             namespaced: capabilities.scope == kube::discovery::Scope::Namespaced,

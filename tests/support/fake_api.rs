@@ -555,7 +555,9 @@ impl FakeApiServer {
             let mut all: Vec<(u64, usize, (String, String))> = Vec::new();
             for (index, kind) in st.kinds.iter().enumerate() {
                 for (key, object) in &kind.objects {
-                    let rv = object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok());
+                    let rv = object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|rv| rv.parse().ok());
                     all.push((rv.unwrap_or(0), index, key.clone()));
                 }
             }
@@ -1070,7 +1072,9 @@ async fn respond(shared: &Arc<Shared>, call: Call<'_>) -> Response<Body> {
                 body: String::from_utf8_lossy(body).into_owned(),
             });
         }
-        let fault = st.take_fault(verb, path).or_else(|| st.matrix.take_page_fault(verb, query));
+        let fault = st
+            .take_fault(verb, path)
+            .or_else(|| st.matrix.take_page_fault(verb, query));
         (target, verb, fault, list_delay)
     };
     shared.note_activity();
