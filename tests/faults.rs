@@ -26,7 +26,7 @@ use support::sidecar::{Sidecar, WAIT};
 use tokio::time::{Instant, timeout};
 
 /// Upper bound for a whole test.
-const TEST_DEADLINE: Duration = Duration::from_secs(60);
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Admin server on a free port, so that tests running in parallel never collide.
 const ADMIN: &str = "admin: {listen: \"127.0.0.1:0\"}\n";
@@ -728,8 +728,25 @@ fn staged_below(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-const OLD_FILES: usize = 4000;
-const NEW_FILES: usize = 3000;
+const OLD_FILES: usize = 2500;
+const NEW_FILES: usize = 2000;
+
+/// Upper bound for a whole directory write: a few thousand files take a
+/// fraction of a second, but many seconds on a machine busy with disk I/O.
+const SLOW_WRITE: Duration = Duration::from_secs(45);
+
+/// Waits until `probe` holds, at most [`SLOW_WRITE`].
+async fn until_written(sidecar: &Sidecar, what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLOW_WRITE;
+    while !probe() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- sidecar log ---\n{}",
+            sidecar.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Starts a sidecar over [`DIR_CONFIG`] with the old generation rendered,
 /// then changes it to the new one and returns once the write is under way
@@ -737,14 +754,14 @@ const NEW_FILES: usize = 3000;
 async fn directory_write_under_way(server: &FakeApiServer, case: &Case) -> Sidecar {
     server.apply(generation("old", OLD_FILES));
     let sidecar = case.spawn_against(server);
-    sidecar.until_file(case, "out.txt", "gen=old\n").await;
     let old = dir_set("old", OLD_FILES);
-    sidecar
-        .until_holds("the old set", || tree(&case.path("dir")) == old)
-        .await;
+    until_written(&sidecar, "the old set", || {
+        case.read("out.txt").as_deref() == Some("gen=old\n") && tree(&case.path("dir")) == old
+    })
+    .await;
     server.apply(generation("new", NEW_FILES));
-    // Polled without pause: the write takes a fraction of a second.
-    let deadline = Instant::now() + WAIT;
+    // Polled often: the write may take only a tenth of a second.
+    let deadline = Instant::now() + SLOW_WRITE;
     let dir = case.path("dir");
     while staged_below(&dir).is_empty() {
         assert!(
@@ -752,7 +769,7 @@ async fn directory_write_under_way(server: &FakeApiServer, case: &Case) -> Sidec
             "never saw the write under way\n{}",
             sidecar.log()
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     sidecar
 }
@@ -764,7 +781,7 @@ async fn sigterm_during_a_directory_write_leaves_the_old_or_the_new_set_and_no_t
         let case = Case::new(DIR_CONFIG);
         let mut sidecar = directory_write_under_way(&server, &case).await;
         sidecar.signal("TERM");
-        let status = sidecar.exit(Duration::from_secs(20)).await;
+        let status = sidecar.exit(SLOW_WRITE).await;
         assert!(status.success(), "SIGTERM exited {status}\n{}", sidecar.log());
         let log = sidecar.log();
         let signal_at = log.find("shutting down").expect("the signal was noticed");
@@ -808,7 +825,10 @@ async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_n
 
         // A restart: its first render puts exactly the new set in place.
         let sidecar = case.spawn_against(&server);
-        sidecar.until_log("render done").await;
+        until_written(&sidecar, "the first render after the restart", || {
+            sidecar.log().contains("render done")
+        })
+        .await;
         let files = tree(&case.path("dir"));
         assert!(
             files == dir_set("new", NEW_FILES),
