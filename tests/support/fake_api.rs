@@ -491,6 +491,9 @@ struct FaultMatrix {
     cuts_pending: usize,
     /// Watch chunks cut so far.
     cuts_done: usize,
+    /// While down: the server's address, bound but not listening, so that
+    /// connections are refused and no other server takes the port meanwhile.
+    held_port: Option<tokio::net::TcpSocket>,
 }
 
 impl FaultMatrix {
@@ -535,11 +538,20 @@ impl FakeApiServer {
     pub async fn go_down(&mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(self.addr).expect("hold the address while down");
+        self.shared.lock().matrix.held_port = Some(socket);
     }
 
     /// Serves again at the same address, after [`Self::go_down`].
     pub async fn come_back(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("bind the same address again");
+        let held = self.shared.lock().matrix.held_port.take();
+        let listener = match held {
+            Some(socket) => socket.listen(1024),
+            None => TcpListener::bind(self.addr).await,
+        };
+        let listener = listener.expect("listen at the same address again");
         self.task = tokio::spawn(serve(listener, self.shared.clone()));
     }
 
