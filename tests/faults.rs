@@ -69,8 +69,8 @@ fn listing(objects: &[(&str, &str)]) -> String {
 }
 
 /// A config watching ConfigMaps as `cms` and rendering [`CMS_TEMPLATE`] to
-/// `out.txt`, every staged version captured in `versions/`; `extra` is added
-/// to the template's settings, `render` to the render settings.
+/// `out.txt`, every staged version captured in `versions/`; `render` is
+/// added to the render settings.
 fn cms_config(render: &str) -> String {
     format!(
         r#"
