@@ -338,8 +338,7 @@ async fn run_watch(
             None => Api::all_with(client, ar),
         };
         let start = || watcher(api.clone(), config.clone()).default_backoff();
-        pump.run(start, |meta| watch.document(&metadata_json(meta, ar)))
-            .await?;
+        pump.run(start, |meta| watch.document(&metadata_json(meta, ar))).await?;
     } else {
         let api: Api<DynamicObject> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
