@@ -371,38 +371,46 @@ async fn render_and_report(
     checksums: &mut BTreeMap<String, String>,
 ) -> Result<bool, String> {
     let started = Instant::now();
-    let renderer = Arc::clone(prepared);
-    let rendered = tokio::task::spawn_blocking(move || renderer.renderer.render_all(&snapshot))
-        .await
-        .map_err(|e| format!("the render task failed: {e}"))?;
-    let rendered = match rendered {
-        Ok(rendered) => rendered,
-        Err(errors) => {
+    let job = Arc::clone(prepared);
+    let runtime = tokio::runtime::Handle::current();
+    let known: HashSet<String> = checksums.keys().cloned().collect();
+    // Rendering, file I/O and checksums are blocking work: off the runtime's
+    // thread, so that watches and the admin server go on meanwhile. `check`
+    // commands still run on the runtime.
+    let written = tokio::task::spawn_blocking(move || {
+        let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
+        let report = runtime
+            .block_on(write(&job, &rendered, None))
+            .map_err(Failed::Write)?;
+        let sums: Vec<(String, String, String)> = rendered
+            .iter()
+            .filter_map(|r| {
+                let path = job.config.templates[&r.template].output.path().display().to_string();
+                let fresh = report.changed_templates.contains(&r.template) || !known.contains(&path);
+                fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
+            })
+            .collect();
+        Ok((report, sums))
+    })
+    .await
+    .map_err(|e| format!("the render task failed: {e}"))?;
+    let (report, sums) = match written {
+        Ok(written) => written,
+        Err(Failed::Render(errors)) => {
             for error in &errors {
                 tracing::error!(template = %error.template, error = %error.message, "render failed");
             }
             return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
         }
-    };
-    let report = match write(prepared, &rendered, None).await {
-        Ok(report) => report,
-        Err(error) => {
+        Err(Failed::Write(error)) => {
             tracing::error!(%error, "writing outputs failed; previous files kept");
             return Err(error.to_string());
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    for r in &rendered {
-        let path = prepared.config.templates[&r.template]
-            .output
-            .path()
-            .display()
-            .to_string();
-        if report.changed_templates.contains(&r.template) || !checksums.contains_key(&path) {
-            let sum = checksum(&r.content);
-            telemetry.status.output_written(&path, &r.template, sum.clone());
-            checksums.insert(path, sum);
-        }
+    for (path, template, sum) in sums {
+        telemetry.status.output_written(&path, &template, sum.clone());
+        checksums.insert(path, sum);
     }
     for (template, count) in count_by_template(prepared, &report) {
         telemetry
@@ -423,6 +431,12 @@ async fn render_and_report(
     }
     tracing::info!(elapsed_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
     Ok(true)
+}
+
+/// Why a render wrote nothing.
+enum Failed {
+    Render(Vec<render::Error>),
+    Write(Error),
 }
 
 /// Files written per template in one write.
