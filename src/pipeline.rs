@@ -379,9 +379,7 @@ async fn render_and_report(
     // commands still run on the runtime.
     let written = tokio::task::spawn_blocking(move || {
         let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
-        let report = runtime
-            .block_on(write(&job, &rendered, None))
-            .map_err(Failed::Write)?;
+        let report = runtime.block_on(write(&job, &rendered, None)).map_err(Failed::Write)?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
             .filter_map(|r| {
