@@ -17,10 +17,10 @@ use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::{self, Event, Scope, Sources};
-use crate::store::AnyStore;
 use crate::store::document::Document;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
+use crate::store::{AnyStore, Meta};
 use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
 use crate::telemetry::{RenderOutcome, Telemetry};
 
@@ -191,6 +191,8 @@ pub async fn run(
     }
     let mut stores = empty_stores(config, &sources.caches);
     let mut checksums: BTreeMap<String, String> = BTreeMap::new();
+    // Per store, the newest resourceVersion of the events applied to it.
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut unsynced: HashSet<(usize, Scope)> = sources.expected.iter().cloned().collect();
     let wait = config.render.wait;
     let mut burst: Option<Burst> = None;
@@ -228,13 +230,20 @@ pub async fn run(
                     let watch = &sources.watches[event.watch];
                     tracing::info!(stores = %watch.stores.join(","), watch = %watch.spec.describe(), objects = objects.len(), "initial list done");
                 }
-                apply(&mut stores, &sources.watches[event.watch].stores, event.event, &telemetry);
+                let names = &sources.watches[event.watch].stores;
+                if let Some(version) = newest_version(&event.event) {
+                    for name in names {
+                        let last = seen.entry(name.clone()).or_default();
+                        *last = (*last).max(version);
+                    }
+                }
+                apply(&mut stores, names, event.event, &telemetry);
                 let now = Instant::now();
                 burst.get_or_insert(Burst { first: now, last: now }).last = now;
             }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
-                let ok = render_once(&prepared, snapshot(&stores), &telemetry, &mut checksums).await;
+                let ok = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
                 rendered_once = true;
                 if options.once {
                     return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
@@ -269,6 +278,16 @@ impl Burst {
 /// Backoff before re-rendering after failures: 1s, 2s, 4s … up to a minute.
 fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// The newest resourceVersion an event carries (the highest of a listing's
+/// objects), if its versions are numbers, as the Kubernetes API makes them.
+fn newest_version(event: &Event) -> Option<u64> {
+    let version = |object: &Document| Meta::of(object.root()).resource_version.parse::<u64>().ok();
+    match event {
+        Event::Applied(object) | Event::Deleted(object) => version(object),
+        Event::Listed { objects, .. } => objects.iter().filter_map(version).max(),
+    }
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -328,11 +347,19 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
 async fn render_once(
     prepared: &Arc<Prepared>,
     snapshot: StoresSnapshot,
+    seen: &BTreeMap<String, u64>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
 ) -> bool {
     let started = Instant::now();
     let span = tracing::info_span!("render");
+    // What the snapshot holds: the newest event of each store, so that an
+    // output can be traced back to the cluster versions it was rendered from.
+    let versions = seen
+        .iter()
+        .map(|(store, rv)| format!("{store}={rv}"))
+        .collect::<Vec<_>>();
+    span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
     let result = render_and_report(prepared, snapshot, telemetry, checksums)
         .instrument(span)
         .await;
