@@ -590,6 +590,68 @@ impl FakeApiServer {
 }
 
 // ---------------------------------------------------------------------------
+// Full history and slow GETs, for consistency checks (tests/races.rs)
+
+/// One change in [`FakeApiServer::full_history`].
+#[derive(Clone, Debug)]
+pub struct HistoryEntry {
+    /// The resourceVersion the change made.
+    pub rv: u64,
+    pub api_version: String,
+    pub kind: String,
+    /// `""` for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    /// The object after the change; `None` for a delete.
+    pub object: Option<Value>,
+}
+
+impl FakeApiServer {
+    /// Every create, update and delete since the server started, in
+    /// resourceVersion order, whatever was compacted for watches since: the
+    /// server's state at any resourceVersion can be replayed from it.
+    pub fn full_history(&self) -> Vec<HistoryEntry> {
+        let st = self.shared.lock();
+        st.journal
+            .iter()
+            .map(|change| {
+                let kind = &st.kinds[change.kind];
+                let last = change.new.as_deref().or(change.old.as_deref());
+                let text = |field: &str| {
+                    last.and_then(|o| o["metadata"][field].as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                HistoryEntry {
+                    rv: change.rv,
+                    api_version: kind.api_version(),
+                    kind: kind.kind.clone(),
+                    namespace: text("namespace"),
+                    name: text("name"),
+                    object: change.new.as_deref().cloned(),
+                }
+            })
+            .collect()
+    }
+
+    /// Delays every GET of one object of `plural` by `delay` before it is
+    /// served (the object is read after the delay); zero removes the delay.
+    pub fn set_get_delay(&self, plural: &str, delay: Duration) {
+        let mut st = self.shared.lock();
+        if delay.is_zero() {
+            st.get_delays.remove(plural);
+        } else {
+            st.get_delays.insert(plural.to_owned(), delay);
+        }
+    }
+}
+
+fn get_delay(shared: &Shared, kind: usize) -> Option<Duration> {
+    let st = shared.lock();
+    st.get_delays.get(&st.kinds[kind].plural).copied()
+}
+
+// ---------------------------------------------------------------------------
 // State
 
 /// State shared by the handle and the connection tasks.
@@ -678,6 +740,10 @@ struct State {
     open_watches: HashMap<String, usize>,
     /// Controls of the fault matrix (see `FaultMatrix`).
     matrix: FaultMatrix,
+    /// Every change since the start, never compacted (see [`FakeApiServer::full_history`]).
+    journal: Vec<Change>,
+    /// Delays of GETs by plural (see [`FakeApiServer::set_get_delay`]).
+    get_delays: HashMap<String, Duration>,
 }
 
 struct Kind {
@@ -718,6 +784,7 @@ impl Kind {
 
 /// One create, update or delete. `old` of a delete is the last state at the
 /// deletion's resourceVersion.
+#[derive(Clone)]
 struct Change {
     rv: u64,
     kind: usize,
@@ -860,6 +927,7 @@ impl State {
     }
 
     fn record(&mut self, change: Change) {
+        self.journal.push(change.clone());
         self.history.push_back(change);
         let limit = self.history_limit;
         self.set_history_limit(limit);
@@ -1120,7 +1188,12 @@ async fn respond(shared: &Arc<Shared>, call: Call<'_>) -> Response<Body> {
         Target::Object { kind, namespace, name } if verb == Verb::Update => {
             replace(shared, kind, namespace.as_deref(), &name, body)
         }
-        Target::Object { kind, namespace, name } => get(shared, kind, namespace.as_deref(), &name, accept),
+        Target::Object { kind, namespace, name } => {
+            if let Some(delay) = get_delay(shared, kind) {
+                tokio::time::sleep(delay).await;
+            }
+            get(shared, kind, namespace.as_deref(), &name, accept)
+        }
         Target::Collection { kind, namespace } if verb == Verb::Create => {
             create(shared, kind, namespace.as_deref(), body)
         }
