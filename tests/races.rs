@@ -28,6 +28,7 @@
 //! run is not reproducible, so a race may need a few replays);
 //! `KT_RACE_ITERATIONS=N` runs N random seeds (a soak, e.g. 2000), and
 //! `KT_RACE_BASE=N` fixes the first of them (seeds are consecutive).
+//! `KT_RACE_PARALLEL=N` sets how many runs go at once (default 2).
 //! `KT_RACE_BIN=PATH` runs another build of the binary (a copy, for a long
 //! soak while the tree is rebuilt).
 
@@ -109,10 +110,16 @@ async fn soak() {
 }
 
 async fn run_seeds(seeds: &[u64]) {
+    use futures::StreamExt;
     let started = std::time::Instant::now();
+    let parallel = env_u64("KT_RACE_PARALLEL").unwrap_or(2).max(1) as usize;
     let mut totals = Totals::default();
-    for (i, &seed) in seeds.iter().enumerate() {
-        let outcome = std::panic::AssertUnwindSafe(iteration(seed)).catch_unwind().await;
+    // Runs mostly wait (for the sidecar, for kube-rs backoffs): a few at once.
+    let mut runs = futures::stream::iter(seeds.iter().copied())
+        .map(|seed| async move { (seed, std::panic::AssertUnwindSafe(iteration(seed)).catch_unwind().await) })
+        .buffer_unordered(parallel);
+    let mut done = 0;
+    while let Some((seed, outcome)) = runs.next().await {
         match outcome {
             Ok(Ok(stats)) => totals.add(&stats),
             Ok(Err(failure)) => {
@@ -120,15 +127,17 @@ async fn run_seeds(seeds: &[u64]) {
             }
             Err(_) => panic!("seed {seed} panicked (replay: KT_RACE_SEED={seed} cargo test --test races)"),
         }
-        if (i + 1) % 100 == 0 {
-            eprintln!("races: {} seeds clean in {:?}", i + 1, started.elapsed());
+        done += 1;
+        if done % 100 == 0 {
+            eprintln!("races: {done} seeds clean in {:.1?}", started.elapsed());
         }
     }
     eprintln!(
-        "races: {} seeds clean in {:.1?} (first {}): {} operations, {} renders ({} changed), {} 410/500 faults",
+        "races: {} seeds clean in {:.1?} (seeds {}..={}, {parallel} at a time): {} operations, {} renders ({} changed), {} 410/500 faults",
         seeds.len(),
         started.elapsed(),
         seeds.first().copied().unwrap_or_default(),
+        seeds.last().copied().unwrap_or_default(),
         totals.operations,
         totals.renders,
         totals.changed,
@@ -243,7 +252,6 @@ struct Run {
     done: Vec<String>,
     /// Distinct values written, so that every write changes something.
     counter: u64,
-    stalled: bool,
     error_faults: u32,
     /// A GET of a Secret failed in this run: cached copies may be older than
     /// the watch (DESIGN section 3).
@@ -298,7 +306,6 @@ admin: {{listen: "127.0.0.1:0"}}
             "wait {wait_min}ms..{wait_max}ms, cache max_entries {max_entries}, streaming lists {streaming}"
         )],
         counter: 0,
-        stalled: false,
         error_faults: 0,
         get_failed: false,
         get_fault_pending: false,
@@ -341,7 +348,7 @@ fn spawn(case: &Case, server: &FakeApiServer, streaming: bool) -> Sidecar {
 
 impl Run {
     async fn drive(&mut self) -> Result<Stats, String> {
-        let operations = 10 + self.rng.below(30) as usize;
+        let operations = 15 + self.rng.below(35) as usize;
         let driven = self.operations(operations).await;
         // Stop it, then check every render even if it did not converge: a
         // broken invariant says more than a timeout.
@@ -352,6 +359,13 @@ impl Run {
             Err(e) => Err(e),
         };
         let checked = self.check();
+        if std::env::var_os("KT_RACE_VERBOSE").is_some() {
+            eprintln!(
+                "--- operations ---\n{}\n--- sidecar log ---\n{}",
+                self.done.join("\n"),
+                self.sidecar.log()
+            );
+        }
         match (checked, driven.and(stopped)) {
             (Ok(stats), Ok(())) => Ok(Stats {
                 operations,
@@ -372,10 +386,15 @@ impl Run {
         for _ in 0..self.rng.below(3) {
             self.write_secret();
         }
+        // Mostly from the first render on; sometimes racing the initial lists.
+        if self.rng.chance(80) {
+            self.done.push("wait for the first render".into());
+            self.until_first_render().await?;
+        }
         for _ in 0..operations {
             self.operation().await?;
-            if self.rng.chance(50) {
-                let pause = self.rng.millis(15);
+            if self.rng.chance(70) {
+                let pause = self.rng.millis(20);
                 sleep(pause).await;
             }
         }
@@ -424,13 +443,24 @@ impl Run {
                 sleep(pause).await;
                 self.write_config_map();
                 self.write_secret();
-                self.server.stall_watches(self.stalled);
+                self.server.stall_watches(false);
                 self.server.set_history_limit(10_000);
             }
             75..80 => {
-                self.stalled = !self.stalled;
-                self.done.push(format!("stall watches: {}", self.stalled));
-                self.server.stall_watches(self.stalled);
+                let pause = self.rng.millis(150);
+                let writes = self.rng.below(5);
+                self.done
+                    .push(format!("stall watches for {pause:?}, {writes} writes meanwhile"));
+                self.server.stall_watches(true);
+                for _ in 0..writes {
+                    if self.rng.chance(60) {
+                        self.write_config_map();
+                    } else {
+                        self.write_secret();
+                    }
+                }
+                sleep(pause).await;
+                self.server.stall_watches(false);
             }
             80..84 if self.error_faults < ERROR_FAULTS => {
                 self.error_faults += 1;
@@ -455,7 +485,7 @@ impl Run {
                 self.done.push(format!("GETs of Secrets take {delay:?}"));
                 self.server.set_get_delay("secrets", delay);
             }
-            91..95 if !self.stalled => self.converge("a settle").await?,
+            91..95 => self.converge("a settle").await?,
             _ => {
                 let pause = self.rng.millis(40);
                 self.done.push(format!("pause {pause:?}"));
@@ -530,7 +560,6 @@ impl Run {
     /// Ends every fault, so that the sidecar can catch up.
     fn heal(&mut self) {
         self.done.push("heal: no stall, no faults".into());
-        self.stalled = false;
         self.server.stall_watches(false);
         self.server.clear_faults();
         self.server.set_history_limit(10_000);
@@ -565,6 +594,17 @@ impl Run {
             }
             sleep(POLL).await;
         }
+    }
+
+    async fn until_first_render(&self) -> Result<(), String> {
+        let deadline = Instant::now() + CONVERGE;
+        while !self.case.path("versions/000000").exists() {
+            if Instant::now() > deadline {
+                return Err(format!("no render within {CONVERGE:?}"));
+            }
+            sleep(POLL).await;
+        }
+        Ok(())
     }
 
     async fn exit(&mut self) -> Result<std::process::ExitStatus, String> {
