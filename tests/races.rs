@@ -861,7 +861,7 @@ fn config_map_lines(objects: &Objects) -> String {
 }
 
 /// The Secrets of a server state: (namespace, name, resourceVersion), in order.
-fn secret_refs(objects: &Objects) -> Vec<(String, String, u64)> {
+fn secret_refs(objects: &Objects) -> Vec<SecretRef> {
     objects
         .iter()
         .filter(|((kind, _, _), _)| kind == "Secret")
@@ -892,28 +892,43 @@ fn expected_file(objects: &Objects) -> String {
     out
 }
 
+/// A Secret as an on-demand store references it: namespace, name, resourceVersion.
+type SecretRef = (String, String, u64);
+
+/// The server after one change, as the sidecar's stores would hold it.
+struct ServerState {
+    rv: u64,
+    /// The ConfigMap part of the file.
+    config_maps: String,
+    secrets: Vec<SecretRef>,
+}
+
 /// Every state of the server, as the sidecar's stores would show it.
 struct States<'a> {
     history: &'a [HistoryEntry],
-    /// After each change (and before the first): its resourceVersion, the
-    /// ConfigMap lines and the Secret references.
-    states: Vec<(u64, String, Vec<(String, String, u64)>)>,
+    /// Before the first change, then after each.
+    states: Vec<ServerState>,
 }
 
 impl<'a> States<'a> {
     fn new(history: &'a [HistoryEntry]) -> States<'a> {
         let mut objects = Objects::new();
-        let mut states = vec![(0, config_map_lines(&objects), secret_refs(&objects))];
+        let state = |rv, objects: &Objects| ServerState {
+            rv,
+            config_maps: config_map_lines(objects),
+            secrets: secret_refs(objects),
+        };
+        let mut states = vec![state(0, &objects)];
         for entry in history {
             apply(&mut objects, entry);
-            states.push((entry.rv, config_map_lines(&objects), secret_refs(&objects)));
+            states.push(state(entry.rv, &objects));
         }
         States { history, states }
     }
 
     /// The states from resourceVersion `rv` on.
-    fn since(&self, rv: u64) -> &[(u64, String, Vec<(String, String, u64)>)] {
-        let first = self.states.partition_point(|(at, ..)| *at <= rv).saturating_sub(1);
+    fn since(&self, rv: u64) -> &[ServerState] {
+        let first = self.states.partition_point(|s| s.rv <= rv).saturating_sub(1);
         &self.states[first..]
     }
 
@@ -933,18 +948,19 @@ impl<'a> States<'a> {
             }
         }
         let (cms_from, secrets_from) = (store("cms"), store("secrets"));
-        if !self.since(cms_from).iter().any(|(_, lines, _)| *lines == config_maps) {
-            let (at, expected, _) = &self.since(cms_from)[0];
+        if !self.since(cms_from).iter().any(|s| s.config_maps == config_maps) {
+            let oldest = &self.since(cms_from)[0];
             return Err(format!(
                 "the ConfigMaps are no server state since rv {cms_from} (the newest event the store had)\n\
-                 --- server at rv {at} ---\n{expected}"
+                 --- server at rv {} ---\n{}",
+                oldest.rv, oldest.config_maps
             ));
         }
         let mut why = String::new();
-        for (at, _, refs) in self.since(secrets_from) {
-            match self.secrets_match(&secrets, refs, get_failed) {
+        for state in self.since(secrets_from) {
+            match self.secrets_match(&secrets, &state.secrets, get_failed) {
                 Ok(()) => return Ok(()),
-                Err(e) if why.is_empty() => why = format!("at rv {at}: {e}"),
+                Err(e) if why.is_empty() => why = format!("at rv {}: {e}", state.rv),
                 Err(_) => {}
             }
         }
@@ -956,7 +972,7 @@ impl<'a> States<'a> {
     /// Whether the shown Secrets are these references, each as a real version
     /// of the object no older than the reference, or missing because the
     /// object was deleted after it.
-    fn secrets_match(&self, shown: &[&str], refs: &[(String, String, u64)], get_failed: bool) -> Result<(), String> {
+    fn secrets_match(&self, shown: &[&str], refs: &[SecretRef], get_failed: bool) -> Result<(), String> {
         let mut shown = shown.iter().peekable();
         for (ns, name, rv) in refs {
             let prefix = format!("secret {ns}/{name} ");
