@@ -16,9 +16,9 @@
 //!   store had received when the render started: nothing stale, nothing
 //!   half-loaded, nothing deleted coming back;
 //! - the on-demand store shows the Secrets at such a resourceVersion, each body
-//!   a real version of its object no older than the reference (unless a GET
-//!   failed in this run: then a cached copy may be older, by design), an
-//!   object missing only if it was deleted after that version;
+//!   a real version of its object no older than the reference (unless the
+//!   render ran while GETs could fail: then a cached copy may be older, by
+//!   design), an object missing only if it was deleted after that version;
 //! - renders never overlap, and the action runs exactly once per render that
 //!   changed the file, on what that render wrote;
 //! - the final file is what the server's final state renders to.
@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use futures::FutureExt;
@@ -253,11 +253,10 @@ struct Run {
     /// Distinct values written, so that every write changes something.
     counter: u64,
     error_faults: u32,
-    /// A GET of a Secret failed in this run: cached copies may be older than
-    /// the watch (DESIGN section 3).
-    get_failed: bool,
-    /// A GET fault was injected since the last time the output converged.
-    get_fault_pending: bool,
+    /// When GETs of Secrets could fail: from the fault's injection to its
+    /// removal. Renders then may show cached copies older than the watch
+    /// (DESIGN section 3).
+    get_faults: Vec<(SystemTime, Option<SystemTime>)>,
 }
 
 async fn iteration(seed: u64) -> Result<Stats, String> {
@@ -307,8 +306,7 @@ admin: {{listen: "127.0.0.1:0"}}
         )],
         counter: 0,
         error_faults: 0,
-        get_failed: false,
-        get_fault_pending: false,
+        get_faults: Vec::new(),
     };
     let result = run.drive().await;
     result.map_err(|e| {
@@ -475,8 +473,7 @@ impl Run {
             }
             84..87 => {
                 self.done.push("500 on the next GET of a Secret".into());
-                self.get_failed = true;
-                self.get_fault_pending = true;
+                self.get_faults.push((SystemTime::now(), None));
                 self.server
                     .inject_fault(Fault::new(500).times(1).verb(Verb::Get).path_contains("/secrets/"));
             }
@@ -561,17 +558,24 @@ impl Run {
     fn heal(&mut self) {
         self.done.push("heal: no stall, no faults".into());
         self.server.stall_watches(false);
-        self.server.clear_faults();
+        self.clear_faults();
         self.server.set_history_limit(10_000);
+    }
+
+    fn clear_faults(&mut self) {
+        self.server.clear_faults();
+        let now = SystemTime::now();
+        for (_, end) in &mut self.get_faults {
+            end.get_or_insert(now);
+        }
     }
 
     /// Waits until the file shows the server's current state.
     async fn converge(&mut self, what: &str) -> Result<(), String> {
-        if self.get_fault_pending {
+        if self.get_faults.iter().any(|(_, end)| end.is_none()) {
             // A render that used a cached copy after a failed GET shows it until
             // the next render (DESIGN section 3); give it one.
-            self.get_fault_pending = false;
-            self.server.clear_faults();
+            self.clear_faults();
             self.write_config_map();
         }
         let history = self.server.full_history();
@@ -654,7 +658,11 @@ impl Run {
                 }
             };
             shown = Some(content);
-            states.check(render, content, self.get_failed).map_err(|e| {
+            let get_failed = self
+                .get_faults
+                .iter()
+                .any(|(start, end)| render.ended >= *start && end.is_none_or(|end| render.started <= end));
+            states.check(render, content, get_failed).map_err(|e| {
                 format!(
                     "render {i} ({:?}, versions {:?}): {e}\n--- its output ---\n{content}",
                     render.outcome, render.versions
@@ -700,6 +708,9 @@ struct Render {
     /// Per store, the newest resourceVersion it had received.
     versions: BTreeMap<String, u64>,
     outcome: Outcome,
+    /// When it started and ended, as logged.
+    started: SystemTime,
+    ended: SystemTime,
 }
 
 /// The renders in the log, checking that they never overlap and that the
@@ -707,7 +718,7 @@ struct Render {
 fn renders(log: &str) -> Result<Vec<Render>, String> {
     enum Phase {
         Idle,
-        Rendering(BTreeMap<String, u64>),
+        Rendering(BTreeMap<String, u64>, SystemTime),
         /// A render changed the file; its action has not finished yet.
         Acting,
     }
@@ -719,30 +730,41 @@ fn renders(log: &str) -> Result<Vec<Render>, String> {
         };
         let message = entry["message"].as_str().unwrap_or_default();
         let at = || format!("log line {}: {message:?}", n + 1);
+        let time = entry["timestamp"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok());
+        let time = time.ok_or_else(|| format!("{}: no timestamp", at()))?;
         phase = match (phase, message) {
             (Phase::Idle, "render started") => {
                 let versions = entry["versions"].as_str().unwrap_or_default();
-                Phase::Rendering(parse_versions(versions).ok_or_else(|| format!("{}: versions {versions:?}", at()))?)
+                let versions = parse_versions(versions).ok_or_else(|| format!("{}: versions {versions:?}", at()))?;
+                Phase::Rendering(versions, time)
             }
             (_, "render started") => return Err(format!("{}: a render started before the last one ended", at())),
-            (Phase::Rendering(versions), "render done; outputs changed") => {
+            (Phase::Rendering(versions, started), "render done; outputs changed") => {
                 renders.push(Render {
                     versions,
                     outcome: Outcome::Changed,
+                    started,
+                    ended: time,
                 });
                 Phase::Acting
             }
-            (Phase::Rendering(versions), "render done; outputs unchanged") => {
+            (Phase::Rendering(versions, started), "render done; outputs unchanged") => {
                 renders.push(Render {
                     versions,
                     outcome: Outcome::Unchanged,
+                    started,
+                    ended: time,
                 });
                 Phase::Idle
             }
-            (Phase::Rendering(versions), "render failed; outputs unchanged; will retry") => {
+            (Phase::Rendering(versions, started), "render failed; outputs unchanged; will retry") => {
                 renders.push(Render {
                     versions,
                     outcome: Outcome::Failed,
+                    started,
+                    ended: time,
                 });
                 Phase::Idle
             }
@@ -762,7 +784,7 @@ fn renders(log: &str) -> Result<Vec<Render>, String> {
     }
     match phase {
         Phase::Idle => Ok(renders),
-        Phase::Rendering(_) => Err("the sidecar exited during a render".into()),
+        Phase::Rendering(..) => Err("the sidecar exited during a render".into()),
         Phase::Acting => Err("the last render that changed the file has no action run".into()),
     }
 }
