@@ -779,3 +779,28 @@ async fn slow_list_of_one_kind_does_not_delay_others() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_empty_server_lists_a_version_that_watches_resume_from_in_order() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let rv = list.metadata.resource_version.unwrap();
+        // "0" would mean "any version": synthetic ADDED events in name order.
+        assert_ne!(rv, "0", "a real server never lists at resourceVersion 0");
+
+        server.apply(config_map("b", json!({}), "1"));
+        server.apply(config_map("a", json!({}), "1"));
+        let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        let mut order = Vec::new();
+        for _ in 0..2 {
+            match next(&mut events).await.unwrap() {
+                WatchEvent::Added(cm) => order.push(cm.name_any()),
+                other => panic!("expected ADDED, got {other:?}"),
+            }
+        }
+        assert_eq!(order, ["b", "a"], "changes come in resourceVersion order");
+    })
+    .await;
+}

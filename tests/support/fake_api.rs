@@ -667,6 +667,9 @@ struct Shared {
 impl Shared {
     fn new(addr: SocketAddr) -> Self {
         let mut state = State {
+            // etcd's revision is never 0 on a real server, and a watch from
+            // "0" means "any version": synthetic ADDED events, in name order.
+            rv: 1,
             history_limit: DEFAULT_HISTORY_LIMIT,
             next_snapshot: 1,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
