@@ -1045,3 +1045,138 @@ impl<'a> States<'a> {
             .filter_map(|e| e.object.as_ref())
     }
 }
+
+// ---------------------------------------------------------------------------
+// The log checks themselves
+
+/// A log line as the sidecar writes it with `--log-format json`.
+fn log_line(message: &str, versions: &str) -> String {
+    json!({"timestamp": "2026-01-01T00:00:00.000001Z", "level": "INFO", "message": message, "versions": versions})
+        .to_string()
+}
+
+fn log(messages: &[&str]) -> String {
+    messages.iter().map(|m| log_line(m, "cms=3,secrets=5") + "\n").collect()
+}
+
+#[test]
+fn the_log_check_reads_renders_and_catches_overlaps_and_unpaired_actions() {
+    let good = log(&[
+        "render started",
+        "render done; outputs changed",
+        "action done",
+        "render started",
+        "render done; outputs unchanged",
+        "render started",
+        "render failed; outputs unchanged; will retry",
+    ]);
+    let outcomes: Vec<Outcome> = renders(&good).unwrap().iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [Outcome::Changed, Outcome::Unchanged, Outcome::Failed]);
+    assert_eq!(renders(&good).unwrap()[0].versions["secrets"], 5);
+
+    for (bad, why) in [
+        (
+            vec!["render started", "render started"],
+            "a render started before the last one ended",
+        ),
+        (
+            vec!["render started", "render done; outputs changed", "render started"],
+            "a render started before the last one ended",
+        ),
+        (
+            vec!["render started", "render done; outputs unchanged", "action done"],
+            "an action ran without a render that changed the file",
+        ),
+        (
+            vec![
+                "render started",
+                "render done; outputs changed",
+                "action done",
+                "action done",
+            ],
+            "an action ran without a render that changed the file",
+        ),
+        (
+            vec!["render done; outputs changed"],
+            "a render ended that had not started",
+        ),
+        (
+            vec!["render started", "render done; outputs changed"],
+            "has no action run",
+        ),
+    ] {
+        let error = renders(&log(&bad)).unwrap_err();
+        assert!(error.contains(why), "{bad:?}: {error}");
+    }
+}
+
+#[test]
+fn the_action_markers_must_pair_up_in_order() {
+    assert!(check_actions("start 0\nend 0\nstart 1\nend 1\n", 2).is_ok());
+    assert!(check_actions("start 0\nstart 1\nend 0\nend 1\n", 2).is_err());
+    assert!(check_actions("start 0\nend 0\nstart 0\nend 0\n", 2).is_err());
+    assert!(check_actions("start 0\nend 0\n", 2).is_err());
+}
+
+fn entry(rv: u64, kind: &str, name: &str, value: Option<&str>) -> HistoryEntry {
+    let object = value.map(|v| {
+        json!({
+            "apiVersion": "v1", "kind": kind,
+            "metadata": {"namespace": "default", "name": name, "resourceVersion": rv.to_string(),
+                         "labels": {"race": "yes", "group": "g0"}},
+            "data": {"v": v},
+        })
+    });
+    HistoryEntry {
+        rv,
+        api_version: "v1".into(),
+        kind: kind.into(),
+        namespace: "default".into(),
+        name: name.into(),
+        object,
+    }
+}
+
+#[test]
+fn the_state_check_catches_stale_resurrected_and_old_on_demand_objects() {
+    let history = [
+        entry(2, "ConfigMap", "a", Some("1")),
+        entry(3, "ConfigMap", "a", Some("2")),
+        entry(4, "ConfigMap", "b", Some("3")),
+        entry(5, "ConfigMap", "b", None),
+        entry(6, "Secret", "s", Some("x")),
+        entry(7, "Secret", "s", Some("y")),
+    ];
+    let states = States::new(&history);
+    let render = |cms: u64, secrets: u64| Render {
+        versions: [("cms".to_string(), cms), ("secrets".to_string(), secrets)].into(),
+        outcome: Outcome::Changed,
+        started: SystemTime::UNIX_EPOCH,
+        ended: SystemTime::UNIX_EPOCH,
+    };
+    let a1 = "cm default/a rv=2 group=g0 v=1\n";
+    let a2 = "cm default/a rv=3 group=g0 v=2\n";
+    let b = "cm default/b rv=4 group=g0 v=3\n";
+    let (s6, s7) = ("secret default/s rv=6 v=x\n", "secret default/s rv=7 v=y\n");
+    let file = |lines: &[&str], keys: &str| format!("{}{keys}end\n", lines.concat());
+
+    let fresh = file(&[a2, s7], "key g0 n=1\n");
+    assert!(states.check(&render(3, 7), &fresh, false).is_ok());
+    // Newer than the events received: fine (bodies may be; stores catch up).
+    assert!(states.check(&render(2, 6), &fresh, false).is_ok());
+    let stale = file(&[a1, s7], "key g0 n=1\n");
+    assert!(states.check(&render(3, 7), &stale, false).is_err());
+    let resurrected = file(&[a2, b, s7], "key g0 n=2\n");
+    assert!(states.check(&render(5, 7), &resurrected, false).is_err());
+    assert!(states.check(&render(4, 7), &resurrected, false).is_ok());
+    let old_body = file(&[a2, s6], "key g0 n=1\n");
+    assert!(states.check(&render(3, 7), &old_body, false).is_err());
+    assert!(
+        states.check(&render(3, 7), &old_body, true).is_ok(),
+        "a failed GET may show a cached copy"
+    );
+    let wrong_key_count = file(&[a2, s7], "key g0 n=2\n");
+    assert!(states.check(&render(3, 7), &wrong_key_count, false).is_err());
+    let missing_secret = file(&[a2], "key g0 n=1\n");
+    assert!(states.check(&render(3, 7), &missing_secret, false).is_err());
+}
