@@ -30,7 +30,8 @@
 //! `KT_RACE_BASE=N` fixes the first of them (seeds are consecutive).
 //! `KT_RACE_PARALLEL=N` sets how many runs go at once (default 2).
 //! `KT_RACE_BIN=PATH` runs another build of the binary (a copy, for a long
-//! soak while the tree is rebuilt).
+//! soak while the tree is rebuilt). `KT_RACE_VERBOSE=1` prints every run's
+//! operations and sidecar log, passing or not.
 
 mod support;
 
