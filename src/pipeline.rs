@@ -243,17 +243,26 @@ pub async fn run(
             }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
+                let stale_before = stale_reads(&sources.caches);
                 let ok = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
                 rendered_once = true;
                 if options.once {
                     return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
                 }
-                retry = if ok {
+                // A render that showed cached copies because GETs failed is
+                // done again, with the same backoff, until the API answers.
+                let stale = stale_reads(&sources.caches) > stale_before;
+                retry = if ok && !stale {
                     None
                 } else {
                     let failures = retry.map_or(1, |(_, n)| n + 1);
                     let delay = retry_delay(failures);
-                    tracing::warn!(retry_in_ms = delay.as_millis() as u64, "render failed; outputs unchanged; will retry");
+                    let retry_in_ms = delay.as_millis() as u64;
+                    if ok {
+                        tracing::warn!(retry_in_ms, "render used cached copies of objects it could not fetch; will render again");
+                    } else {
+                        tracing::warn!(retry_in_ms, "render failed; outputs unchanged; will retry");
+                    }
                     Some((Instant::now() + delay, failures))
                 };
             }
@@ -273,6 +282,18 @@ impl Burst {
     fn due(&self, wait: config::Wait) -> Instant {
         (self.last + wait.min).min(self.first + wait.max)
     }
+}
+
+/// How many reads of all on-demand stores used a cached copy because a GET
+/// failed.
+fn stale_reads(caches: &BTreeMap<String, Arc<BodyCache>>) -> u64 {
+    // Stores of one watch share a cache: count each once.
+    let mut seen = HashSet::new();
+    caches
+        .values()
+        .filter(|cache| seen.insert(Arc::as_ptr(cache)))
+        .map(|cache| cache.stats.stale.get())
+        .sum()
 }
 
 /// Backoff before re-rendering after failures: 1s, 2s, 4s … up to a minute.
