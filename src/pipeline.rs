@@ -426,7 +426,9 @@ async fn render_and_report(
     // thread, so that watches and the admin server go on meanwhile. `check`
     // commands still run on the runtime.
     let written = tokio::task::spawn_blocking(move || {
+        let rendering = Instant::now();
         let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
+        let render_ms = rendering.elapsed().as_millis() as u64;
         let report = runtime.block_on(write(&job, &rendered, None)).map_err(Failed::Write)?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
@@ -436,11 +438,11 @@ async fn render_and_report(
                 fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
             })
             .collect();
-        Ok((report, sums))
+        Ok((report, sums, render_ms))
     })
     .await
     .map_err(|e| format!("the render task failed: {e}"))?;
-    let (report, sums) = match written {
+    let (report, sums, render_ms) = match written {
         Ok(written) => written,
         Err(Failed::Render(errors)) => {
             for error in &errors {
@@ -466,7 +468,7 @@ async fn render_and_report(
             .inc_by(count);
     }
     if !report.changed() {
-        tracing::info!(elapsed_ms, "render done; outputs unchanged");
+        tracing::info!(elapsed_ms, render_ms, "render done; outputs unchanged");
         return Ok(false);
     }
     for path in &report.written {
@@ -475,7 +477,7 @@ async fn render_and_report(
     for path in &report.removed {
         tracing::info!(path = %path.display(), "stale file removed");
     }
-    tracing::info!(elapsed_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
+    tracing::info!(elapsed_ms, render_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
     Ok(true)
 }
 
