@@ -296,13 +296,21 @@ fn main() {
         });
     }
 
-    for (count, samples) in [(10_000, 1_000), (100_000, 100)] {
-        let scenario = format!("event → file, wait.min 0, {samples} updates (N={count})");
-        if !wanted(&scenario) {
+    for (count, samples, place) in [
+        (10_000, 1_000, "disk"),
+        (10_000, 1_000, "tmpfs"),
+        (100_000, 100, "disk"),
+    ] {
+        let scenario = format!("event → file on {place}, wait.min 0, {samples} updates (N={count})");
+        let parent = (place == "tmpfs").then_some(memory);
+        if !wanted(&scenario) || parent.is_some_and(|p| !p.is_dir()) {
             continue;
         }
         let (server, json_bytes) = server_with(&runtime, count);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match parent {
+            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         write_config(
             dir.path(),
             &one_file,
