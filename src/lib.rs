@@ -16,7 +16,8 @@
 //! - [`source`] — where objects come from: Kubernetes watches (one per distinct
 //!   resource) or a manifests directory; selectors.
 //! - [`index`] — `index_by` expressions and composite keys.
-//! - [`store`] — ordered, non-unique, snapshot-able stores: whole objects, or
+//! - [`store`] — ordered, non-unique, snapshot-able stores: whole objects (each
+//!   one compact [`store::document::Document`], about its JSON size), or
 //!   references with bodies fetched on demand through a bounded cache.
 //! - [`render`] — the template environment, filters and the `resources` view.
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
