@@ -1,7 +1,7 @@
 //! Kubernetes objects as template values, without copying them.
 //!
 //! Stores keep each object as a [`Document`]. A template sees a document
-//! through [`document`]: mappings and lists are lazy views of a node of the
+//! through [`document()`]: mappings and lists are lazy views of a node of the
 //! shared document, so applying an object costs no conversion and a render
 //! converts only the fields it reads.
 
