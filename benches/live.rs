@@ -165,6 +165,48 @@ struct Row {
     latency: Option<(Duration, Duration)>,
 }
 
+impl Row {
+    /// A `run --once` row: wall time to the first render written, peak RSS.
+    fn once(scenario: String, objects: usize, json_bytes: u64, (elapsed, peak): (Duration, u64)) -> Row {
+        Row {
+            scenario,
+            objects,
+            json_bytes,
+            first_render: Some(elapsed),
+            peak_rss: Some(peak),
+            latency: None,
+        }
+    }
+}
+
+/// Where a scenario's outputs go: this machine's temporary directory (on
+/// disk, usually), or tmpfs (as an emptyDir with `medium: Memory` is).
+#[derive(Clone, Copy)]
+enum Place {
+    Disk,
+    Tmpfs,
+}
+
+impl Place {
+    fn name(self) -> &'static str {
+        match self {
+            Place::Disk => "disk",
+            Place::Tmpfs => "tmpfs",
+        }
+    }
+
+    /// A scratch directory there; `None` where this machine has no /dev/shm.
+    fn scratch(self) -> Option<tempfile::TempDir> {
+        match self {
+            Place::Disk => Some(tempfile::tempdir().unwrap()),
+            Place::Tmpfs => {
+                let memory = Path::new("/dev/shm");
+                memory.is_dir().then(|| tempfile::tempdir_in(memory).unwrap())
+            }
+        }
+    }
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn print(rows: &[Row], baseline: Option<u64>) {
@@ -232,18 +274,11 @@ fn main() {
         let (server, json_bytes) = server_with(&runtime, count);
         let dir = tempfile::tempdir().unwrap();
         write_config(dir.path(), &one_file, "");
-        let (elapsed, peak) = run_once(&server, dir.path());
+        let measured = run_once(&server, dir.path());
         if count == 0 {
-            baseline = Some(peak);
+            baseline = Some(measured.1);
         }
-        rows.push(Row {
-            scenario,
-            objects: count,
-            json_bytes,
-            first_render: Some(elapsed),
-            peak_rss: Some(peak),
-            latency: None,
-        });
+        rows.push(Row::once(scenario, count, json_bytes, measured));
     }
 
     for templates in [1, 100] {
@@ -258,59 +293,40 @@ fn main() {
             .map(|t| (format!("t{t}"), inline(LINES, &format!("path: out-{t}.txt"))))
             .collect();
         write_config(dir.path(), &entries, "");
-        let (elapsed, peak) = run_once(&server, dir.path());
-        rows.push(Row {
-            scenario,
-            objects: count,
-            json_bytes,
-            first_render: Some(elapsed),
-            peak_rss: Some(peak),
-            latency: None,
-        });
+        rows.push(Row::once(scenario, count, json_bytes, run_once(&server, dir.path())));
     }
 
-    // On disk, and in memory (as an emptyDir with `medium: Memory` is), where
-    // /dev/shm is there: creating 10k files costs what the disk makes it cost.
-    let memory = Path::new("/dev/shm");
-    for (place, parent) in [("disk", None), ("tmpfs", memory.is_dir().then_some(memory))] {
-        let scenario = format!("files: one file per object in a directory output on {place}, run --once");
-        if !wanted(&scenario) || (place == "tmpfs" && parent.is_none()) {
-            continue;
-        }
+    // On disk and in memory: creating 10k files costs what the disk makes it cost.
+    for place in [Place::Disk, Place::Tmpfs] {
+        let scenario = format!(
+            "files: one file per object in a directory output on {}, run --once",
+            place.name()
+        );
+        let dir = match place.scratch() {
+            Some(dir) if wanted(&scenario) => dir,
+            _ => continue,
+        };
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
-        let dir = match parent {
-            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        };
         let template = "{% for cm in resources.cms %}{{ file(cm.metadata.namespace ~ '_' ~ cm.metadata.name, cm.data['settings.json']) }}{% endfor %}";
         write_config(dir.path(), &[("t".into(), inline(template, "directory: out"))], "");
-        let (elapsed, peak) = run_once(&server, dir.path());
-        rows.push(Row {
-            scenario,
-            objects: count,
-            json_bytes,
-            first_render: Some(elapsed),
-            peak_rss: Some(peak),
-            latency: None,
-        });
+        rows.push(Row::once(scenario, count, json_bytes, run_once(&server, dir.path())));
     }
 
     for (count, samples, place) in [
-        (10_000, 1_000, "disk"),
-        (10_000, 1_000, "tmpfs"),
-        (100_000, 100, "disk"),
+        (10_000, 1_000, Place::Disk),
+        (10_000, 1_000, Place::Tmpfs),
+        (100_000, 100, Place::Disk),
     ] {
-        let scenario = format!("event → file on {place}, wait.min 0, {samples} updates (N={count})");
-        let parent = (place == "tmpfs").then_some(memory);
-        if !wanted(&scenario) || parent.is_some_and(|p| !p.is_dir()) {
-            continue;
-        }
-        let (server, json_bytes) = server_with(&runtime, count);
-        let dir = match parent {
-            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
-            None => tempfile::tempdir().unwrap(),
+        let scenario = format!(
+            "event → file on {}, wait.min 0, {samples} updates (N={count})",
+            place.name()
+        );
+        let dir = match place.scratch() {
+            Some(dir) if wanted(&scenario) => dir,
+            _ => continue,
         };
+        let (server, json_bytes) = server_with(&runtime, count);
         write_config(
             dir.path(),
             &one_file,
