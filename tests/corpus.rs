@@ -23,6 +23,10 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+#[path = "support/files.rs"]
+mod files;
+use files::tree;
+
 /// The data of the Secret in `manifests/`, plain and base64: never in an error.
 const SECRET: [&str; 2] = ["corpus-secret-value", "Y29ycHVzLXNlY3JldC12YWx1ZQ=="];
 
@@ -58,25 +62,6 @@ fn render(config: &Path, out: &Path) -> Output {
         "--out".as_ref(),
         out.as_os_str(),
     ])
-}
-
-/// Every file below `root`, by relative path, with its bytes.
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut pending = vec![root.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        for entry in entries.map(Result::unwrap) {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                files.insert(rel, fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
 }
 
 fn write(path: &Path, text: &str) {
