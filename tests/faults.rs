@@ -14,8 +14,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -24,6 +22,10 @@ use serde_json::{Value, json};
 use support::fake_api::FakeApiServer;
 use support::sidecar::{Sidecar, WAIT};
 use tokio::time::{Instant, timeout};
+
+#[path = "support/http.rs"]
+mod http;
+use http::http_get;
 
 /// Upper bound for a whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
@@ -189,31 +191,6 @@ impl Observe for Sidecar {
             .expect("the log names the admin address")
             .to_owned()
     }
-}
-
-/// GET `path` from `addr`: the status code and the body (code 0 when nothing answers).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// Waits until `condition` holds for the server; fails the test after [`WAIT`].
