@@ -28,6 +28,8 @@
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
 //! - [`report`] — render outcomes as Events on the pod and a status ConfigMap.
+//! - [`template_tests`] — `kube-template test`: template test cases kept beside
+//!   the config, rendered and diffed.
 #![forbid(unsafe_code)]
 
 pub mod action;
@@ -42,3 +44,4 @@ pub mod report;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod template_tests;

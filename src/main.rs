@@ -11,6 +11,7 @@ use kube_template::pipeline::{self, Prepared, Stopped};
 use kube_template::report;
 use kube_template::source::{self, kubernetes, manifests};
 use kube_template::telemetry::{self, LogFormat, Telemetry};
+use kube_template::template_tests;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -80,6 +81,17 @@ enum Command {
         /// Re-root every output under this directory.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Run the template tests beside the config (tests/NAME/manifests + expect/ or expect_error).
+    Test {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Rewrite each case's expect/ from the current render instead of comparing.
+        #[arg(long)]
+        update: bool,
+        /// Only these cases (default: all).
+        names: Vec<String>,
     },
 }
 
@@ -222,7 +234,46 @@ async fn main() -> ExitCode {
             };
             render(&prepared, &from, out.as_deref()).await
         }
+        Command::Test { config, update, names } => {
+            let prepared = match pipeline::prepare(&config) {
+                Ok(p) => p,
+                Err(e) => return config_failure(&e),
+            };
+            test(&prepared, &config, &names, update).await
+        }
     }
+}
+
+/// Runs the template test cases and prints one line per case, the diffs of
+/// failing ones, and a closing count.
+async fn test(prepared: &Prepared, config: &std::path::Path, names: &[String], update: bool) -> ExitCode {
+    let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let cases = match template_tests::discover(dir, names) {
+        Ok(cases) => cases,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cases {
+        let outcome = template_tests::run(prepared, case, update).await;
+        for line in &outcome.updated {
+            println!("  {line}");
+        }
+        if outcome.passed() {
+            passed += 1;
+            println!("ok   {}", case.name);
+        } else {
+            failed += 1;
+            println!("FAIL {}", case.name);
+            for failure in &outcome.failures {
+                println!("{}", failure.trim_end());
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// SIGTERM and SIGINT, listened for by a task of their own so that they are
