@@ -42,6 +42,21 @@ fn config_map(i: usize) -> Value {
     })
 }
 
+/// A ConfigMap with one data key of `size` bytes, labelled as Grafana's
+/// chart labels dashboards.
+fn dashboard(i: usize, size: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": format!("dashboard-{i:03}"),
+            "namespace": "monitoring",
+            "labels": {"grafana_dashboard": "1"},
+        },
+        "data": {format!("dashboard-{i:03}.json"): "x".repeat(size)}
+    })
+}
+
 /// One line per object, as an HAProxy backend list would be built.
 const LINES: &str = "{% for cm in resources.cms %}{{ cm.metadata.namespace }}/{{ cm.metadata.name }} {{ cm.metadata.labels.app }} {{ cm.data.mode }}\n{% endfor %}";
 
@@ -97,6 +112,45 @@ fn peak_rss(pid: u32) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
+}
+
+/// Resident memory of a process: (total, anonymous, file-backed) in bytes,
+/// from /proc (`None` once it is gone).
+fn rss(pid: u32) -> Option<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        field("RssFile:")? + field("RssShmem:")?,
+    ))
+}
+
+/// Starts `run` in watch mode, waits until `ready` holds for its scratch
+/// directory, lets it idle for `settle`, then reads its resident memory.
+fn idle_rss(server: &FakeApiServer, dir: &Path, ready: impl Fn(&Path) -> bool, settle: Duration) -> (u64, u64, u64) {
+    let mut child = sidecar(server, dir, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(dir) {
+        assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
+        assert!(Instant::now() < deadline, "the first render never came");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(settle);
+    let measured = rss(child.id()).expect("the sidecar is running");
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
 }
 
 /// Runs `run --once` to the end: wall time and peak RSS.
@@ -163,6 +217,8 @@ struct Row {
     first_render: Option<Duration>,
     peak_rss: Option<u64>,
     latency: Option<(Duration, Duration)>,
+    /// Resident memory while idle: total, anonymous, file-backed.
+    idle: Option<(u64, u64, u64)>,
 }
 
 impl Row {
@@ -175,6 +231,7 @@ impl Row {
             first_render: Some(elapsed),
             peak_rss: Some(peak),
             latency: None,
+            idle: None,
         }
     }
 }
@@ -211,9 +268,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn print(rows: &[Row], baseline: Option<u64>) {
     println!(
-        "| scenario | objects | object JSON | first render written | peak RSS | (RSS − baseline) / JSON | event → file p50 / p99 |"
+        "| scenario | objects | object JSON | first render written | peak RSS | (RSS − baseline) / JSON | event → file p50 / p99 | idle RSS (anon + file) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let first = row
             .first_render
@@ -228,8 +285,16 @@ fn print(rows: &[Row], baseline: Option<u64>) {
         let latency = row.latency.map_or("".into(), |(p50, p99)| {
             format!("{:.1} / {:.1} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
         });
+        let idle = row.idle.map_or("".into(), |(total, anon, file)| {
+            format!(
+                "{:.1} MiB ({:.1} + {:.1})",
+                total as f64 / MIB,
+                anon as f64 / MIB,
+                file as f64 / MIB
+            )
+        });
         println!(
-            "| {} | {} | {:.1} MiB | {first} | {rss} | {ratio} | {latency} |",
+            "| {} | {} | {:.1} MiB | {first} | {rss} | {ratio} | {latency} | {idle} |",
             row.scenario,
             row.objects,
             row.json_bytes as f64 / MIB
@@ -341,6 +406,34 @@ fn main() {
             first_render: None,
             peak_rss: None,
             latency: Some((at(0.50), at(0.99))),
+            idle: None,
+        });
+    }
+    // k8s-sidecar's everyday job: a few dashboards, one file per data key,
+    // then nothing for hours.
+    let scenario = "idle: watch 50 ConfigMaps of 8 KB, one file per key".to_string();
+    if wanted(&scenario) {
+        let server = runtime.block_on(FakeApiServer::start());
+        let json_bytes = (0..50)
+            .map(|i| serde_json::to_vec(&server.apply(dashboard(i, 8 * 1024))).unwrap().len() as u64)
+            .sum();
+        let dir = tempfile::tempdir().unwrap();
+        let template = "{% for cm in resources.cms %}{% for key, text in cm.data | items %}{{ file(key, text) }}{% endfor %}{% endfor %}";
+        write_config(
+            dir.path(),
+            &[("t".into(), inline(template, "directory: out"))],
+            "admin: {listen: \"127.0.0.1:0\"}\n",
+        );
+        let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
+        let idle = idle_rss(&server, dir.path(), ready, Duration::from_secs(3));
+        rows.push(Row {
+            scenario,
+            objects: 50,
+            json_bytes,
+            first_render: None,
+            peak_rss: None,
+            latency: None,
+            idle: Some(idle),
         });
     }
     print(&rows, baseline);
