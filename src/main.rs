@@ -194,8 +194,12 @@ async fn main() -> ExitCode {
                 }
                 _ => None,
             };
+            let trimmer = (!once).then(|| trim_after_first_render(&telemetry));
             let options = pipeline::RunOptions { once };
             let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;
+            if let Some(trimmer) = trimmer {
+                trimmer.abort();
+            }
             if let Some(reporters) = reporters {
                 reporters.stop().await;
             }
@@ -247,7 +251,10 @@ async fn main() -> ExitCode {
 /// Runs the template test cases and prints one line per case, the diffs of
 /// failing ones, and a closing count.
 async fn test(prepared: &Prepared, config: &std::path::Path, names: &[String], update: bool) -> ExitCode {
-    let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let cases = match template_tests::discover(dir, names) {
         Ok(cases) => cases,
         Err(e) => {
@@ -273,7 +280,11 @@ async fn test(prepared: &Prepared, config: &std::path::Path, names: &[String], u
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// SIGTERM and SIGINT, listened for by a task of their own so that they are
@@ -324,6 +335,27 @@ impl Drop for Signals {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// After the first successful render, gives back the memory that only the
+/// start needed (`telemetry::resident`). Aborted when the run ends.
+fn trim_after_first_render(telemetry: &Telemetry) -> JoinHandle<()> {
+    let mut outcomes = telemetry.outcomes();
+    tokio::spawn(async move {
+        loop {
+            match outcomes.recv().await {
+                Ok(outcome) if outcome.error.is_none() => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        let trimmed = telemetry::resident::trim();
+        tracing::debug!(
+            mapped_bytes = trimmed.mapped_bytes,
+            mappings = trimmed.mappings,
+            "memory only the start needed given back"
+        );
+    })
 }
 
 /// Binds the admin server and serves it in the background until `stopped`.

@@ -50,7 +50,11 @@ fn the_test_cases_of_both_examples_pass() {
     for example in ["haproxy", "dashboards"] {
         let output = kube_template(&["test", "-c", &config(&examples().join(example))]);
         let out = stdout(&output);
-        assert!(output.status.success(), "{example}:\n{out}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{example}:\n{out}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(out.ends_with(" passed, 0 failed\n"), "{example}: {out}");
         assert!(!out.contains("FAIL"), "{example}: {out}");
     }
@@ -71,7 +75,10 @@ fn a_changed_expectation_fails_with_a_unified_diff_and_update_accepts_the_render
         out.contains("--- expect/out/haproxy.cfg\n+++ rendered/out/haproxy.cfg\n"),
         "{out}"
     );
-    assert!(out.contains("-    http-request return status 502\n+    http-request return status 503\n"), "{out}");
+    assert!(
+        out.contains("-    http-request return status 502\n+    http-request return status 503\n"),
+        "{out}"
+    );
     assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
 
     let output = kube_template(&["test", "-c", &config(dir.path()), "--update", "missing-service"]);
@@ -104,7 +111,10 @@ fn a_case_without_manifests_or_expectation_is_a_failing_case_that_says_so() {
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("tests/empty: no manifests/ folder"), "{out}");
-    assert!(out.contains("tests/unexpected: no expect/ folder or expect_error file"), "{out}");
+    assert!(
+        out.contains("tests/unexpected: no expect/ folder or expect_error file"),
+        "{out}"
+    );
     assert!(out.ends_with("2 passed, 2 failed\n"), "{out}");
 }
 
@@ -124,7 +134,11 @@ fn unknown_case_names_and_bad_configs_exit_64() {
     assert!(err.contains("bogus"), "{err}");
 
     let bare = tempfile::tempdir().unwrap();
-    fs::copy(examples().join("dashboards/config.yaml"), bare.path().join("config.yaml")).unwrap();
+    fs::copy(
+        examples().join("dashboards/config.yaml"),
+        bare.path().join("config.yaml"),
+    )
+    .unwrap();
     copy_dir(&examples().join("dashboards/templates"), &bare.path().join("templates"));
     let output = kube_template(&["test", "-c", &config(bare.path())]);
     let err = String::from_utf8_lossy(&output.stderr);
@@ -137,5 +151,8 @@ fn rendering_a_case_leaves_the_configured_outputs_alone() {
     let dir = copy_example("dashboards");
     let output = kube_template(&["test", "-c", &config(dir.path())]);
     assert!(output.status.success(), "{}", stdout(&output));
-    assert!(!dir.path().join("out").exists(), "test wrote into the configured output paths");
+    assert!(
+        !dir.path().join("out").exists(),
+        "test wrote into the configured output paths"
+    );
 }

@@ -91,7 +91,13 @@ pub fn discover(config_dir: &Path, names: &[String]) -> Result<Vec<Case>> {
         })?;
         if entry.path().is_dir() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            cases.insert(name.clone(), Case { name, dir: entry.path() });
+            cases.insert(
+                name.clone(),
+                Case {
+                    name,
+                    dir: entry.path(),
+                },
+            );
         }
     }
     if names.is_empty() {
@@ -196,9 +202,9 @@ fn compare_files(expected: &BTreeMap<String, Vec<u8>>, rendered: &BTreeMap<Strin
         }
     }
     for path in rendered.keys().filter(|p| !expected.contains_key(*p)) {
-        outcome
-            .failures
-            .push(format!("{path}: rendered, but not in expect/ (run `test --update` to accept it)"));
+        outcome.failures.push(format!(
+            "{path}: rendered, but not in expect/ (run `test --update` to accept it)"
+        ));
     }
     outcome
 }
@@ -276,7 +282,10 @@ mod tests {
     use super::*;
 
     fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        files.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())).collect()
+        files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect()
     }
 
     #[test]
@@ -309,7 +318,10 @@ mod tests {
         let expect = dir.path().join("expect");
         let first = write_expected(&expect, &tree(&[("out/a", "1\n"), ("out/b", "2\n")]));
         assert_eq!(first.updated.len(), 2);
-        let second = write_expected(&expect, &tree(&[("out/a", "1\n"), ("out/b", "two\n"), ("out/c/d", "4\n")]));
+        let second = write_expected(
+            &expect,
+            &tree(&[("out/a", "1\n"), ("out/b", "two\n"), ("out/c/d", "4\n")]),
+        );
         assert!(second.passed());
         assert_eq!(second.updated.len(), 2, "{:?}", second.updated);
         let third = write_expected(&expect, &tree(&[("out/c/d", "4\n")]));
