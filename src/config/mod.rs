@@ -434,18 +434,45 @@ pub struct AdminSettings {
     /// Address of the admin HTTP server.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// What `/readyz` means: `serving` (ready once synced with a good render
+    /// on disk, and from then on) or `strict` (also the last render succeeded
+    /// and every watch is connected).
+    #[serde(default)]
+    pub readiness: Readiness,
+    /// How long the pipeline loop may go without turning (one render with its
+    /// checks and actions is one turn) before `/healthz` fails.
+    #[serde(default = "default_stall_timeout", with = "humane::duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: default_listen(),
+            readiness: Readiness::default(),
+            stall_timeout: default_stall_timeout(),
         }
     }
 }
 
 fn default_listen() -> String {
     "0.0.0.0:9090".into()
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `admin.readiness`: what `/readyz` means (DESIGN section 7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    /// Ready once synced with a good render on disk; render failures and API
+    /// outages are reported, not taken out of the Service.
+    #[default]
+    Serving,
+    /// Ready only while the last render succeeded and every watch is connected.
+    Strict,
 }
 
 /// `status:` — a ConfigMap whose annotations carry the last render's result.
@@ -655,6 +682,12 @@ impl Validator<'_> {
             && !matches!(node.value, NodeValue::Null)
             && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node, &[])
         {
+            if admin.stall_timeout.is_zero() {
+                self.issue(
+                    &["admin".into(), "stall_timeout".into()],
+                    "must be longer than 0s: the pipeline loop could never be healthy",
+                );
+            }
             if !listen_shape(&admin.listen) {
                 self.issue(
                     &["admin".into(), "listen".into()],

@@ -4,6 +4,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod problems;
 pub mod status;
 
 use std::sync::Arc;
