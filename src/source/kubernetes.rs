@@ -142,12 +142,24 @@ where
         let response = self.inner.call(request);
         let activity = Arc::clone(&self.activity);
         async move {
-            let response = response.await?;
-            // Only data of successful responses is life: a server answering
-            // errors, or holding a watch open without a byte, is not. An open
-            // one is followed until its body ends, so that a watch is only
-            // called hung while it has a connection to be silent on.
-            let open = response.status().is_success().then(|| Open::new(activity));
+            // A watch is hung while a connection is open and nothing comes on
+            // it. Data is life; so is a failed request (no connection, an error
+            // answer): the silence of the connection after an outage counts
+            // from the outage's end. A connection that is dropped and opened
+            // again (kube-rs does, when one is idle too long) keeps counting.
+            let response = match response.await {
+                Ok(response) => response,
+                Err(error) => {
+                    activity.touch();
+                    return Err(error);
+                }
+            };
+            let open = if response.status().is_success() {
+                Some(Open::new(activity))
+            } else {
+                activity.touch();
+                None
+            };
             Ok(response.map(|inner| ActivityBody { inner, open }))
         }
         .boxed()

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::problems::{Problem, Readiness, Verdict};
 
 /// When something last showed life, as milliseconds since the status was
-/// created: a watch (the opening of a response, or any bytes of one,
-/// bookmarks included), or the pipeline loop (a turn).
+/// created: a watch (any bytes of a successful response, bookmarks
+/// included, or a failed request), or the pipeline loop (a turn).
 #[derive(Debug)]
 pub struct Activity {
     base: Instant,
@@ -42,10 +42,9 @@ impl Activity {
         self.base.elapsed().saturating_sub(last)
     }
 
-    /// A response opened: its silence counts from now, until [`Self::closed`].
+    /// A response opened; it is open until [`Self::closed`].
     pub fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.touch();
     }
 
     /// A response opened with [`Self::opened`] ended or was dropped.
@@ -441,7 +440,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_watch_without_a_connection_is_not_unhealthy_however_long_it_is_silent() {
+    async fn a_watch_is_hung_only_while_a_connection_is_open_and_silent() {
         let status = Status::default();
         let activity = status.activity();
         status.add_watch(
@@ -453,9 +452,17 @@ mod tests {
         activity.closed();
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(status.health().is_ok());
-        // A connection opened after a long outage is not silent yet.
+        // A failed request ends the silence: a connection opened after a
+        // long outage is not silent yet.
+        activity.touch();
         activity.opened();
         assert!(status.health().is_ok());
+        // Nor is one dropped and opened again with nothing on it.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        activity.closed();
+        activity.opened();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(status.health().is_err());
     }
 
     #[tokio::test(start_paused = true)]
