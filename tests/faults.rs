@@ -504,7 +504,11 @@ async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refuse
             })
             .await;
         assert_eq!(body.0, 200, "the last good file is served: still ready: {}", body.1);
-        assert!(body.1.contains("max_output_bytes"), "/readyz?verbose says why: {}", body.1);
+        assert!(
+            body.1.contains("max_output_bytes"),
+            "/readyz?verbose says why: {}",
+            body.1
+        );
         assert_eq!(limited.read("out.txt"), Some(good), "the last good file stays");
         assert!(
             staged_files(limited.dir.path()).is_empty(),

@@ -185,3 +185,25 @@ fn a_list_is_not_taken_for_a_mapping() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn admin_readiness_and_stall_timeout_are_read_and_checked() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.admin.readiness, Readiness::Serving);
+    assert_eq!(config.admin.stall_timeout, Duration::from_secs(300));
+    let strict = parse(&format!("{MINIMAL}admin:\n  readiness: strict\n  stall_timeout: 90s\n")).unwrap();
+    assert_eq!(strict.admin.readiness, Readiness::Strict);
+    assert_eq!(strict.admin.stall_timeout, Duration::from_secs(90));
+
+    let issues = parse(&format!("{MINIMAL}admin:\n  readiness: lax\n")).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.readiness", "{issues:?}");
+    assert_eq!(
+        issues[0].message,
+        "unknown variant `lax`, expected `serving` or `strict`"
+    );
+
+    let issues = parse(&format!("{MINIMAL}admin:\n  stall_timeout: 0s\n")).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.stall_timeout", "{issues:?}");
+}
