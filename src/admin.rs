@@ -67,7 +67,7 @@ async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        telemetry.metrics.encode(),
+        telemetry.encode_metrics(),
     )
         .into_response()
 }
@@ -143,11 +143,13 @@ pub fn status_page(telemetry: &Telemetry) -> String {
     for watch in &view.watches {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{} since {}</td><td>{} s</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} s</td><td>{}</td></tr>",
             escape(&watch.name),
             if watch.synced { "done" } else { "pending" },
-            if watch.connected { "yes" } else { "no" },
-            time(watch.since),
+            match watch.disconnected_since() {
+                Some(since) => format!("<span class=\"bad\">no, since {}</span>", time(since)),
+                None => "yes".into(),
+            },
             watch.activity.silent_for().as_secs(),
             escape(watch.error.as_deref().unwrap_or("-"))
         );

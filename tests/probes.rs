@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::fake_api::FakeApiServer;
+use support::fake_api::{FakeApiServer, Fault, Verb};
 use support::sidecar::{POLL, Sidecar};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -279,6 +279,36 @@ async fn through_an_api_outage_longer_than_the_watch_timeout_both_probes_stay_20
             })
             .await;
         assert_eq!(http_get(&admin, "/healthz").0, 200);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_200_when_the_api_server_answered_errors_for_longer_than_the_watch_timeout() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        // Bookmarks come, though not at once after a watch opens.
+        server.set_bookmark_interval(Duration::from_secs(2));
+        server.apply(config_map("a", json!({"v": "1"})));
+        let case = Case::new(&config("", ""));
+        let (sidecar, admin) = case.spawn_against(&server, &["--watch-timeout", "1s"]).await;
+        until_status(&sidecar, &admin, "/readyz", 200).await;
+
+        // Every watch request answered with an error, for longer than the
+        // silence limit (1s + 5s); the watch resumes without listing again.
+        server.inject_fault(Fault::new(500).verb(Verb::Watch));
+        server.drop_watches();
+        let (code, body) = until_verbose(&sidecar, &admin, "not connected since").await;
+        assert_eq!(code, 200, "{body}");
+        holds_for(&sidecar, &admin, "/healthz", 200, Duration::from_secs(7)).await;
+        server.clear_faults();
+        sidecar
+            .until_holds("the watch to connect again", || {
+                metric(&admin, "kube_template_watch_connected{") == Some(1.0)
+            })
+            .await;
+        // Its silence counts from the outage's end, not from before it.
+        holds_for(&sidecar, &admin, "/healthz", 200, Duration::from_secs(3)).await;
     })
     .await;
 }

@@ -143,21 +143,18 @@ where
         let activity = Arc::clone(&self.activity);
         async move {
             // A watch is hung while a connection is open and nothing comes on
-            // it. Data is life; so is a failed request (no connection, an error
-            // answer): the silence of the connection after an outage counts
-            // from the outage's end. A connection that is dropped and opened
-            // again (kube-rs does, when one is idle too long) keeps counting.
+            // it: an outage (no connection, error answers) is not silence.
             let response = match response.await {
                 Ok(response) => response,
                 Err(error) => {
-                    activity.touch();
+                    activity.failed();
                     return Err(error);
                 }
             };
             let open = if response.status().is_success() {
                 Some(Open::new(activity))
             } else {
-                activity.touch();
+                activity.failed();
                 None
             };
             Ok(response.map(|inner| ActivityBody { inner, open }))
@@ -421,16 +418,8 @@ impl Pump<'_> {
         let label = WatchLabel {
             watch: self.name.to_string(),
         };
-        let connected = self
-            .reporting
-            .telemetry
-            .metrics
-            .watch_connected
-            .get_or_create(&label)
-            .clone();
         let mut failing = false;
         while let Some(item) = stream.next().await {
-            connected.set(i64::from(item.is_ok()));
             if item.is_ok() && failing {
                 failing = false;
                 status.watch_error(self.reporting.index, None);

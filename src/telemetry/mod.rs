@@ -53,6 +53,23 @@ impl Telemetry {
         self.outcomes.subscribe()
     }
 
+    /// The metrics as text, the gauges that follow the status brought up
+    /// to date first.
+    pub fn encode_metrics(&self) -> String {
+        // Watches with a silence limit are the API server's; files have no
+        // connection to lose.
+        for watch in self.status.view().watches.iter().filter(|w| w.silence_limit.is_some()) {
+            let connected = watch.activity.failing_for().is_none();
+            self.metrics
+                .watch_connected
+                .get_or_create(&metrics::WatchLabel {
+                    watch: watch.name.clone(),
+                })
+                .set(i64::from(connected));
+        }
+        self.metrics.encode()
+    }
+
     /// Publishes a render outcome to whoever follows them.
     pub fn publish(&self, outcome: RenderOutcome) {
         // No follower is fine.

@@ -13,13 +13,17 @@ use super::problems::{Problem, Readiness, Verdict};
 
 /// When something last showed life, as milliseconds since the status was
 /// created: a watch (any bytes of a successful response, bookmarks
-/// included, or a failed request), or the pipeline loop (a turn).
+/// included, or the first response after a failed request), or the
+/// pipeline loop (a turn).
 #[derive(Debug)]
 pub struct Activity {
     base: Instant,
     millis: AtomicU64,
     /// Successful responses whose body is still open.
     open: AtomicUsize,
+    /// When the current streak of failed requests (no connection, error
+    /// answers) began, as milliseconds since `base` plus one; 0: none.
+    failing_since: AtomicU64,
 }
 
 impl Activity {
@@ -28,6 +32,7 @@ impl Activity {
             millis: AtomicU64::new(base.elapsed().as_millis() as u64),
             base,
             open: AtomicUsize::new(0),
+            failing_since: AtomicU64::new(0),
         }
     }
 
@@ -42,9 +47,32 @@ impl Activity {
         self.base.elapsed().saturating_sub(last)
     }
 
-    /// A response opened; it is open until [`Self::closed`].
+    /// A response opened; it is open until [`Self::closed`]. It ends a
+    /// streak of failures, and the first one after them starts the silence
+    /// afresh: what came before was an outage, not a silent connection. One
+    /// opened again after a clean end (kube-rs drops a connection idle too
+    /// long) does not.
     pub fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
+        if self.failing_since.swap(0, Ordering::Relaxed) != 0 {
+            self.touch();
+        }
+    }
+
+    /// A request failed: no connection, or an error answer.
+    pub fn failed(&self) {
+        let now = self.base.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .failing_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long requests have been failing, if the last one failed.
+    pub fn failing_for(&self) -> Option<Duration> {
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.base.elapsed().saturating_sub(Duration::from_millis(since - 1))),
+        }
     }
 
     /// A response opened with [`Self::opened`] ended or was dropped.
@@ -78,18 +106,14 @@ pub struct WatchInfo {
     pub silence_limit: Option<Duration>,
     /// The last error, until the watch shows life again.
     pub error: Option<String>,
-    /// Whether its last request succeeded (a listing, a watch event).
-    pub connected: bool,
-    /// When `connected` last changed.
-    pub since: SystemTime,
 }
 
 impl WatchInfo {
-    fn connect(&mut self, connected: bool) {
-        if self.connected != connected {
-            self.connected = connected;
-            self.since = SystemTime::now();
-        }
+    /// Since when the watch cannot reach the API server (its requests fail
+    /// or are answered with errors), if it cannot.
+    pub fn disconnected_since(&self) -> Option<SystemTime> {
+        let failing = self.activity.failing_for()?;
+        Some(SystemTime::now() - failing)
     }
 }
 
@@ -183,8 +207,6 @@ impl Status {
             activity,
             silence_limit,
             error: None,
-            connected: false,
-            since: SystemTime::now(),
         });
         inner.watches.len() - 1
     }
@@ -193,14 +215,11 @@ impl Status {
         if let Some(w) = self.lock().watches.get_mut(index) {
             w.synced = true;
             w.error = None;
-            w.connect(true);
         }
     }
 
-    /// A watch failed (`Some`), or succeeded again after failing (`None`).
     pub fn watch_error(&self, index: usize, error: Option<String>) {
         if let Some(w) = self.lock().watches.get_mut(index) {
-            w.connect(error.is_none());
             w.error = error;
         }
     }
@@ -285,17 +304,13 @@ impl Status {
                 since,
             });
         }
-        problems.extend(
-            inner
-                .watches
-                .iter()
-                .filter(|w| !w.connected && (w.synced || w.error.is_some()))
-                .map(|w| Problem::WatchDisconnected {
-                    watch: w.name.clone(),
-                    since: w.since,
-                    error: w.error.clone(),
-                }),
-        );
+        problems.extend(inner.watches.iter().filter_map(|w| {
+            Some(Problem::WatchDisconnected {
+                watch: w.name.clone(),
+                since: w.disconnected_since()?,
+                error: w.error.clone(),
+            })
+        }));
         problems.extend(inner.reported.values().cloned());
         if let Some(dead) = &inner.dead {
             problems.push(Problem::Stopped { why: dead.clone() });
@@ -373,7 +388,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_needs_every_list_and_a_good_render_then_holds_through_failures() {
         let status = Status::default();
-        let w = status.add_watch("v1/Secret".into(), status.activity(), None);
+        let activity = status.activity();
+        let w = status.add_watch("v1/Secret".into(), Arc::clone(&activity), None);
         assert!(!status.readiness().ready);
         assert_eq!(
             lines(&status),
@@ -387,14 +403,14 @@ mod tests {
         status.render_done(Duration::from_millis(3), None);
         assert_eq!(status.readiness(), Verdict::new(vec![], Readiness::Serving));
         status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
-        status.watch_error(w, Some("cannot reach the API server".into()));
+        activity.failed();
         let verdict = status.readiness();
         assert!(verdict.ready, "{verdict:?}");
         assert_eq!(verdict.problems.len(), 2, "{verdict:?}");
         status.set_readiness(Readiness::Strict);
         assert!(!status.readiness().ready);
         status.render_done(Duration::from_millis(3), None);
-        status.watch_error(w, None);
+        activity.opened();
         assert!(status.readiness().ready);
     }
 
@@ -452,9 +468,9 @@ mod tests {
         activity.closed();
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(status.health().is_ok());
-        // A failed request ends the silence: a connection opened after a
-        // long outage is not silent yet.
-        activity.touch();
+        // A connection opened after a long outage is not silent yet.
+        activity.failed();
+        tokio::time::advance(Duration::from_secs(30)).await;
         activity.opened();
         assert!(status.health().is_ok());
         // Nor is one dropped and opened again with nothing on it.
