@@ -373,3 +373,52 @@ async fn liveness_fails_when_the_pipeline_loop_stops_turning() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_on_demand_copies_are_listed_while_renders_use_them() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        let secret = |value: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"namespace": "default", "name": "s"}, "data": {"v": value}})
+        };
+        server.apply(secret("b25l")); // "one"
+        let case = Case::new(
+            r#"
+watched_resources:
+  secrets: {api_version: v1, kind: Secret, store: on-demand}
+  cms: {api_version: v1, kind: ConfigMap}
+templates:
+  out:
+    path: out.txt
+    inline: "cms={{ resources.cms | length }} {{ resources.secrets.get_one('default', 's').data.v | b64decode }}\n"
+render:
+  wait: {min: 10ms, max: 100ms}
+admin: {listen: "127.0.0.1:0"}
+"#,
+        );
+        let (sidecar, admin) = case.spawn_against(&server, &[]).await;
+        until_status(&sidecar, &admin, "/readyz", 200).await;
+        assert_eq!(case.read("out.txt").as_deref(), Some("cms=0 one\n"));
+
+        server.inject_fault(Fault::new(500).verb(Verb::Get));
+        server.apply(secret("dHdv")); // "two"
+        server.apply(config_map("trigger", json!({})));
+        let (code, body) = until_verbose(&sidecar, &admin, "stale on-demand copies in use").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(case.read("out.txt").as_deref(), Some("cms=1 one\n"), "the cached copy");
+
+        server.clear_faults();
+        sidecar
+            .until_holds("the render with the fetched copy", || {
+                case.read("out.txt").as_deref() == Some("cms=1 two\n")
+            })
+            .await;
+        sidecar
+            .until_holds("the problem to clear", || {
+                http_get(&admin, "/readyz?verbose").1 == "ok\n"
+            })
+            .await;
+    })
+    .await;
+}
