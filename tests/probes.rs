@@ -362,11 +362,33 @@ async fn liveness_fails_when_the_pipeline_loop_stops_turning() {
     within_deadline(async {
         let server = FakeApiServer::start().await;
         server.apply(config_map("a", json!({"v": "1"})));
-        // A check that hangs within its own timeout holds the render, and so
-        // the loop, for longer than the loop may go without turning.
-        let hang = "    check: [\"sleep\", \"20\"]\n    check_timeout: 1m\n";
-        let case = Case::new(&config(", stall_timeout: 1s", hang));
+        // A runaway template, with fuel for hours of it, holds the render and
+        // so the loop for longer than the loop may go without turning.
+        let case = Case::new(
+            r#"
+watched_resources:
+  cms: {api_version: v1, kind: ConfigMap}
+templates:
+  out:
+    path: out.txt
+    inline: "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+render:
+  wait: {min: 10ms, max: 100ms}
+  fuel: 100000000000000
+admin: {listen: "127.0.0.1:0", stall_timeout: 1s}
+"#,
+        );
         let (sidecar, admin) = case.spawn_against(&server, &[]).await;
+        let line = sidecar
+            .until("the render to start", || {
+                sidecar
+                    .log()
+                    .lines()
+                    .find(|l| l.contains("render started"))
+                    .map(str::to_owned)
+            })
+            .await;
+        assert!(line.contains("versions"), "{line}");
         let body = until_status(&sidecar, &admin, "/healthz", 503).await;
         assert!(body.contains("pipeline loop has not turned for"), "{body}");
         assert_eq!(case.read("out.txt"), None, "the render is still held");

@@ -463,6 +463,24 @@ fn default_stall_timeout() -> Duration {
     Duration::from_secs(300)
 }
 
+/// The longest a render may wait on one thing it runs, a `check` or an
+/// action (all attempts of an HTTP one), and where it is set.
+fn longest_wait(config: &Config) -> Option<(String, Duration)> {
+    let checks = config
+        .templates
+        .values()
+        .filter(|t| !t.check.is_empty())
+        .map(|t| (format!("templates.{}.check_timeout", t.name), t.check_timeout));
+    let actions = config.actions.iter().enumerate().map(|(i, action)| match action {
+        Action::Command { timeout, .. } => (format!("actions.{i}.timeout"), *timeout),
+        Action::Http(http) => (
+            format!("actions.{i}.timeout × {} attempts", http.retries + 1),
+            http.timeout * (http.retries + 1),
+        ),
+    });
+    checks.chain(actions).max_by_key(|(_, wait)| *wait)
+}
+
 /// `admin.readiness`: what `/readyz` means (DESIGN section 7).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -686,6 +704,17 @@ impl Validator<'_> {
                 self.issue(
                     &["admin".into(), "stall_timeout".into()],
                     "must be longer than 0s: the pipeline loop could never be healthy",
+                );
+            } else if let Some((what, longest)) = longest_wait(&config)
+                && admin.stall_timeout <= longest
+            {
+                self.issue(
+                    &["admin".into(), "stall_timeout".into()],
+                    format!(
+                        "{} is not longer than {what} ({}): a render waiting on it would count as a stopped pipeline loop",
+                        humantime::format_duration(admin.stall_timeout),
+                        humantime::format_duration(longest)
+                    ),
                 );
             }
             if !listen_shape(&admin.listen) {

@@ -206,4 +206,16 @@ fn admin_readiness_and_stall_timeout_are_read_and_checked() {
     let issues = parse(&format!("{MINIMAL}admin:\n  stall_timeout: 0s\n")).unwrap_err();
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert_eq!(issues[0].path, "admin.stall_timeout", "{issues:?}");
+
+    // A render waits on its checks and actions: the loop may take that long.
+    let waits = "    check: [\"true\"]\n    check_timeout: 2m\nactions:\n  - {http: {url: \"http://127.0.0.1:1/\", timeout: 1m, retries: 2}}\n";
+    let text = format!("{MINIMAL}{waits}admin:\n  stall_timeout: 3m\n");
+    let issues = parse(&text).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.stall_timeout", "{issues:?}");
+    assert_eq!(
+        issues[0].message,
+        "3m is not longer than actions.0.timeout × 3 attempts (3m): a render waiting on it would count as a stopped pipeline loop"
+    );
+    assert!(parse(&format!("{MINIMAL}{waits}admin:\n  stall_timeout: 181s\n")).is_ok());
 }
