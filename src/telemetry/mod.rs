@@ -1,6 +1,6 @@
-//! Telemetry: logs, metrics, the live status the admin server shows, and the
-//! stream of render outcomes that reporters (Kubernetes Events, the status
-//! ConfigMap) follow.
+//! Telemetry: logs, metrics, the live status the admin server shows (with
+//! the problems its probes weigh), and the stream of render outcomes that
+//! reporters (Kubernetes Events, the status ConfigMap) follow.
 
 pub mod logging;
 pub mod metrics;
