@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -41,8 +41,24 @@ async fn healthz(State(telemetry): State<Arc<Telemetry>>) -> Response {
     verdict(telemetry.status.health())
 }
 
-async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> Response {
-    verdict(telemetry.status.readiness())
+/// 200 or 503 by the readiness verdict. A 503 lists every current problem;
+/// `?verbose` lists them with a 200 as well (problems the daemon serves
+/// through: a failing render, a disconnected watch, stale copies).
+async fn readyz(State(telemetry): State<Arc<Telemetry>>, RawQuery(query): RawQuery) -> Response {
+    let verbose = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verdict = telemetry.status.readiness();
+    let code = if verdict.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let lines = verdict.lines();
+    if lines.is_empty() || (verdict.ready && !verbose) {
+        return (code, "ok\n").into_response();
+    }
+    (code, format!("{}\n", lines.join("\n"))).into_response()
 }
 
 async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
@@ -51,7 +67,7 @@ async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        telemetry.metrics.encode(),
+        telemetry.encode_metrics(),
     )
         .into_response()
 }
@@ -74,11 +90,20 @@ pub fn status_page(telemetry: &Telemetry) -> String {
         Ok(()) => "healthy".to_string(),
         Err(reasons) => format!("<span class=\"bad\">unhealthy: {}</span>", escape(&reasons.join("; "))),
     };
-    let ready = match telemetry.status.readiness() {
-        Ok(()) => "ready".to_string(),
-        Err(reasons) => format!("<span class=\"bad\">not ready: {}</span>", escape(&reasons.join("; "))),
+    let verdict = telemetry.status.readiness();
+    let ready = if verdict.ready {
+        "ready"
+    } else {
+        "<span class=\"bad\">not ready</span>"
     };
     let _ = writeln!(html, "<p>{health} · {ready}</p>");
+    if !verdict.problems.is_empty() {
+        html.push_str("<h2>Problems</h2>\n<ul>\n");
+        for line in verdict.lines() {
+            let _ = writeln!(html, "<li class=\"bad\">{}</li>", escape(&line));
+        }
+        html.push_str("</ul>\n");
+    }
 
     html.push_str("<h2>Last render</h2>\n");
     match &view.last_render {
@@ -113,14 +138,18 @@ pub fn status_page(telemetry: &Telemetry) -> String {
     html.push_str("</table>\n");
 
     html.push_str(
-        "<h2>Watches</h2>\n<table><tr><th>watch</th><th>initial list</th><th>silent for</th><th>last error</th></tr>\n",
+        "<h2>Watches</h2>\n<table><tr><th>watch</th><th>initial list</th><th>connected</th><th>silent for</th><th>last error</th></tr>\n",
     );
     for watch in &view.watches {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{} s</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} s</td><td>{}</td></tr>",
             escape(&watch.name),
             if watch.synced { "done" } else { "pending" },
+            match watch.disconnected_since() {
+                Some(since) => format!("<span class=\"bad\">no, since {}</span>", time(since)),
+                None => "yes".into(),
+            },
             watch.activity.silent_for().as_secs(),
             escape(watch.error.as_deref().unwrap_or("-"))
         );
@@ -140,7 +169,7 @@ pub fn status_page(telemetry: &Telemetry) -> String {
             escape(&output.sha256)
         );
     }
-    html.push_str("</table>\n<p><a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">healthz</a> · <a href=\"/readyz\">readyz</a></p>\n</body></html>\n");
+    html.push_str("</table>\n<p><a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">healthz</a> · <a href=\"/readyz?verbose\">readyz</a></p>\n</body></html>\n");
     html
 }
 

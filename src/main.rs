@@ -60,7 +60,7 @@ enum Command {
         /// Use streaming lists (WatchList, Kubernetes 1.32+) instead of paged LISTs for initial syncs.
         #[arg(long)]
         streaming_lists: bool,
-        /// Server-side timeout of each watch request; a watch silent for longer (plus 5s) fails /healthz.
+        /// Server-side timeout of each watch request; a watch whose connection is open but silent for longer (plus 5s) fails /healthz.
         #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
         watch_timeout: std::time::Duration,
     },

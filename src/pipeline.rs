@@ -22,6 +22,8 @@ use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::store::{AnyStore, Meta};
 use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
+use crate::telemetry::problems::{Problem, Readiness};
+use crate::telemetry::status::Activity;
 use crate::telemetry::{RenderOutcome, Telemetry};
 
 /// A validated config with its compiled templates: everything a run needs
@@ -198,8 +200,10 @@ pub async fn run(
     let mut burst: Option<Burst> = None;
     let mut retry: Option<(Instant, u32)> = None;
     let mut rendered_once = false;
+    let (heartbeat, mut tick) = follow_probes(config, &telemetry);
     tokio::pin!(shutdown);
     loop {
+        heartbeat.touch();
         let due = if !unsynced.is_empty() {
             None
         } else if let Some(burst) = &burst {
@@ -252,6 +256,7 @@ pub async fn run(
                 // A render that showed cached copies because GETs failed is
                 // done again, with the same backoff, until the API answers.
                 let stale = stale_reads(&sources.caches) > stale_before;
+                telemetry.status.report("stale reads", stale.then_some(Problem::StaleReads));
                 retry = if ok && !stale {
                     None
                 } else {
@@ -266,8 +271,28 @@ pub async fn run(
                     Some((Instant::now() + delay, failures))
                 };
             }
+            // Turns the loop, and so beats its heartbeat, while it has nothing to do.
+            _ = tick.tick() => {}
         }
     }
+}
+
+/// Tells the probes how this run is judged (`admin:`), and whether a good
+/// render is on disk already (every output exists: files are only ever
+/// written whole, after a successful render). Returns the loop's heartbeat
+/// and a tick that turns the loop often enough to beat it while idle.
+fn follow_probes(config: &Config, telemetry: &Telemetry) -> (Arc<Activity>, tokio::time::Interval) {
+    telemetry.status.set_readiness(match config.admin.readiness {
+        config::Readiness::Serving => Readiness::Serving,
+        config::Readiness::Strict => Readiness::Strict,
+    });
+    if config.templates.values().all(|t| t.output.path().exists()) {
+        telemetry.status.outputs_found();
+    }
+    let limit = config.admin.stall_timeout;
+    let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    (telemetry.status.heartbeat(limit), tick)
 }
 
 /// The events since the last render: when the first and the last came.

@@ -401,7 +401,18 @@ fn pod_is_hardened_and_wired_to_its_config() {
         .1
         .parse()
         .unwrap();
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // The startup probe waits for the initial sync of a large cluster.
+    let startup = &sidecar["startupProbe"];
+    let budget = startup["periodSeconds"].as_u64().unwrap_or(10) * startup["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(
+        budget >= 300,
+        "startupProbe allows only {budget} s for the initial sync"
+    );
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
         let get = &sidecar[probe]["httpGet"];
         assert_eq!(get["path"], path);
         let port = sidecar["ports"]

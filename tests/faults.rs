@@ -498,12 +498,17 @@ async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refuse
         let line = sidecar.until_log("render failed").await;
         assert!(line.contains("max_output_bytes"), "the error names the limit: {line}");
         let body = sidecar
-            .until("/readyz to answer 503", || {
-                let (code, body) = http_get(&admin, "/readyz");
-                (code == 503).then_some(body)
+            .until("/readyz?verbose to name the failure", || {
+                let (code, body) = http_get(&admin, "/readyz?verbose");
+                body.contains("last render failed").then_some((code, body))
             })
             .await;
-        assert!(body.contains("max_output_bytes"), "/readyz says why: {body}");
+        assert_eq!(body.0, 200, "the last good file is served: still ready: {}", body.1);
+        assert!(
+            body.1.contains("max_output_bytes"),
+            "/readyz?verbose says why: {}",
+            body.1
+        );
         assert_eq!(limited.read("out.txt"), Some(good), "the last good file stays");
         assert!(
             staged_files(limited.dir.path()).is_empty(),

@@ -434,18 +434,63 @@ pub struct AdminSettings {
     /// Address of the admin HTTP server.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// What `/readyz` means: `serving` (ready once synced with a good render
+    /// on disk, and from then on) or `strict` (also the last render succeeded
+    /// and every watch is connected).
+    #[serde(default)]
+    pub readiness: Readiness,
+    /// How long the pipeline loop may go without turning (one render with its
+    /// checks and actions is one turn) before `/healthz` fails.
+    #[serde(default = "default_stall_timeout", with = "humane::duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: default_listen(),
+            readiness: Readiness::default(),
+            stall_timeout: default_stall_timeout(),
         }
     }
 }
 
 fn default_listen() -> String {
     "0.0.0.0:9090".into()
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The longest a render may wait on one thing it runs, a `check` or an
+/// action (all attempts of an HTTP one), and where it is set.
+fn longest_wait(config: &Config) -> Option<(String, Duration)> {
+    let checks = config
+        .templates
+        .values()
+        .filter(|t| !t.check.is_empty())
+        .map(|t| (format!("templates.{}.check_timeout", t.name), t.check_timeout));
+    let actions = config.actions.iter().enumerate().map(|(i, action)| match action {
+        Action::Command { timeout, .. } => (format!("actions.{i}.timeout"), *timeout),
+        Action::Http(http) => (
+            format!("actions.{i}.timeout × {} attempts", http.retries + 1),
+            http.timeout * (http.retries + 1),
+        ),
+    });
+    checks.chain(actions).max_by_key(|(_, wait)| *wait)
+}
+
+/// `admin.readiness`: what `/readyz` means (DESIGN section 7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    /// Ready once synced with a good render on disk; render failures and API
+    /// outages are reported, not taken out of the Service.
+    #[default]
+    Serving,
+    /// Ready only while the last render succeeded and every watch is connected.
+    Strict,
 }
 
 /// `status:` — a ConfigMap whose annotations carry the last render's result.
@@ -655,6 +700,23 @@ impl Validator<'_> {
             && !matches!(node.value, NodeValue::Null)
             && let Some(admin) = self.typed::<AdminSettings>(&["admin".into()], &node, &[])
         {
+            if admin.stall_timeout.is_zero() {
+                self.issue(
+                    &["admin".into(), "stall_timeout".into()],
+                    "must be longer than 0s: the pipeline loop could never be healthy",
+                );
+            } else if let Some((what, longest)) = longest_wait(&config)
+                && admin.stall_timeout <= longest
+            {
+                self.issue(
+                    &["admin".into(), "stall_timeout".into()],
+                    format!(
+                        "{} is not longer than {what} ({}): a render waiting on it would count as a stopped pipeline loop",
+                        humantime::format_duration(admin.stall_timeout),
+                        humantime::format_duration(longest)
+                    ),
+                );
+            }
             if !listen_shape(&admin.listen) {
                 self.issue(
                     &["admin".into(), "listen".into()],

@@ -185,3 +185,37 @@ fn a_list_is_not_taken_for_a_mapping() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn admin_readiness_and_stall_timeout_are_read_and_checked() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.admin.readiness, Readiness::Serving);
+    assert_eq!(config.admin.stall_timeout, Duration::from_secs(300));
+    let strict = parse(&format!("{MINIMAL}admin:\n  readiness: strict\n  stall_timeout: 90s\n")).unwrap();
+    assert_eq!(strict.admin.readiness, Readiness::Strict);
+    assert_eq!(strict.admin.stall_timeout, Duration::from_secs(90));
+
+    let issues = parse(&format!("{MINIMAL}admin:\n  readiness: lax\n")).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.readiness", "{issues:?}");
+    assert_eq!(
+        issues[0].message,
+        "unknown variant `lax`, expected `serving` or `strict`"
+    );
+
+    let issues = parse(&format!("{MINIMAL}admin:\n  stall_timeout: 0s\n")).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.stall_timeout", "{issues:?}");
+
+    // A render waits on its checks and actions: the loop may take that long.
+    let waits = "    check: [\"true\"]\n    check_timeout: 2m\nactions:\n  - {http: {url: \"http://127.0.0.1:1/\", timeout: 1m, retries: 2}}\n";
+    let text = format!("{MINIMAL}{waits}admin:\n  stall_timeout: 3m\n");
+    let issues = parse(&text).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "admin.stall_timeout", "{issues:?}");
+    assert_eq!(
+        issues[0].message,
+        "3m is not longer than actions.0.timeout × 3 attempts (3m): a render waiting on it would count as a stopped pipeline loop"
+    );
+    assert!(parse(&format!("{MINIMAL}{waits}admin:\n  stall_timeout: 181s\n")).is_ok());
+}

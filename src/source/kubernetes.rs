@@ -142,13 +142,40 @@ where
         let response = self.inner.call(request);
         let activity = Arc::clone(&self.activity);
         async move {
-            let response = response.await?;
-            // Only data of successful responses is life: a server answering
-            // errors, or holding a watch open without a byte, is not.
-            let activity = response.status().is_success().then_some(activity);
-            Ok(response.map(|inner| ActivityBody { inner, activity }))
+            // A watch is hung while a connection is open and nothing comes on
+            // it: an outage (no connection, error answers) is not silence.
+            let response = match response.await {
+                Ok(response) => response,
+                Err(error) => {
+                    activity.failed();
+                    return Err(error);
+                }
+            };
+            let open = if response.status().is_success() {
+                Some(Open::new(activity))
+            } else {
+                activity.failed();
+                None
+            };
+            Ok(response.map(|inner| ActivityBody { inner, open }))
         }
         .boxed()
+    }
+}
+
+/// A response body being received: open until dropped.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: Arc<Activity>) -> Open {
+        activity.opened();
+        Open(activity)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.closed();
     }
 }
 
@@ -156,7 +183,7 @@ pin_project_lite::pin_project! {
     struct ActivityBody<B> {
         #[pin]
         inner: B,
-        activity: Option<Arc<Activity>>,
+        open: Option<Open>,
     }
 }
 
@@ -170,8 +197,15 @@ impl<B: http_body::Body> http_body::Body for ActivityBody<B> {
     ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let (std::task::Poll::Ready(Some(Ok(_))), Some(activity)) = (&frame, this.activity.as_ref()) {
-            activity.touch();
+        match &frame {
+            std::task::Poll::Ready(Some(Ok(_))) => {
+                if let Some(Open(activity)) = this.open.as_ref() {
+                    activity.touch();
+                }
+            }
+            // Ended or broken: closed now, not when the client drops it.
+            std::task::Poll::Ready(_) => *this.open = None,
+            std::task::Poll::Pending => {}
         }
         frame
     }
@@ -251,7 +285,8 @@ impl Default for WatchOptions {
 }
 
 impl WatchOptions {
-    /// How long a watch may be silent before `/healthz` reports it stalled.
+    /// How long a watch may be silent, its connection open, before `/healthz`
+    /// reports it hung.
     pub fn silence_limit(&self) -> std::time::Duration {
         self.timeout + std::time::Duration::from_secs(5)
     }
@@ -380,6 +415,9 @@ impl Pump<'_> {
         let mut listed = false;
         let mut listing: Option<Vec<Document>> = None;
         let status = &self.reporting.telemetry.status;
+        let label = WatchLabel {
+            watch: self.name.to_string(),
+        };
         let mut failing = false;
         while let Some(item) = stream.next().await {
             if item.is_ok() && failing {
@@ -417,9 +455,7 @@ impl Pump<'_> {
                         .telemetry
                         .metrics
                         .watch_restarts
-                        .get_or_create(&WatchLabel {
-                            watch: self.name.to_string(),
-                        })
+                        .get_or_create(&label)
                         .inc();
                     if listed && connection_lost(&error) {
                         tracing::info!(stores = %self.stores, watch = %self.name, "connection to the API server lost; listing again");

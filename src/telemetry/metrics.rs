@@ -1,7 +1,10 @@
 //! Prometheus metrics (`kube_template_*`), served as text by `/metrics`.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +76,12 @@ pub struct Metrics {
     pub cache_errors: Family<StoreLabel, Counter>,
     pub cache_fetch_duration: HistogramFamily<StoreLabel>,
     pub last_success: Gauge<f64, AtomicU64>,
+    /// 1 while a watch's last request succeeded, 0 while it fails.
+    pub watch_connected: Family<WatchLabel, Gauge>,
+    /// Set from `last_success_at` whenever the metrics are read.
+    since_success: Gauge<f64, AtomicU64>,
+    /// The last successful render, or the start when there was none.
+    last_success_at: Mutex<Instant>,
 }
 
 impl Default for Metrics {
@@ -99,6 +108,9 @@ impl Metrics {
             cache_errors: Family::default(),
             cache_fetch_duration: Family::new_with_constructor(seconds_histogram),
             last_success: Gauge::default(),
+            watch_connected: Family::default(),
+            since_success: Gauge::default(),
+            last_success_at: Mutex::new(Instant::now()),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,11 +174,23 @@ impl Metrics {
             "Unix time of the last successful render",
             m.last_success.clone(),
         );
+        registry.register(
+            "watch_connected",
+            "Whether each watch is connected (1) or failing to reach the API server (0)",
+            m.watch_connected.clone(),
+        );
+        registry.register(
+            "seconds_since_last_successful_render",
+            "Seconds since the last successful render (since the start while there was none)",
+            m.since_success.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// The metrics in the Prometheus / OpenMetrics text format.
     pub fn encode(&self) -> String {
+        let since = lock(&self.last_success_at).elapsed();
+        self.since_success.set(since.as_secs_f64());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -178,12 +202,17 @@ impl Metrics {
         self.renders.get_or_create(&ResultLabel { result: result.into() }).inc();
         self.render_duration.observe(duration.as_secs_f64());
         if ok {
+            *lock(&self.last_success_at) = Instant::now();
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default();
             self.last_success.set(now.as_secs_f64());
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The metric handles of one on-demand store's cache.

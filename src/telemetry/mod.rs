@@ -1,9 +1,10 @@
-//! Telemetry: logs, metrics, the live status the admin server shows, and the
-//! stream of render outcomes that reporters (Kubernetes Events, the status
-//! ConfigMap) follow.
+//! Telemetry: logs, metrics, the live status the admin server shows (with
+//! the problems its probes weigh), and the stream of render outcomes that
+//! reporters (Kubernetes Events, the status ConfigMap) follow.
 
 pub mod logging;
 pub mod metrics;
+pub mod problems;
 pub mod resident;
 pub mod status;
 
@@ -51,6 +52,23 @@ impl Telemetry {
     /// Follows render outcomes from now on.
     pub fn outcomes(&self) -> broadcast::Receiver<Arc<RenderOutcome>> {
         self.outcomes.subscribe()
+    }
+
+    /// The metrics as text, the gauges that follow the status brought up
+    /// to date first.
+    pub fn encode_metrics(&self) -> String {
+        // Watches with a silence limit are the API server's; files have no
+        // connection to lose.
+        for watch in self.status.view().watches.iter().filter(|w| w.silence_limit.is_some()) {
+            let connected = watch.activity.failing_for().is_none();
+            self.metrics
+                .watch_connected
+                .get_or_create(&metrics::WatchLabel {
+                    watch: watch.name.clone(),
+                })
+                .set(i64::from(connected));
+        }
+        self.metrics.encode()
     }
 
     /// Publishes a render outcome to whoever follows them.

@@ -3,18 +3,27 @@
 //! It never holds object data, only names, counts, times and checksums.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-/// When a watch last showed life (a response or any bytes of its stream,
-/// bookmarks included), as milliseconds since the status was created.
+use super::problems::{Problem, Readiness, Verdict};
+
+/// When something last showed life, as milliseconds since the status was
+/// created: a watch (any bytes of a successful response, bookmarks
+/// included, or the first response after a failed request), or the
+/// pipeline loop (a turn).
 #[derive(Debug)]
 pub struct Activity {
     base: Instant,
     millis: AtomicU64,
+    /// Successful responses whose body is still open.
+    open: AtomicUsize,
+    /// When the current streak of failed requests (no connection, error
+    /// answers) began, as milliseconds since `base` plus one; 0: none.
+    failing_since: AtomicU64,
 }
 
 impl Activity {
@@ -22,6 +31,8 @@ impl Activity {
         Activity {
             millis: AtomicU64::new(base.elapsed().as_millis() as u64),
             base,
+            open: AtomicUsize::new(0),
+            failing_since: AtomicU64::new(0),
         }
     }
 
@@ -30,10 +41,48 @@ impl Activity {
             .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// How long the watch has been silent.
+    /// How long since the last sign of life.
     pub fn silent_for(&self) -> Duration {
         let last = Duration::from_millis(self.millis.load(Ordering::Relaxed));
         self.base.elapsed().saturating_sub(last)
+    }
+
+    /// A response opened; it is open until [`Self::closed`]. It ends a
+    /// streak of failures, and the first one after them starts the silence
+    /// afresh: what came before was an outage, not a silent connection. One
+    /// opened again after a clean end (kube-rs drops a connection idle too
+    /// long) does not.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        if self.failing_since.swap(0, Ordering::Relaxed) != 0 {
+            self.touch();
+        }
+    }
+
+    /// A request failed: no connection, or an error answer.
+    pub fn failed(&self) {
+        let now = self.base.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .failing_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long requests have been failing, if the last one failed.
+    pub fn failing_for(&self) -> Option<Duration> {
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.base.elapsed().saturating_sub(Duration::from_millis(since - 1))),
+        }
+    }
+
+    /// A response opened with [`Self::opened`] ended or was dropped.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a response is open now.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -52,10 +101,20 @@ pub struct WatchInfo {
     pub name: String,
     pub synced: bool,
     pub activity: Arc<Activity>,
-    /// How long it may be silent before it counts as stalled (`None`: never).
+    /// How long it may be silent with its connection open before it counts
+    /// as hung (`None`: never).
     pub silence_limit: Option<Duration>,
     /// The last error, until the watch shows life again.
     pub error: Option<String>,
+}
+
+impl WatchInfo {
+    /// Since when the watch cannot reach the API server (its requests fail
+    /// or are answered with errors), if it cannot.
+    pub fn disconnected_since(&self) -> Option<SystemTime> {
+        let failing = self.activity.failing_for()?;
+        Some(SystemTime::now() - failing)
+    }
 }
 
 /// One output file, for the status page.
@@ -81,8 +140,18 @@ struct Inner {
     watches: Vec<WatchInfo>,
     outputs: BTreeMap<String, OutputInfo>,
     last_render: Option<RenderInfo>,
+    /// When the current streak of failed renders began.
+    failing_since: Option<SystemTime>,
+    /// A render of this run succeeded, or the outputs were on disk already
+    /// when it started (rendered by an init container or an earlier run).
+    good_render: bool,
     /// A stage task that died.
     dead: Option<String>,
+    /// The pipeline loop's heartbeat and how long it may go without one.
+    heartbeat: Option<(Arc<Activity>, Duration)>,
+    readiness: Readiness,
+    /// Problems reported by parts of the pipeline, by their key.
+    reported: BTreeMap<String, Problem>,
 }
 
 /// Shared live status.
@@ -171,53 +240,114 @@ impl Status {
     }
 
     pub fn render_done(&self, duration: Duration, error: Option<String>) {
-        self.lock().last_render = Some(RenderInfo {
-            at: SystemTime::now(),
-            duration,
-            error,
-        });
+        let mut inner = self.lock();
+        let at = SystemTime::now();
+        if error.is_none() {
+            inner.good_render = true;
+            inner.failing_since = None;
+        } else {
+            inner.failing_since.get_or_insert(at);
+        }
+        inner.last_render = Some(RenderInfo { at, duration, error });
+    }
+
+    /// Every output was on disk when the run started: a good render (files
+    /// are only ever written whole, after a successful render).
+    pub fn outputs_found(&self) {
+        self.lock().good_render = true;
     }
 
     pub fn task_died(&self, why: String) {
         self.lock().dead = Some(why);
     }
 
-    /// `Ok` once every watch has listed and the last render succeeded; else
-    /// one reason per failing part.
-    pub fn readiness(&self) -> Result<(), Vec<String>> {
+    /// What `/readyz` means from now on.
+    pub fn set_readiness(&self, readiness: Readiness) {
+        self.lock().readiness = readiness;
+    }
+
+    /// Starts following the pipeline loop: it touches the returned heartbeat
+    /// on every turn, and `/healthz` fails once it went `limit` without one.
+    pub fn heartbeat(&self, limit: Duration) -> Arc<Activity> {
+        let heartbeat = self.activity();
+        self.lock().heartbeat = Some((Arc::clone(&heartbeat), limit));
+        heartbeat
+    }
+
+    /// Reports a problem under `key` (`Some`), or that it is over (`None`).
+    pub fn report(&self, key: &str, problem: Option<Problem>) {
+        let mut inner = self.lock();
+        match problem {
+            Some(problem) => inner.reported.insert(key.to_string(), problem),
+            None => inner.reported.remove(key),
+        };
+    }
+
+    /// Every current problem, and whether the run is ready (DESIGN section
+    /// 7): every watch listed and a good render on disk; with
+    /// [`Readiness::Strict`] also the last render succeeded and every watch is
+    /// connected.
+    pub fn readiness(&self) -> Verdict {
         let inner = self.lock();
-        let mut reasons: Vec<String> = inner
+        let mut problems: Vec<Problem> = inner
             .watches
             .iter()
             .filter(|w| !w.synced)
-            .map(|w| format!("watch {}: initial list not done", w.name))
+            .map(|w| Problem::ListPending { watch: w.name.clone() })
             .collect();
-        match &inner.last_render {
-            None => reasons.push("no render yet".into()),
-            Some(RenderInfo { error: Some(e), .. }) => reasons.push(format!("last render failed: {e}")),
-            Some(_) => {}
+        if !inner.good_render {
+            problems.push(Problem::NoGoodRender);
         }
+        if let (Some(RenderInfo { error: Some(error), .. }), Some(since)) = (&inner.last_render, inner.failing_since) {
+            problems.push(Problem::RenderFailing {
+                error: error.clone(),
+                since,
+            });
+        }
+        problems.extend(inner.watches.iter().filter_map(|w| {
+            Some(Problem::WatchDisconnected {
+                watch: w.name.clone(),
+                since: w.disconnected_since()?,
+                error: w.error.clone(),
+            })
+        }));
+        problems.extend(inner.reported.values().cloned());
         if let Some(dead) = &inner.dead {
-            reasons.push(format!("stopped: {dead}"));
+            problems.push(Problem::Stopped { why: dead.clone() });
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        Verdict::new(problems, inner.readiness)
     }
 
-    /// `Ok` while every watch shows life and no stage died; else one reason
-    /// per failing part.
+    /// `Ok` while this process can make progress; else one reason per part
+    /// that cannot: a stage that died, a pipeline loop that stopped turning,
+    /// a watch whose connection is open but silent past its limit. A watch
+    /// that cannot connect is no reason: restarts would not bring the API
+    /// server back.
     pub fn health(&self) -> Result<(), Vec<String>> {
         let inner = self.lock();
         let mut reasons = Vec::new();
         for w in &inner.watches {
             let silent = w.activity.silent_for();
             if let Some(limit) = w.silence_limit
+                && w.activity.is_open()
                 && silent > limit
             {
-                let mut reason = format!("watch {}: silent for {}s", w.name, silent.as_secs());
-                if let Some(error) = &w.error {
-                    reason.push_str(&format!(" (last error: {error})"));
-                }
-                reasons.push(reason);
+                reasons.push(format!(
+                    "watch {}: connection open but silent for {}s (limit {}s)",
+                    w.name,
+                    silent.as_secs(),
+                    limit.as_secs()
+                ));
+            }
+        }
+        if let Some((heartbeat, limit)) = &inner.heartbeat {
+            let still = heartbeat.silent_for();
+            if still > *limit {
+                reasons.push(format!(
+                    "pipeline loop has not turned for {}s (limit {}s)",
+                    still.as_secs(),
+                    limit.as_secs()
+                ));
             }
         }
         if let Some(dead) = &inner.dead {
@@ -251,26 +381,61 @@ pub struct StatusView {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn readiness_needs_every_list_and_a_good_render() {
-        let status = Status::default();
-        let w = status.add_watch("v1/Secret".into(), status.activity(), None);
-        assert_eq!(
-            status.readiness().unwrap_err(),
-            ["watch v1/Secret: initial list not done", "no render yet"]
-        );
-        status.watch_synced(w);
-        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
-        assert_eq!(
-            status.readiness().unwrap_err(),
-            ["last render failed: template `t`: boom"]
-        );
-        status.render_done(Duration::from_millis(3), None);
-        assert!(status.readiness().is_ok());
+    fn lines(status: &Status) -> Vec<String> {
+        status.readiness().lines()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_watch_silent_past_its_limit_is_unhealthy_until_it_shows_life() {
+    async fn readiness_needs_every_list_and_a_good_render_then_holds_through_failures() {
+        let status = Status::default();
+        let activity = status.activity();
+        let w = status.add_watch("v1/Secret".into(), Arc::clone(&activity), None);
+        assert!(!status.readiness().ready);
+        assert_eq!(
+            lines(&status),
+            ["watch v1/Secret: initial list not done", "no good render on disk yet"]
+        );
+        status.watch_synced(w);
+        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        let verdict = status.readiness();
+        assert!(!verdict.ready, "a failed first render is no good render");
+        assert!(verdict.lines()[1].ends_with(": template `t`: boom"), "{verdict:?}");
+        status.render_done(Duration::from_millis(3), None);
+        assert_eq!(status.readiness(), Verdict::new(vec![], Readiness::Serving));
+        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        activity.failed();
+        let verdict = status.readiness();
+        assert!(verdict.ready, "{verdict:?}");
+        assert_eq!(verdict.problems.len(), 2, "{verdict:?}");
+        status.set_readiness(Readiness::Strict);
+        assert!(!status.readiness().ready);
+        status.render_done(Duration::from_millis(3), None);
+        activity.opened();
+        assert!(status.readiness().ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outputs_on_disk_at_the_start_count_as_a_good_render() {
+        let status = Status::default();
+        status.outputs_found();
+        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        let verdict = status.readiness();
+        assert!(verdict.ready, "{verdict:?}");
+        assert_eq!(verdict.problems.len(), 1, "{verdict:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reported_problems_are_listed_until_cleared() {
+        let status = Status::default();
+        status.outputs_found();
+        status.report("stale", Some(Problem::StaleReads));
+        assert_eq!(status.readiness().problems, [Problem::StaleReads]);
+        status.report("stale", None);
+        assert!(status.readiness().problems.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_open_and_silent_past_its_limit_is_unhealthy_until_it_shows_life() {
         let status = Status::default();
         let activity = status.activity();
         status.add_watch(
@@ -279,10 +444,55 @@ mod tests {
             Some(Duration::from_secs(10)),
         );
         status.add_watch("manifests".into(), status.activity(), None);
+        activity.opened();
         tokio::time::advance(Duration::from_secs(11)).await;
         let reasons = status.health().unwrap_err();
-        assert_eq!(reasons, ["watch v1/ConfigMap: silent for 11s"]);
+        assert_eq!(
+            reasons,
+            ["watch v1/ConfigMap: connection open but silent for 11s (limit 10s)"]
+        );
         activity.touch();
         assert!(status.health().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_is_hung_only_while_a_connection_is_open_and_silent() {
+        let status = Status::default();
+        let activity = status.activity();
+        status.add_watch(
+            "v1/ConfigMap".into(),
+            Arc::clone(&activity),
+            Some(Duration::from_secs(10)),
+        );
+        activity.opened();
+        activity.closed();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(status.health().is_ok());
+        // A connection opened after a long outage is not silent yet.
+        activity.failed();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        activity.opened();
+        assert!(status.health().is_ok());
+        // Nor is one dropped and opened again with nothing on it.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        activity.closed();
+        activity.opened();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(status.health().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipeline_loop_that_stops_turning_is_unhealthy() {
+        let status = Status::default();
+        let heartbeat = status.heartbeat(Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        heartbeat.touch();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(status.health().is_ok());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            status.health().unwrap_err(),
+            ["pipeline loop has not turned for 6s (limit 5s)"]
+        );
     }
 }
