@@ -194,7 +194,10 @@ fn an_absurd_wait_is_a_config_error_naming_it() {
     let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
     assert_eq!(issues.len(), 1, "{text:?}");
     assert_eq!(issues[0].path, "render.wait.max");
-    assert!(text[0].contains("300000000000years") && text[0].contains("at most 1day"), "{text:?}");
+    assert!(
+        text[0].contains("300000000000years") && text[0].contains("at most 1day"),
+        "{text:?}"
+    );
     let issues = parse(&format!("{MINIMAL}render:\n  wait: {{min: 584942417355y}}\n")).unwrap_err();
     assert!(issues[0].message.contains("`584942417355y`"), "{}", issues[0]);
     assert!(parse(&format!("{MINIMAL}render:\n  wait: {{min: 1s, max: 1day}}\n")).is_ok());

@@ -148,7 +148,7 @@ impl StoreView {
             StoreSnapshot::OnDemand { snapshot, .. } => snapshot.layout(),
         };
         match slot.names(layout) {
-            ("", name) => name.to_string(),
+            (namespace, name) if namespace.is_empty() => name.into_owned(),
             (namespace, name) => format!("{namespace}/{name}"),
         }
     }
@@ -225,7 +225,7 @@ impl Object for StoreView {
                 };
                 Ok(Value::from(
                     keys.into_iter()
-                        .map(|k| Value::from(k.into_iter().map(Value::from).collect::<Vec<_>>()))
+                        .map(|k| Value::from(k.into_iter().map(|part| Value::from(&*part)).collect::<Vec<_>>()))
                         .collect::<Vec<_>>(),
                 ))
             }

@@ -8,14 +8,15 @@
 //!
 //! An entry's position is kept compact, because an on-demand store may hold a
 //! million of them: one shared string of the key values, namespace and name,
-//! each ended by `\0`, so that byte order is tuple order and a key prefix is a
-//! string prefix; and a 128-bit identity.
+//! each escaped and ended by `\0` ([`encode_part`]), so that byte order is
+//! tuple order and a key prefix is a string prefix; and a 128-bit identity.
 
 pub mod document;
 pub mod full;
 pub mod on_demand;
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -38,9 +39,10 @@ impl ObjectId {
         }
         let mut digest = Sha256::new();
         if uid.is_empty() {
+            // Length first, so that no NUL in a name can shift the parts.
             digest.update(b"name\0");
+            digest.update((namespace.len() as u64).to_be_bytes());
             digest.update(namespace.as_bytes());
-            digest.update(b"\0");
             digest.update(name.as_bytes());
         } else {
             digest.update(b"uid\0");
@@ -102,7 +104,7 @@ pub struct Layout {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot {
     /// Key values, then namespace and name (unless the key is them), each
-    /// followed by `\0`.
+    /// encoded by [`encode_part`].
     text: Arc<str>,
     id: ObjectId,
 }
@@ -111,14 +113,11 @@ impl Slot {
     pub fn new(layout: Layout, key: &Key, meta: &Meta<'_>) -> Slot {
         let mut text = String::new();
         for part in key.parts() {
-            text.push_str(part);
-            text.push('\0');
+            encode_part(&mut text, part);
         }
         if !layout.names_in_key {
-            text.push_str(meta.namespace);
-            text.push('\0');
-            text.push_str(meta.name);
-            text.push('\0');
+            encode_part(&mut text, meta.namespace);
+            encode_part(&mut text, meta.name);
         }
         Slot {
             text: text.into(),
@@ -126,8 +125,8 @@ impl Slot {
         }
     }
 
-    fn parts(&self) -> impl Iterator<Item = &str> {
-        self.text.split_terminator('\0')
+    fn parts(&self) -> impl Iterator<Item = Cow<'_, str>> {
+        self.text.split_terminator(END).map(decode_part)
     }
 
     pub fn id(&self) -> ObjectId {
@@ -135,21 +134,62 @@ impl Slot {
     }
 
     /// The key values.
-    pub fn key<'a>(&'a self, layout: &Layout) -> Vec<&'a str> {
+    pub fn key(&self, layout: &Layout) -> Vec<Cow<'_, str>> {
         self.parts().take(layout.width).collect()
     }
 
     /// Namespace and name of the object.
-    pub fn names<'a>(&'a self, layout: &Layout) -> (&'a str, &'a str) {
+    pub fn names(&self, layout: &Layout) -> (Cow<'_, str>, Cow<'_, str>) {
         let mut parts = self.parts().skip(if layout.names_in_key { 0 } else { layout.width });
         (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
     }
 }
 
+/// Ends every encoded part; never found inside one.
+const END: char = '\0';
+/// Starts a two-character escape inside a part.
+const ESCAPE: char = '\x01';
+
+/// Appends `part` and its end to `text`, escaping `\0` as `\x01\x01` and
+/// `\x01` as `\x01\x02`. Values that contain NUL (a label or annotation may)
+/// so cannot shift the parts after them, and byte order stays tuple order:
+/// the end sorts before every character, and the escapes keep the order of
+/// the two characters they stand for, below every other one.
+fn encode_part(text: &mut String, part: &str) {
+    if part.contains([END, ESCAPE]) {
+        for c in part.chars() {
+            match c {
+                END => text.push_str("\x01\x01"),
+                ESCAPE => text.push_str("\x01\x02"),
+                c => text.push(c),
+            }
+        }
+    } else {
+        text.push_str(part);
+    }
+    text.push(END);
+}
+
+/// The value [`encode_part`] encoded (without its end).
+fn decode_part(encoded: &str) -> Cow<'_, str> {
+    if !encoded.contains(ESCAPE) {
+        return Cow::Borrowed(encoded);
+    }
+    let mut text = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        if c == ESCAPE {
+            text.push(if chars.next() == Some('\x01') { END } else { ESCAPE });
+        } else {
+            text.push(c);
+        }
+    }
+    Cow::Owned(text)
+}
+
 fn encode_prefix(prefix: &[String]) -> String {
     prefix.iter().fold(String::new(), |mut text, part| {
-        text.push_str(part);
-        text.push('\0');
+        encode_part(&mut text, part);
         text
     })
 }
@@ -217,11 +257,6 @@ impl<E: Entry> Store<E> {
         let id = Meta::of(object.root()).id;
         self.skipped.remove(&id);
         self.index.remove(id)
-    }
-
-    /// Replaces everything with `objects` at once (an initial list or re-list).
-    pub fn reset(&mut self, objects: impl IntoIterator<Item = Document>) {
-        self.reset_scope(None, objects);
     }
 
     /// Replaces the objects of one namespace (`Some`), or all (`None`), with
@@ -374,6 +409,11 @@ pub struct Index<T> {
     layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
     slots: HashMap<ObjectId, Arc<str>>,
+    /// The identities in each namespace, kept from the first listing of one
+    /// namespace on (watches of chosen namespaces list each one on its own),
+    /// so that replacing a namespace costs what it holds, not the whole
+    /// store. Watches of all namespaces never pay for it.
+    namespaces: Option<HashMap<Box<str>, HashSet<ObjectId>>>,
 }
 
 impl<T: Clone> Index<T> {
@@ -382,6 +422,7 @@ impl<T: Clone> Index<T> {
             layout,
             entries: Arc::default(),
             slots: HashMap::new(),
+            namespaces: None,
         }
     }
 
@@ -404,7 +445,14 @@ impl<T: Clone> Index<T> {
                 slot = old;
             } else {
                 entries.remove(&old);
+                if let Some(namespaces) = &mut self.namespaces {
+                    forget(namespaces, &old.names(&self.layout).0, id);
+                }
             }
+        }
+        if let Some(namespaces) = &mut self.namespaces {
+            let namespace = slot.names(&self.layout).0;
+            namespaces.entry(namespace.into()).or_default().insert(id);
         }
         self.slots.insert(id, Arc::clone(&slot.text));
         entries.insert(slot, entry);
@@ -414,7 +462,11 @@ impl<T: Clone> Index<T> {
     pub fn remove(&mut self, id: ObjectId) -> bool {
         match self.slots.remove(&id) {
             Some(text) => {
-                Arc::make_mut(&mut self.entries).remove(&Slot { text, id });
+                let slot = Slot { text, id };
+                if let Some(namespaces) = &mut self.namespaces {
+                    forget(namespaces, &slot.names(&self.layout).0, id);
+                }
+                Arc::make_mut(&mut self.entries).remove(&slot);
                 true
             }
             None => false,
@@ -428,18 +480,27 @@ impl<T: Clone> Index<T> {
             None => {
                 self.entries = Arc::default();
                 self.slots.clear();
+                if let Some(namespaces) = &mut self.namespaces {
+                    namespaces.clear();
+                }
             }
             Some(namespace) => {
                 let layout = self.layout;
-                let entries = Arc::make_mut(&mut self.entries);
-                entries.retain(|slot, _| slot.names(&layout).0 != namespace);
-                self.slots.retain(|id, text| {
-                    let slot = Slot {
-                        text: Arc::clone(text),
-                        id: *id,
-                    };
-                    slot.names(&layout).0 != namespace
+                let slots = &self.slots;
+                let namespaces = self.namespaces.get_or_insert_with(|| {
+                    let mut namespaces: HashMap<Box<str>, HashSet<ObjectId>> = HashMap::new();
+                    for (id, text) in slots {
+                        let slot = Slot {
+                            text: Arc::clone(text),
+                            id: *id,
+                        };
+                        namespaces.entry(slot.names(&layout).0.into()).or_default().insert(*id);
+                    }
+                    namespaces
                 });
+                for id in namespaces.remove(namespace).unwrap_or_default() {
+                    self.remove(id);
+                }
             }
         }
         for (slot, entry) in items {
@@ -460,6 +521,16 @@ impl<T: Clone> Index<T> {
         Snapshot {
             layout: self.layout,
             entries: Arc::clone(&self.entries),
+        }
+    }
+}
+
+/// Drops `id` from the identities of `namespace`.
+fn forget(namespaces: &mut HashMap<Box<str>, HashSet<ObjectId>>, namespace: &str, id: ObjectId) {
+    if let Some(ids) = namespaces.get_mut(namespace) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            namespaces.remove(namespace);
         }
     }
 }
@@ -507,8 +578,8 @@ impl<T> Snapshot<T> {
     }
 
     /// The distinct keys, in order.
-    pub fn keys(&self) -> Vec<Vec<&str>> {
-        let mut keys: Vec<Vec<&str>> = Vec::new();
+    pub fn keys(&self) -> Vec<Vec<Cow<'_, str>>> {
+        let mut keys: Vec<Vec<Cow<'_, str>>> = Vec::new();
         for slot in self.entries.keys() {
             let key = slot.key(&self.layout);
             if keys.last() != Some(&key) {
@@ -575,7 +646,115 @@ mod tests {
         index.upsert(slot(layout, "ns", "x", &["ns", "x"]), ());
         let snapshot = index.snapshot();
         let (slot, _) = snapshot.iter().next().unwrap();
-        assert_eq!(slot.names(&layout), ("ns", "x"));
+        assert_eq!(slot.names(&layout).0, "ns");
+        assert_eq!(slot.names(&layout).1, "x");
         assert_eq!(&*slot.text, "ns\0x\0");
+    }
+
+    #[test]
+    fn values_containing_nul_keep_their_parts() {
+        let layout = Layout {
+            width: 2,
+            names_in_key: false,
+        };
+        let mut index = Index::new(layout);
+        index.upsert(slot(layout, "ns", "1", &["a\0b", "c"]), ());
+        index.upsert(slot(layout, "ns", "2", &["a", "b\0c"]), ());
+        index.upsert(slot(layout, "ns\0x", "3", &["\x01", "\0"]), ());
+        let snapshot = index.snapshot();
+        let keys = snapshot.keys();
+        assert_eq!(keys, [vec!["\x01", "\0"], vec!["a", "b\0c"], vec!["a\0b", "c"]]);
+        let a: Vec<_> = snapshot
+            .prefix(&["a".into()])
+            .map(|(s, _)| s.names(&layout).1.into_owned())
+            .collect();
+        assert_eq!(a, ["2"]);
+        let (first, _) = snapshot.iter().next().unwrap();
+        assert_eq!(first.names(&layout).0, "ns\0x");
+        index.replace_scope(Some("ns"), []);
+        assert_eq!(index.len(), 1, "the namespace `ns\\0x` is another one");
+    }
+
+    #[test]
+    fn replacing_a_namespace_costs_what_it_holds_not_the_whole_store() {
+        let layout = Layout {
+            width: 2,
+            names_in_key: false,
+        };
+        let mut index = Index::new(layout);
+        for i in 0..100_000 {
+            index.upsert(slot(layout, "big", &format!("o{i}"), &["k", &format!("o{i}")]), ());
+        }
+        // The first listing of a namespace may look at everything once.
+        index.replace_scope(Some("small"), []);
+        let started = std::time::Instant::now();
+        for round in 0..500 {
+            let small = slot(layout, "small", &format!("s{}", round % 3), &["k", "s"]);
+            index.replace_scope(Some("small"), [(small, ())]);
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(index.len(), 100_001);
+        // A scan of the store per listing takes seconds here; what the
+        // namespace holds, about a millisecond.
+        assert!(
+            elapsed < std::time::Duration::from_millis(500),
+            "500 listings took {elapsed:?}"
+        );
+        index.upsert(slot(layout, "big", "o1", &["moved", "o1"]), ());
+        index.remove(ObjectId::new("", "big", "o2"));
+        index.replace_scope(Some("big"), [(slot(layout, "big", "new", &["k", "new"]), ())]);
+        let names: Vec<_> = index
+            .snapshot()
+            .iter()
+            .map(|(s, _)| s.names(&layout).1.into_owned())
+            .collect();
+        assert_eq!(names, ["new", "s1"]);
+    }
+
+    /// Key values of any characters, NUL and the escape included.
+    fn part() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("[a\\x00\\x01\\x02b]{0,4}|.{0,3}").unwrap()
+    }
+
+    proptest::proptest! {
+        /// Slots against their tuples: byte order is tuple order, every part
+        /// reads back as written, and a prefix query returns exactly the keys
+        /// that start with the prefix.
+        #[test]
+        fn slots_order_and_prefixes_follow_the_tuples(
+            objects in proptest::collection::vec((part(), part(), part(), part()), 1..30),
+            prefix in proptest::collection::vec(part(), 0..3),
+        ) {
+            let layout = Layout { width: 2, names_in_key: false };
+            let mut index = Index::new(layout);
+            let mut model = std::collections::BTreeSet::new();
+            for (k1, k2, ns, name) in &objects {
+                let key = vec![k1.clone(), k2.clone()];
+                index.upsert(slot(layout, ns, name, &[k1, k2]), ());
+                model.retain(|(_, n, m, _): &(Vec<String>, String, String, ObjectId)| (n, m) != (ns, name));
+                model.insert((key, ns.clone(), name.clone(), ObjectId::new("", ns, name)));
+            }
+            let snapshot = index.snapshot();
+            let actual: Vec<_> = snapshot
+                .iter()
+                .map(|(s, _)| {
+                    let key: Vec<String> = s.key(&layout).into_iter().map(Cow::into_owned).collect();
+                    let (ns, name) = s.names(&layout);
+                    (key, ns.into_owned(), name.into_owned(), s.id())
+                })
+                .collect();
+            let expected: Vec<_> = model.iter().cloned().collect();
+            proptest::prop_assert_eq!(&actual, &expected);
+            let matching: Vec<_> = snapshot.prefix(&prefix).map(|(s, _)| s.clone()).collect();
+            let want: Vec<_> = snapshot
+                .iter()
+                .filter(|(s, _)| {
+                    let key = s.key(&layout);
+                    key.len() >= prefix.len() && key.iter().zip(&prefix).all(|(a, b)| a == b)
+                })
+                .map(|(s, _)| s.clone())
+                .collect();
+            proptest::prop_assert_eq!(matching, want);
+        }
     }
 }
