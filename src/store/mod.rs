@@ -18,7 +18,7 @@ pub mod on_demand;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -521,6 +521,7 @@ impl<T: Clone> Index<T> {
         Snapshot {
             layout: self.layout,
             entries: Arc::clone(&self.entries),
+            positions: Arc::default(),
         }
     }
 }
@@ -540,6 +541,9 @@ fn forget(namespaces: &mut HashMap<Box<str>, HashSet<ObjectId>>, namespace: &str
 pub struct Snapshot<T> {
     layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
+    /// Every slot in order: made by the first read by position
+    /// ([`Snapshot::nth`]), which a snapshot that is only iterated never pays.
+    positions: Arc<OnceLock<Vec<Slot>>>,
 }
 
 impl<T> Snapshot<T> {
@@ -570,6 +574,18 @@ impl<T> Snapshot<T> {
         self.entries
             .range((Bound::Included(start), Bound::Unbounded))
             .take_while(move |(slot, _)| slot.text.starts_with(&*text))
+    }
+
+    /// The entries after `slot`, in order.
+    pub fn after<'a>(&'a self, slot: &Slot) -> impl Iterator<Item = (&'a Slot, &'a T)> + 'a {
+        self.entries.range((Bound::Excluded(slot.clone()), Bound::Unbounded))
+    }
+
+    /// The entry at position `index`: O(n) for the first read by position of
+    /// a snapshot, O(log n) for every later one.
+    pub fn nth(&self, index: usize) -> Option<(&Slot, &T)> {
+        let positions = self.positions.get_or_init(|| self.entries.keys().cloned().collect());
+        self.entries.get_key_value(positions.get(index)?)
     }
 
     /// The entry at `slot`, if it is in this snapshot.
