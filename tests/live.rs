@@ -955,3 +955,25 @@ templates:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_non_zero_when_a_signal_comes_before_the_initial_sync() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.set_list_delay("configmaps", Duration::from_secs(60));
+        let case = Case::new(&counting_config(CMS_TEMPLATE));
+        let mut sidecar = case.spawn_against(&server, &["--once"]);
+        server_until(&server, &sidecar, "the initial list to be asked for", |s| {
+            s.list_count("configmaps") >= 1
+        })
+        .await;
+        sidecar.signal("TERM");
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(1), "{status}\n{}", sidecar.log());
+        assert!(sidecar.log().contains("before the first render"), "{}", sidecar.log());
+        assert!(!case.path("out.txt").exists());
+        assert!(case.action_runs().is_empty(), "an action ran without a render");
+    })
+    .await;
+}
