@@ -207,6 +207,9 @@ pub async fn run(
         } else {
             retry.map(|(at, _)| at)
         };
+        // A due render goes before more events: under a flood of them, the
+        // event branch is always ready and would hold it past `wait.max`.
+        let overdue = due.is_some_and(|due| due <= Instant::now());
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(Stopped::Shutdown),
@@ -219,7 +222,7 @@ pub async fn run(
                 telemetry.status.task_died(why.clone());
                 return Err(RunError::SourceDied(why));
             }
-            event = sources.events.recv() => {
+            event = sources.events.recv(), if !overdue => {
                 let Some(event) = event else {
                     telemetry.status.task_died("all sources stopped".into());
                     return Err(RunError::SourceDied("all sources stopped".into()));
@@ -313,6 +316,8 @@ fn newest_version(event: &Event) -> Option<u64> {
 
 async fn sleep_until(due: Option<Instant>) {
     match due {
+        // Past: ready now, without waiting for the timer driver to notice.
+        Some(due) if due <= Instant::now() => {}
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
