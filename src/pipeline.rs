@@ -16,6 +16,7 @@ use crate::action;
 use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
 use crate::render::{self, Renderer, StoresSnapshot};
+use crate::source::own_writes::OwnWrites;
 use crate::source::{self, Event, Scope, Sources};
 use crate::store::document::Document;
 use crate::store::full::FullStore;
@@ -198,6 +199,7 @@ pub async fn run(
     let mut burst: Option<Burst> = None;
     let mut retry: Option<(Instant, u32)> = None;
     let mut rendered_once = false;
+    let mut own_writes = OwnWrites::default();
     tokio::pin!(shutdown);
     loop {
         let due = if !unsynced.is_empty() {
@@ -240,9 +242,15 @@ pub async fn run(
                         *last = (*last).max(version);
                     }
                 }
+                // The status writes of this process (when it watches their
+                // ConfigMap) are stored, but render nothing: each render
+                // would otherwise cause the next.
+                let only_ours = own_writes.only_ours(event.watch, &event.event);
                 apply(&mut stores, names, event.event, &telemetry);
-                let now = Instant::now();
-                burst.get_or_insert(Burst { first: now, last: now }).last = now;
+                if !only_ours {
+                    let now = Instant::now();
+                    burst.get_or_insert(Burst { first: now, last: now }).last = now;
+                }
             }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;

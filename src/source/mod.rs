@@ -9,6 +9,7 @@
 
 pub mod kubernetes;
 pub mod manifests;
+pub mod own_writes;
 pub mod selector;
 
 use std::collections::BTreeMap;
