@@ -42,6 +42,8 @@ pub fn prepare(path: &Path) -> config::Result<Prepared> {
         issues,
     };
     let (config, mut issues) = Config::parse_lenient(&text, path, &base_dir).map_err(invalid)?;
+    issues.extend(source::shared_watch_issues(&config));
+    config::sort_issues(&mut issues);
     match Renderer::new(&config) {
         Ok(renderer) if issues.is_empty() => Ok(Prepared { config, renderer }),
         Ok(_) => Err(invalid(issues)),

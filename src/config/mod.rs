@@ -639,11 +639,15 @@ impl Validator<'_> {
         {
             for (key, length) in [("min", render.wait.min), ("max", render.wait.max)] {
                 if length > MAX_WAIT {
+                    let path = ["render".into(), "wait".into(), key.into()];
+                    let written = match &self.tree.deepest(&path).value {
+                        NodeValue::String(text) => text.clone(),
+                        _ => humantime::format_duration(length).to_string(),
+                    };
                     self.issue(
-                        &["render".into(), "wait".into(), key.into()],
+                        &path,
                         format!(
-                            "`{}` is too long: a render waits at most {}",
-                            humantime::format_duration(length),
+                            "`{written}` is too long: a render waits at most {}",
                             humantime::format_duration(MAX_WAIT)
                         ),
                     );
