@@ -1,11 +1,8 @@
 //! The stores and the loop that feeds them, at their edges: a flood of events
-//! that must not hold a render back past `render.wait.max`, and the sidecar's
-//! own status writes that must not drive renders.
+//! must not hold a render back past `render.wait.max`.
 //!
 //! Pipeline tests here run `pipeline::run` in the test process with sources
 //! the test feeds itself, so that it controls every event.
-
-mod support;
 
 use std::path::Path;
 use std::sync::Arc;
