@@ -128,11 +128,6 @@ impl Key {
     pub fn parts(&self) -> &[String] {
         &self.0
     }
-
-    /// Whether the first values of this key are `prefix`.
-    pub fn starts_with(&self, prefix: &[String]) -> bool {
-        self.0.starts_with(prefix)
-    }
 }
 
 /// Computes keys for one watched resource.

@@ -171,7 +171,7 @@ async fn main() -> ExitCode {
             };
             let sources = tokio::select! {
                 sources = start => sources,
-                () = &mut shutdown => return ExitCode::SUCCESS,
+                () = &mut shutdown => return stopped_early(once),
             };
             let (sources, client) = match sources {
                 Ok(started) => started,
@@ -208,7 +208,9 @@ async fn main() -> ExitCode {
                 let _ = admin.await;
             }
             match result {
-                Ok(Stopped::Shutdown | Stopped::Rendered) => ExitCode::SUCCESS,
+                // With --once a render returns: a shutdown came before it.
+                Ok(Stopped::Shutdown) => stopped_early(once),
+                Ok(Stopped::Rendered) => ExitCode::SUCCESS,
                 Ok(Stopped::RenderFailed) => {
                     eprintln!("error: the render failed (see the log)");
                     ExitCode::FAILURE
@@ -284,6 +286,18 @@ async fn test(prepared: &Prepared, config: &std::path::Path, names: &[String], u
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// How a run stopped by a signal before its first render exits: as it should
+/// when watching (0), but not with `--once`, whose caller waits for files that
+/// were never written (an init container that exited 0 would start the pod).
+fn stopped_early(once: bool) -> ExitCode {
+    if once {
+        eprintln!("error: stopped by a signal before the first render; nothing was written");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

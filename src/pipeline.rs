@@ -16,6 +16,7 @@ use crate::action;
 use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
 use crate::render::{self, Renderer, StoresSnapshot};
+use crate::source::own_writes::OwnWrites;
 use crate::source::{self, Event, Scope, Sources};
 use crate::store::document::Document;
 use crate::store::full::FullStore;
@@ -43,6 +44,8 @@ pub fn prepare(path: &Path) -> config::Result<Prepared> {
         issues,
     };
     let (config, mut issues) = Config::parse_lenient(&text, path, &base_dir).map_err(invalid)?;
+    issues.extend(source::shared_watch_issues(&config));
+    config::sort_issues(&mut issues);
     match Renderer::new(&config) {
         Ok(renderer) if issues.is_empty() => Ok(Prepared { config, renderer }),
         Ok(_) => Err(invalid(issues)),
@@ -201,6 +204,7 @@ pub async fn run(
     let mut retry: Option<(Instant, u32)> = None;
     let mut rendered_once = false;
     let (heartbeat, mut tick) = follow_probes(config, &telemetry);
+    let mut own_writes = OwnWrites::default();
     tokio::pin!(shutdown);
     loop {
         heartbeat.touch();
@@ -211,6 +215,9 @@ pub async fn run(
         } else {
             retry.map(|(at, _)| at)
         };
+        // A due render goes before more events: under a flood of them, the
+        // event branch is always ready and would hold it past `wait.max`.
+        let overdue = due.is_some_and(|due| due <= Instant::now());
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(Stopped::Shutdown),
@@ -223,7 +230,7 @@ pub async fn run(
                 telemetry.status.task_died(why.clone());
                 return Err(RunError::SourceDied(why));
             }
-            event = sources.events.recv() => {
+            event = sources.events.recv(), if !overdue => {
                 let Some(event) = event else {
                     telemetry.status.task_died("all sources stopped".into());
                     return Err(RunError::SourceDied("all sources stopped".into()));
@@ -241,9 +248,15 @@ pub async fn run(
                         *last = (*last).max(version);
                     }
                 }
+                // The status writes of this process (when it watches their
+                // ConfigMap) are stored, but render nothing: each render
+                // would otherwise cause the next.
+                let only_ours = own_writes.only_ours(event.watch, &event.event);
                 apply(&mut stores, names, event.event, &telemetry);
-                let now = Instant::now();
-                burst.get_or_insert(Burst { first: now, last: now }).last = now;
+                if !only_ours {
+                    let now = Instant::now();
+                    burst.get_or_insert(Burst { first: now, last: now }).last = now;
+                }
             }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
@@ -338,6 +351,8 @@ fn newest_version(event: &Event) -> Option<u64> {
 
 async fn sleep_until(due: Option<Instant>) {
     match due {
+        // Past: ready now, without waiting for the timer driver to notice.
+        Some(due) if due <= Instant::now() => {}
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }

@@ -955,3 +955,100 @@ templates:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_non_zero_when_a_signal_comes_before_the_initial_sync() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.set_list_delay("configmaps", Duration::from_secs(60));
+        let case = Case::new(&counting_config(CMS_TEMPLATE));
+        let mut sidecar = case.spawn_against(&server, &["--once"]);
+        server_until(&server, &sidecar, "the initial list to be asked for", |s| {
+            s.list_count("configmaps") >= 1
+        })
+        .await;
+        sidecar.signal("TERM");
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(1), "{status}\n{}", sidecar.log());
+        assert!(sidecar.log().contains("before the first render"), "{}", sidecar.log());
+        assert!(!case.path("out.txt").exists());
+        assert!(case.action_runs().is_empty(), "an action ran without a render");
+    })
+    .await;
+}
+
+/// Whether the fake server's update count of ConfigMaps stays at `count`
+/// for `window` (an idle cluster: nothing may happen).
+async fn configmap_updates_stay(server: &FakeApiServer, count: u64, window: Duration) -> bool {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if server.update_count("configmaps") != count {
+            return false;
+        }
+        sleep(POLL).await;
+    }
+    server.update_count("configmaps") == count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_config_map_watched_by_its_writer_causes_no_further_renders() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        // As a previous run left it.
+        let mut status = config_map("kube-template-status", "");
+        status["metadata"]["annotations"] = json!({"kube-template/last-render-result": "success"});
+        server.apply(status);
+        let case = Case::new(
+            r#"
+watched_resources:
+  cms: {api_version: v1, kind: ConfigMap, namespaces: [default]}
+  refs: {api_version: v1, kind: ConfigMap, store: on-demand}
+templates:
+  out:
+    path: out.txt
+    inline: "{{ resources.cms | length }} {{ resources.refs | length }}"
+render:
+  wait: {min: 10ms, max: 50ms}
+status: {config_map: kube-template-status, namespace: default}
+"#,
+        );
+        let sidecar = case.spawn_against(&server, &[]);
+        sidecar.until_file(&case, "out.txt", "2 2").await;
+        server_until(&server, &sidecar, "the first status write", |s| {
+            s.update_count("configmaps") >= 1
+        })
+        .await;
+        // Before the fix a write came every few milliseconds.
+        assert!(
+            configmap_updates_stay(&server, 1, Duration::from_secs(2)).await,
+            "{} status writes on an idle cluster\n{}",
+            server.update_count("configmaps"),
+            sidecar.log()
+        );
+
+        // Real changes, to the status ConfigMap's data too, still render.
+        server.apply(config_map("b", "2"));
+        sidecar.until_file(&case, "out.txt", "3 3").await;
+        server_until(&server, &sidecar, "the second status write", |s| {
+            s.update_count("configmaps") >= 2
+        })
+        .await;
+        let mut changed = server
+            .get_object("v1", "ConfigMap", "default", "kube-template-status")
+            .unwrap();
+        changed["data"]["v"] = json!("edited");
+        server.apply(changed);
+        server_until(&server, &sidecar, "a status write for the edit", |s| {
+            s.update_count("configmaps") >= 3
+        })
+        .await;
+        assert!(
+            configmap_updates_stay(&server, 3, Duration::from_secs(1)).await,
+            "{} status writes",
+            server.update_count("configmaps")
+        );
+    })
+    .await;
+}

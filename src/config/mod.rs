@@ -419,6 +419,10 @@ impl Default for Wait {
     }
 }
 
+/// The longest `render.wait`: longer ones are mistakes (and a deadline that
+/// far ahead overflows the clock).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn default_wait_min() -> Duration {
     Duration::from_millis(200)
 }
@@ -678,6 +682,22 @@ impl Validator<'_> {
             && !matches!(node.value, NodeValue::Null)
             && let Some(render) = self.typed::<RenderSettings>(&["render".into()], &node, &["wait"])
         {
+            for (key, length) in [("min", render.wait.min), ("max", render.wait.max)] {
+                if length > MAX_WAIT {
+                    let path = ["render".into(), "wait".into(), key.into()];
+                    let written = match &self.tree.deepest(&path).value {
+                        NodeValue::String(text) => text.clone(),
+                        _ => humantime::format_duration(length).to_string(),
+                    };
+                    self.issue(
+                        &path,
+                        format!(
+                            "`{written}` is too long: a render waits at most {}",
+                            humantime::format_duration(MAX_WAIT)
+                        ),
+                    );
+                }
+            }
             if render.wait.min > render.wait.max {
                 self.issue(
                     &["render".into(), "wait".into()],

@@ -219,3 +219,20 @@ fn admin_readiness_and_stall_timeout_are_read_and_checked() {
     );
     assert!(parse(&format!("{MINIMAL}{waits}admin:\n  stall_timeout: 181s\n")).is_ok());
 }
+
+#[test]
+fn an_absurd_wait_is_a_config_error_naming_it() {
+    // Long enough to overflow the clock when added to it, short enough for
+    // the duration parser.
+    let issues = parse(&format!("{MINIMAL}render:\n  wait: {{min: 1s, max: 300000000000y}}\n")).unwrap_err();
+    let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert_eq!(issues.len(), 1, "{text:?}");
+    assert_eq!(issues[0].path, "render.wait.max");
+    assert!(
+        text[0].contains("`300000000000y` is too long: a render waits at most 1day"),
+        "{text:?}"
+    );
+    let issues = parse(&format!("{MINIMAL}render:\n  wait: {{min: 584942417355y}}\n")).unwrap_err();
+    assert!(issues[0].message.contains("`584942417355y`"), "{}", issues[0]);
+    assert!(parse(&format!("{MINIMAL}render:\n  wait: {{min: 1s, max: 1day}}\n")).is_ok());
+}

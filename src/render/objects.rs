@@ -10,7 +10,7 @@ use minijinja::{Error, ErrorKind, State};
 
 use crate::render::value::document;
 use crate::store::document::Document;
-use crate::store::on_demand::{BodyCache, Reference, Wanted};
+use crate::store::on_demand::{BodyCache, CONCURRENT_GETS, Reference, Wanted};
 use crate::store::{Slot, Snapshot, StoreSnapshot};
 
 /// One consistent point in time across all stores: what a render reads.
@@ -148,7 +148,7 @@ impl StoreView {
             StoreSnapshot::OnDemand { snapshot, .. } => snapshot.layout(),
         };
         match slot.names(layout) {
-            ("", name) => name.to_string(),
+            (namespace, name) if namespace.is_empty() => name.into_owned(),
             (namespace, name) => format!("{namespace}/{name}"),
         }
     }
@@ -162,10 +162,16 @@ impl Object for StoreView {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let index = key.as_usize()?;
         match &self.store {
-            StoreSnapshot::Full(s) => s.iter().nth(index).map(|(_, d)| document(d)),
+            StoreSnapshot::Full(s) => s.nth(index).map(|(_, d)| document(d)),
             StoreSnapshot::OnDemand { snapshot, cache } => {
-                let (slot, _) = snapshot.iter().nth(index)?;
-                self.fetch(snapshot, cache, std::slice::from_ref(slot)).ok()?.pop()
+                let (slot, _) = snapshot.nth(index)?;
+                match self.fetch(snapshot, cache, std::slice::from_ref(slot)) {
+                    // Deleted since the snapshot: absent.
+                    Ok(mut bodies) => bodies.pop(),
+                    // An invalid value fails the expression that reads it
+                    // (`is defined` included), with this error.
+                    Err(error) => Some(Value::from(error)),
+                }
             }
         }
     }
@@ -174,11 +180,12 @@ impl Object for StoreView {
         match &self.store {
             // A loop makes each object a value only when it reaches it.
             StoreSnapshot::Full(s) => Enumerator::Iter(Box::new(documents(s, None).into_iter().map(|d| document(&d)))),
-            StoreSnapshot::OnDemand { snapshot, cache } => match self.fetch(snapshot, cache, &self.slots(None)) {
-                Ok(bodies) => Enumerator::Iter(Box::new(bodies.into_iter())),
-                // An invalid value fails the loop that reaches it, with this error.
-                Err(error) => Enumerator::Iter(Box::new(std::iter::once(Value::from(error)))),
-            },
+            StoreSnapshot::OnDemand { .. } => Enumerator::Iter(Box::new(Bodies {
+                view: Arc::clone(self),
+                last: None,
+                window: Vec::new().into_iter(),
+                failed: false,
+            })),
         }
     }
 
@@ -225,11 +232,58 @@ impl Object for StoreView {
                 };
                 Ok(Value::from(
                     keys.into_iter()
-                        .map(|k| Value::from(k.into_iter().map(Value::from).collect::<Vec<_>>()))
+                        .map(|k| Value::from(k.into_iter().map(|part| Value::from(&*part)).collect::<Vec<_>>()))
                         .collect::<Vec<_>>(),
                 ))
             }
             _ => Err(Error::from(ErrorKind::UnknownMethod)),
+        }
+    }
+}
+
+/// The bodies of an on-demand store in order, read one window of
+/// [`CONCURRENT_GETS`] objects at a time as a loop reaches them: a loop over
+/// the whole store holds at most one window of bodies besides the cache's
+/// `max_entries`, however many objects the store has.
+struct Bodies {
+    view: Arc<StoreView>,
+    /// The last slot of the window read before this one.
+    last: Option<Slot>,
+    window: std::vec::IntoIter<Value>,
+    failed: bool,
+}
+
+impl Iterator for Bodies {
+    type Item = Value;
+
+    fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(body) = self.window.next() {
+                return Some(body);
+            }
+            let StoreSnapshot::OnDemand { snapshot, cache } = &self.view.store else {
+                return None;
+            };
+            if self.failed {
+                return None;
+            }
+            let slots: Vec<Slot> = match &self.last {
+                None => snapshot.iter().take(CONCURRENT_GETS).map(|(s, _)| s.clone()).collect(),
+                Some(last) => snapshot
+                    .after(last)
+                    .take(CONCURRENT_GETS)
+                    .map(|(s, _)| s.clone())
+                    .collect(),
+            };
+            self.last = Some(slots.last()?.clone());
+            match self.view.fetch(snapshot, cache, &slots) {
+                Ok(bodies) => self.window = bodies.into_iter(),
+                Err(error) => {
+                    self.failed = true;
+                    // An invalid value fails the loop that reaches it, with this error.
+                    return Some(Value::from(error));
+                }
+            }
         }
     }
 }
@@ -245,4 +299,130 @@ fn documents(snapshot: &Snapshot<Document>, prefix: Option<&[String]>) -> Vec<Do
 
 fn quoted(parts: &[String]) -> String {
     parts.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::CacheSettings;
+    use crate::index::{FieldPath, Indexer};
+    use crate::store::on_demand::{Fetch, OnDemandStore};
+
+    /// Answers every GET with a small body, counting them; fails once `failing`.
+    #[derive(Default)]
+    struct Counting {
+        gets: AtomicUsize,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Fetch for Arc<Counting> {
+        fn fetch(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<serde_json::Value>, String>> {
+            let this = Arc::clone(self);
+            let body = json!({"metadata": {"namespace": namespace, "name": name, "resourceVersion": "1"}});
+            async move {
+                this.gets.fetch_add(1, Ordering::SeqCst);
+                if this.failing.load(Ordering::SeqCst) {
+                    return Err("connection refused".into());
+                }
+                Ok(Some(body))
+            }
+            .boxed()
+        }
+    }
+
+    /// An on-demand store `s` of `n` references read through `fetch`.
+    fn on_demand(n: usize, fetch: &Arc<Counting>) -> StoresSnapshot {
+        let index_by = ["metadata.namespace", "metadata.name"].map(|e| FieldPath::parse(e).unwrap());
+        let mut store = OnDemandStore::new(Indexer::new(index_by.to_vec(), Default::default()), Vec::new());
+        for i in 0..n {
+            let reference =
+                json!({"metadata": {"namespace": "ns", "name": format!("o{i:05}"), "resourceVersion": "1"}});
+            store.apply(Document::from_json(&reference));
+        }
+        let settings = CacheSettings {
+            ttl: std::time::Duration::from_secs(60),
+            max_entries: 8,
+        };
+        let cache = BodyCache::new(
+            "s",
+            Arc::new(Arc::clone(fetch)),
+            settings,
+            Vec::new(),
+            Default::default(),
+        );
+        let store = StoreSnapshot::OnDemand {
+            snapshot: store.snapshot(),
+            cache: Arc::new(cache),
+        };
+        StoresSnapshot {
+            stores: BTreeMap::from([("s".to_string(), store)]),
+        }
+    }
+
+    /// Renders `template` with `resources` and `gets()` (GETs so far), off
+    /// the runtime's threads as the pipeline does.
+    async fn render(snapshot: StoresSnapshot, fetch: &Arc<Counting>, template: &'static str) -> Result<String, Error> {
+        let fetch = Arc::clone(fetch);
+        tokio::task::spawn_blocking(move || {
+            let mut env = minijinja::Environment::new();
+            // Debug info would print `resources`, reading every object.
+            env.set_debug(false);
+            env.add_global("resources", Value::from_object(Resources::new(&snapshot)));
+            env.add_function("gets", move || fetch.gets.load(Ordering::SeqCst));
+            env.render_str(template, ())
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_over_an_on_demand_store_fetches_a_window_at_a_time() {
+        let fetch = Arc::new(Counting::default());
+        let text = render(
+            on_demand(1000, &fetch),
+            &fetch,
+            "{% for o in resources.s %}{{ gets() }} {% endfor %}",
+        )
+        .await
+        .unwrap();
+        let seen: Vec<usize> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(seen.len(), 1000);
+        for (i, gets) in seen.iter().enumerate() {
+            let window_end = (i / CONCURRENT_GETS + 1) * CONCURRENT_GETS;
+            assert!(*gets <= window_end, "object {i} was reached after {gets} GETs");
+        }
+        assert_eq!(fetch.gets.load(Ordering::SeqCst), 1000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_get_fails_positional_reads_and_loops_instead_of_hiding_the_object() {
+        let fetch = Arc::new(Counting::default());
+        fetch.failing.store(true, Ordering::SeqCst);
+        for template in [
+            "{% if resources.s[3] is defined %}yes{% else %}no{% endif %}",
+            "{{ resources.s[3].metadata.name }}",
+            "{% for o in resources.s %}{{ o.metadata.name }}{% endfor %}",
+        ] {
+            let error = render(on_demand(40, &fetch), &fetch, template).await.unwrap_err();
+            assert!(
+                error.to_string().contains("cannot fetch ns/o000"),
+                "{template}: {error}"
+            );
+        }
+        fetch.failing.store(false, Ordering::SeqCst);
+        let text = render(
+            on_demand(40, &fetch),
+            &fetch,
+            "{{ resources.s[39].metadata.name }} {{ resources.s[0].metadata.name }} {{ resources.s[40] is defined }}",
+        )
+        .await
+        .unwrap();
+        assert_eq!(text, "o00039 o00000 False");
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod kubernetes;
 pub mod manifests;
+pub mod own_writes;
 pub mod selector;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Resource, StoreKind};
+use crate::config::{Config, Issue, Resource, StoreKind};
 use crate::index::FieldPath;
 use crate::store::document::Document;
 use crate::store::on_demand::BodyCache;
@@ -61,8 +62,8 @@ impl WatchSpec {
             self.api_version.clone(),
             self.kind.clone(),
             self.namespaces.clone(),
-            self.labels.as_str().to_string(),
-            self.fields.as_str().to_string(),
+            self.labels.canonical(),
+            self.fields.canonical(),
             self.metadata_only,
         )
     }
@@ -133,6 +134,49 @@ pub fn plan(config: &Config) -> Vec<Watch> {
         watch.omit.retain(|field| resource.ignore_fields.contains(field));
     }
     watches.into_values().collect()
+}
+
+/// The problems of on-demand entries that share a watch but not its settings.
+///
+/// Entries with the same kind, namespaces and selectors share one watch, and
+/// on-demand ones one cache of bodies: one GET per object, one copy of it.
+/// For them, differing `cache` or `ignore_fields` settings are an error, not
+/// merged: a merged cache would be sized for neither entry as its author
+/// meant, and one copy of a body cannot leave out a field for one entry and
+/// keep it for the other without re-encoding it on every read (or a second
+/// cache, doubling GETs and memory). Full stores keep their own copies of
+/// objects, so their `ignore_fields` may differ freely.
+pub fn shared_watch_issues(config: &Config) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    for watch in plan(config).iter().filter(|w| w.spec.metadata_only) {
+        let first = &config.watched_resources[&watch.stores[0]];
+        for name in &watch.stores[1..] {
+            let other = &config.watched_resources[name];
+            let why = format!(
+                "`{name}` and `{}` share one watch ({}) and so one cache of bodies",
+                first.name,
+                watch.spec.describe()
+            );
+            if (other.cache.ttl, other.cache.max_entries) != (first.cache.ttl, first.cache.max_entries) {
+                issues.push(config.issue_at(
+                    &["watched_resources", name, "cache"],
+                    format!("{why}, but their `cache` settings differ; make them equal"),
+                ));
+            }
+            if !same_fields(&other.ignore_fields, &first.ignore_fields) {
+                issues.push(config.issue_at(
+                    &["watched_resources", name, "ignore_fields"],
+                    format!("{why}, but their `ignore_fields` differ; make them equal"),
+                ));
+            }
+        }
+    }
+    issues
+}
+
+fn same_fields(a: &[FieldPath], b: &[FieldPath]) -> bool {
+    let within = |a: &[FieldPath], b: &[FieldPath]| a.iter().all(|x| b.iter().any(|y| x.segments() == y.segments()));
+    within(a, b) && within(b, a)
 }
 
 /// The part of a watch's objects a listing replaces: one namespace, or all.
@@ -222,6 +266,8 @@ pub async fn start_kubernetes(
         if watch.spec.metadata_only {
             // One cache per watch: stores over the same objects share bodies.
             let first = &config.watched_resources[&watch.stores[0]];
+            // The settings of every store of the watch are the same
+            // ([`shared_watch_issues`]).
             let fetch = Arc::new(kubernetes::ApiFetch::new(client.clone(), &resolved));
             let name = watch.stores.join(",");
             let cache = Arc::new(BodyCache::new(
@@ -351,5 +397,49 @@ templates:
         let watches = plan(&config);
         let omitted: Vec<String> = watches[0].omit.iter().map(ToString::to_string).collect();
         assert_eq!(omitted, ["metadata.managedFields"]);
+    }
+
+    #[test]
+    fn equivalent_selectors_share_one_watch() {
+        let text = r#"
+watched_resources:
+  a: {api_version: v1, kind: Secret, label_selector: "app=web,tier in (a, b)", field_selector: "metadata.name=x"}
+  b: {api_version: v1, kind: Secret, label_selector: "tier in (b,a), app==web", field_selector: "$.metadata.name==x"}
+  c: {api_version: v1, kind: Secret, label_selector: "app=web"}
+templates:
+  t: {inline: x, path: t}
+"#;
+        let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
+        let watches = plan(&config);
+        assert_eq!(watches.len(), 2);
+        assert_eq!(watches.iter().find(|w| w.stores.len() == 2).unwrap().stores, ["a", "b"]);
+    }
+
+    #[test]
+    fn on_demand_entries_sharing_a_watch_must_agree_on_cache_and_ignore_fields() {
+        let text = r#"
+watched_resources:
+  a: {api_version: v1, kind: Secret, store: on-demand, cache: {max_entries: 10}, ignore_fields: [metadata.managedFields]}
+  b: {api_version: v1, kind: Secret, store: on-demand, cache: {max_entries: 99}, ignore_fields: [data]}
+  c: {api_version: v1, kind: Secret, store: on-demand, cache: {max_entries: 10}, ignore_fields: [$.metadata.managedFields]}
+  full: {api_version: v1, kind: Secret, ignore_fields: [data]}
+  full2: {api_version: v1, kind: Secret}
+templates:
+  t: {inline: x, path: t}
+"#;
+        let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
+        let issues: Vec<String> = shared_watch_issues(&config).iter().map(ToString::to_string).collect();
+        assert_eq!(issues.len(), 2, "{issues:#?}");
+        assert!(
+            issues[0].contains("watched_resources.b.cache: `b` and `a` share one watch (v1/Secret (metadata only))"),
+            "{}",
+            issues[0]
+        );
+        assert!(issues[0].contains("`cache` settings differ"), "{}", issues[0]);
+        assert!(
+            issues[1].contains("watched_resources.b.ignore_fields: `b` and `a`"),
+            "{}",
+            issues[1]
+        );
     }
 }

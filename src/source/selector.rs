@@ -46,6 +46,26 @@ impl LabelSelector {
         &self.text
     }
 
+    /// One spelling for every way of writing the same selector: requirements
+    /// and `in` values sorted, duplicates dropped, `==` as `=`.
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<String> = self
+            .requirements
+            .iter()
+            .map(|req| match req {
+                LabelRequirement::Equals(k, v) => format!("{k}={v}"),
+                LabelRequirement::NotEquals(k, v) => format!("{k}!={v}"),
+                LabelRequirement::In(k, vs) => format!("{k} in ({})", sorted(vs)),
+                LabelRequirement::NotIn(k, vs) => format!("{k} notin ({})", sorted(vs)),
+                LabelRequirement::Exists(k) => k.clone(),
+                LabelRequirement::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts.join(",")
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -67,6 +87,13 @@ impl LabelSelector {
             LabelRequirement::NotExists(k) => label(k).is_none(),
         })
     }
+}
+
+fn sorted(values: &[String]) -> String {
+    let mut values = values.to_vec();
+    values.sort();
+    values.dedup();
+    values.join(",")
 }
 
 fn split_top_level(text: &str) -> Vec<&str> {
@@ -198,6 +225,23 @@ impl FieldSelector {
         &self.text
     }
 
+    /// One spelling for every way of writing the same selector: requirements
+    /// sorted, duplicates dropped, `==` as `=`, no leading `$.`.
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<String> = self
+            .requirements
+            .iter()
+            .map(|(path, equal, value)| {
+                let path = path.to_string();
+                let path = path.strip_prefix("$.").unwrap_or(&path);
+                format!("{path}{}{value}", if *equal { "=" } else { "!=" })
+            })
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts.join(",")
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -246,6 +290,21 @@ mod tests {
                 .unwrap()
                 .matches(&labelled(json!({"app": "web"})))
         );
+    }
+
+    #[test]
+    fn equivalent_selectors_have_one_canonical_spelling() {
+        let canonical = |text: &str| LabelSelector::parse(text).unwrap().canonical();
+        assert_eq!(canonical("a=1,b=2"), canonical("b=2, a==1"));
+        assert_eq!(canonical("t in (y, x),!c"), canonical("!c,t in (x,y,x)"));
+        assert_ne!(canonical("a=1"), canonical("a!=1"));
+        assert_ne!(canonical("t in (x)"), canonical("t notin (x)"));
+        let fields = |text: &str| FieldSelector::parse(text).unwrap().canonical();
+        assert_eq!(
+            fields("metadata.name=a,metadata.namespace!=b"),
+            fields("$.metadata.namespace!=b, metadata.name==a")
+        );
+        assert_ne!(fields("metadata.name=a"), fields("metadata.name!=a"));
     }
 
     #[test]

@@ -142,7 +142,7 @@ mod tests {
         s.apply(obj("1", "a", "one", "web"));
         let before = s.snapshot();
         s.apply(obj("2", "a", "two", "web"));
-        s.reset(vec![obj("3", "a", "three", "web")]);
+        s.reset_scope(None, vec![obj("3", "a", "three", "web")]);
         assert_eq!(names(&before), ["one"]);
         assert_eq!(names(&s.snapshot()), ["three"]);
     }
@@ -180,7 +180,7 @@ mod tests {
                         prop_assert_eq!(removed, model.remove(&uid).is_some());
                     }
                     Op::Reset { items } => {
-                        s.reset(items.iter().map(|(u, n, a)| obj(&u.to_string(), "ns", &format!("n{n}"), &format!("a{a}"))));
+                        s.reset_scope(None, items.iter().map(|(u, n, a)| obj(&u.to_string(), "ns", &format!("n{n}"), &format!("a{a}"))));
                         model = items.iter().map(|(u, n, a)| (*u, (*a, *n))).collect();
                     }
                 }

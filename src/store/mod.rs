@@ -8,22 +8,26 @@
 //!
 //! An entry's position is kept compact, because an on-demand store may hold a
 //! million of them: one shared string of the key values, namespace and name,
-//! each ended by `\0`, so that byte order is tuple order and a key prefix is a
-//! string prefix; and a 128-bit identity.
+//! each escaped and ended by `\0` ([`Slot`]), so that byte order is
+//! tuple order and a key prefix is a string prefix; and a 128-bit identity.
 
 pub mod document;
 pub mod full;
 pub mod on_demand;
+mod slot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
 use crate::config::Resource;
-use crate::index::{FieldPath, Indexer, Key};
+use crate::index::{FieldPath, Indexer};
 use document::{Document, Node};
+pub use slot::Slot;
+use slot::encode_prefix;
 
 /// How an object is identified: its UID (as 128 bits), or a digest of
 /// `namespace/name` when it has none (manifests written by hand).
@@ -38,9 +42,10 @@ impl ObjectId {
         }
         let mut digest = Sha256::new();
         if uid.is_empty() {
+            // Length first, so that no NUL in a name can shift the parts.
             digest.update(b"name\0");
+            digest.update((namespace.len() as u64).to_be_bytes());
             digest.update(namespace.as_bytes());
-            digest.update(b"\0");
             digest.update(name.as_bytes());
         } else {
             digest.update(b"uid\0");
@@ -96,62 +101,6 @@ impl<'a> Meta<'a> {
 pub struct Layout {
     pub width: usize,
     pub names_in_key: bool,
-}
-
-/// Where an object sits in a store.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Slot {
-    /// Key values, then namespace and name (unless the key is them), each
-    /// followed by `\0`.
-    text: Arc<str>,
-    id: ObjectId,
-}
-
-impl Slot {
-    pub fn new(layout: Layout, key: &Key, meta: &Meta<'_>) -> Slot {
-        let mut text = String::new();
-        for part in key.parts() {
-            text.push_str(part);
-            text.push('\0');
-        }
-        if !layout.names_in_key {
-            text.push_str(meta.namespace);
-            text.push('\0');
-            text.push_str(meta.name);
-            text.push('\0');
-        }
-        Slot {
-            text: text.into(),
-            id: meta.id,
-        }
-    }
-
-    fn parts(&self) -> impl Iterator<Item = &str> {
-        self.text.split_terminator('\0')
-    }
-
-    pub fn id(&self) -> ObjectId {
-        self.id
-    }
-
-    /// The key values.
-    pub fn key<'a>(&'a self, layout: &Layout) -> Vec<&'a str> {
-        self.parts().take(layout.width).collect()
-    }
-
-    /// Namespace and name of the object.
-    pub fn names<'a>(&'a self, layout: &Layout) -> (&'a str, &'a str) {
-        let mut parts = self.parts().skip(if layout.names_in_key { 0 } else { layout.width });
-        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
-    }
-}
-
-fn encode_prefix(prefix: &[String]) -> String {
-    prefix.iter().fold(String::new(), |mut text, part| {
-        text.push_str(part);
-        text.push('\0');
-        text
-    })
 }
 
 /// What [`Store::apply`] did.
@@ -217,11 +166,6 @@ impl<E: Entry> Store<E> {
         let id = Meta::of(object.root()).id;
         self.skipped.remove(&id);
         self.index.remove(id)
-    }
-
-    /// Replaces everything with `objects` at once (an initial list or re-list).
-    pub fn reset(&mut self, objects: impl IntoIterator<Item = Document>) {
-        self.reset_scope(None, objects);
     }
 
     /// Replaces the objects of one namespace (`Some`), or all (`None`), with
@@ -374,6 +318,11 @@ pub struct Index<T> {
     layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
     slots: HashMap<ObjectId, Arc<str>>,
+    /// The identities in each namespace, kept from the first listing of one
+    /// namespace on (watches of chosen namespaces list each one on its own),
+    /// so that replacing a namespace costs what it holds, not the whole
+    /// store. Watches of all namespaces never pay for it.
+    namespaces: Option<HashMap<Box<str>, HashSet<ObjectId>>>,
 }
 
 impl<T: Clone> Index<T> {
@@ -382,6 +331,7 @@ impl<T: Clone> Index<T> {
             layout,
             entries: Arc::default(),
             slots: HashMap::new(),
+            namespaces: None,
         }
     }
 
@@ -404,7 +354,14 @@ impl<T: Clone> Index<T> {
                 slot = old;
             } else {
                 entries.remove(&old);
+                if let Some(namespaces) = &mut self.namespaces {
+                    forget(namespaces, &old.names(&self.layout).0, id);
+                }
             }
+        }
+        if let Some(namespaces) = &mut self.namespaces {
+            let namespace = slot.names(&self.layout).0;
+            namespaces.entry(namespace.into()).or_default().insert(id);
         }
         self.slots.insert(id, Arc::clone(&slot.text));
         entries.insert(slot, entry);
@@ -414,7 +371,11 @@ impl<T: Clone> Index<T> {
     pub fn remove(&mut self, id: ObjectId) -> bool {
         match self.slots.remove(&id) {
             Some(text) => {
-                Arc::make_mut(&mut self.entries).remove(&Slot { text, id });
+                let slot = Slot { text, id };
+                if let Some(namespaces) = &mut self.namespaces {
+                    forget(namespaces, &slot.names(&self.layout).0, id);
+                }
+                Arc::make_mut(&mut self.entries).remove(&slot);
                 true
             }
             None => false,
@@ -428,18 +389,27 @@ impl<T: Clone> Index<T> {
             None => {
                 self.entries = Arc::default();
                 self.slots.clear();
+                if let Some(namespaces) = &mut self.namespaces {
+                    namespaces.clear();
+                }
             }
             Some(namespace) => {
                 let layout = self.layout;
-                let entries = Arc::make_mut(&mut self.entries);
-                entries.retain(|slot, _| slot.names(&layout).0 != namespace);
-                self.slots.retain(|id, text| {
-                    let slot = Slot {
-                        text: Arc::clone(text),
-                        id: *id,
-                    };
-                    slot.names(&layout).0 != namespace
+                let slots = &self.slots;
+                let namespaces = self.namespaces.get_or_insert_with(|| {
+                    let mut namespaces: HashMap<Box<str>, HashSet<ObjectId>> = HashMap::new();
+                    for (id, text) in slots {
+                        let slot = Slot {
+                            text: Arc::clone(text),
+                            id: *id,
+                        };
+                        namespaces.entry(slot.names(&layout).0.into()).or_default().insert(*id);
+                    }
+                    namespaces
                 });
+                for id in namespaces.remove(namespace).unwrap_or_default() {
+                    self.remove(id);
+                }
             }
         }
         for (slot, entry) in items {
@@ -460,6 +430,17 @@ impl<T: Clone> Index<T> {
         Snapshot {
             layout: self.layout,
             entries: Arc::clone(&self.entries),
+            positions: Arc::default(),
+        }
+    }
+}
+
+/// Drops `id` from the identities of `namespace`.
+fn forget(namespaces: &mut HashMap<Box<str>, HashSet<ObjectId>>, namespace: &str, id: ObjectId) {
+    if let Some(ids) = namespaces.get_mut(namespace) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            namespaces.remove(namespace);
         }
     }
 }
@@ -469,6 +450,9 @@ impl<T: Clone> Index<T> {
 pub struct Snapshot<T> {
     layout: Layout,
     entries: Arc<BTreeMap<Slot, T>>,
+    /// Every slot in order: made by the first read by position
+    /// ([`Snapshot::nth`]), which a snapshot that is only iterated never pays.
+    positions: Arc<OnceLock<Vec<Slot>>>,
 }
 
 impl<T> Snapshot<T> {
@@ -501,14 +485,26 @@ impl<T> Snapshot<T> {
             .take_while(move |(slot, _)| slot.text.starts_with(&*text))
     }
 
+    /// The entries after `slot`, in order.
+    pub fn after<'a>(&'a self, slot: &Slot) -> impl Iterator<Item = (&'a Slot, &'a T)> + 'a {
+        self.entries.range((Bound::Excluded(slot.clone()), Bound::Unbounded))
+    }
+
+    /// The entry at position `index`: O(n) for the first read by position of
+    /// a snapshot, O(log n) for every later one.
+    pub fn nth(&self, index: usize) -> Option<(&Slot, &T)> {
+        let positions = self.positions.get_or_init(|| self.entries.keys().cloned().collect());
+        self.entries.get_key_value(positions.get(index)?)
+    }
+
     /// The entry at `slot`, if it is in this snapshot.
     pub fn get(&self, slot: &Slot) -> Option<&T> {
         self.entries.get(slot)
     }
 
     /// The distinct keys, in order.
-    pub fn keys(&self) -> Vec<Vec<&str>> {
-        let mut keys: Vec<Vec<&str>> = Vec::new();
+    pub fn keys(&self) -> Vec<Vec<Cow<'_, str>>> {
+        let mut keys: Vec<Vec<Cow<'_, str>>> = Vec::new();
         for slot in self.entries.keys() {
             let key = slot.key(&self.layout);
             if keys.last() != Some(&key) {
@@ -522,6 +518,7 @@ impl<T> Snapshot<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Key;
 
     fn slot(layout: Layout, ns: &str, name: &str, key: &[&str]) -> Slot {
         let meta = Meta {
@@ -575,7 +572,44 @@ mod tests {
         index.upsert(slot(layout, "ns", "x", &["ns", "x"]), ());
         let snapshot = index.snapshot();
         let (slot, _) = snapshot.iter().next().unwrap();
-        assert_eq!(slot.names(&layout), ("ns", "x"));
+        assert_eq!(slot.names(&layout).0, "ns");
+        assert_eq!(slot.names(&layout).1, "x");
         assert_eq!(&*slot.text, "ns\0x\0");
+    }
+
+    #[test]
+    fn replacing_a_namespace_costs_what_it_holds_not_the_whole_store() {
+        let layout = Layout {
+            width: 2,
+            names_in_key: false,
+        };
+        let mut index = Index::new(layout);
+        for i in 0..100_000 {
+            index.upsert(slot(layout, "big", &format!("o{i}"), &["k", &format!("o{i}")]), ());
+        }
+        // The first listing of a namespace may look at everything once.
+        index.replace_scope(Some("small"), []);
+        let started = std::time::Instant::now();
+        for round in 0..500 {
+            let small = slot(layout, "small", &format!("s{}", round % 3), &["k", "s"]);
+            index.replace_scope(Some("small"), [(small, ())]);
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(index.len(), 100_001);
+        // A scan of the store per listing takes seconds here; what the
+        // namespace holds, about a millisecond.
+        assert!(
+            elapsed < std::time::Duration::from_millis(500),
+            "500 listings took {elapsed:?}"
+        );
+        index.upsert(slot(layout, "big", "o1", &["moved", "o1"]), ());
+        index.remove(ObjectId::new("", "big", "o2"));
+        index.replace_scope(Some("big"), [(slot(layout, "big", "new", &["k", "new"]), ())]);
+        let names: Vec<_> = index
+            .snapshot()
+            .iter()
+            .map(|(s, _)| s.names(&layout).1.into_owned())
+            .collect();
+        assert_eq!(names, ["new", "s1"]);
     }
 }

@@ -84,8 +84,9 @@ struct Cached {
 
 type Flight = Shared<BoxFuture<'static, Result<Option<Value>, String>>>;
 
-/// How many GETs of one store may run at once.
-const CONCURRENT_GETS: usize = 16;
+/// How many GETs of one store may run at once; also how many bodies a loop
+/// over a store reads ahead.
+pub const CONCURRENT_GETS: usize = 16;
 
 /// The bodies of one on-demand store.
 pub struct BodyCache {
