@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::action;
 use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
+use crate::redact::Redactor;
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::{self, Event, Scope, Sources};
 use crate::store::document::Document;
@@ -114,7 +115,26 @@ pub async fn render_and_write(
     out_root: Option<&Path>,
 ) -> Result<output::Report, Error> {
     let rendered = prepared.renderer.render_all(snapshot).map_err(Error::Render)?;
-    write(prepared, &rendered, out_root).await
+    let redactor = redactor(&prepared.config, snapshot);
+    write(prepared, &rendered, out_root, &redactor).await
+}
+
+/// What keeps the values of the snapshot's Secrets (whole objects, and the
+/// bodies on-demand stores fetched) out of what checks and actions print.
+pub fn redactor(config: &Config, snapshot: &StoresSnapshot) -> Redactor {
+    let is_secret = |name: &String| {
+        config
+            .watched_resources
+            .get(name)
+            .is_some_and(|r| r.spec.api_version == "v1" && r.spec.kind == "Secret")
+    };
+    Redactor::new(
+        snapshot
+            .stores
+            .iter()
+            .filter(|(name, _)| is_secret(name))
+            .map(|(_, store)| store.clone()),
+    )
 }
 
 /// Writes rendered outputs (all or none), re-rooted under `out_root` if given.
@@ -122,6 +142,7 @@ pub async fn write(
     prepared: &Prepared,
     rendered: &[render::Rendered],
     out_root: Option<&Path>,
+    redactor: &Redactor,
 ) -> Result<output::Report, Error> {
     let targets: Vec<OutputTarget> = rendered
         .iter()
@@ -142,7 +163,7 @@ pub async fn write(
             content: &r.content,
         })
         .collect();
-    Ok(output::write_all(&jobs).await?)
+    Ok(output::write_all(&jobs, redactor).await?)
 }
 
 /// How a live run ends.
@@ -163,6 +184,10 @@ pub enum RunError {
     /// store that no longer follows the cluster.
     #[error("a source stopped: {0}")]
     SourceDied(String),
+    /// The task running the actions died (a panic): a bug, reported rather
+    /// than hidden.
+    #[error("the actions task failed: {0}")]
+    ActionsDied(String),
 }
 
 /// Options of a live run.
@@ -176,8 +201,12 @@ pub struct RunOptions {
 /// snapshot once every watch has listed and the events have quieted
 /// (`render.wait`), writes the outputs, and runs the actions when a file
 /// changed. Renders never overlap: events that arrive meanwhile wait in the
-/// queue and cause one more render. Returns when `shutdown` resolves (between
-/// renders), or after the first render with `--once`.
+/// queue and cause one more render. Actions run on a task of their own, so
+/// that events, the source tasks and `shutdown` are heeded while they run;
+/// the next render waits for them, so that no file changes under a reload and
+/// the actions of two renders never overlap. Returns when `shutdown` resolves
+/// (between renders, after the running actions, each within its timeout), or
+/// after the first render and its actions with `--once`.
 pub async fn run(
     prepared: Arc<Prepared>,
     mut sources: Sources,
@@ -198,9 +227,10 @@ pub async fn run(
     let mut burst: Option<Burst> = None;
     let mut retry: Option<(Instant, u32)> = None;
     let mut rendered_once = false;
+    let mut actions = RunningActions::default();
     tokio::pin!(shutdown);
     loop {
-        let due = if !unsynced.is_empty() {
+        let due = if !unsynced.is_empty() || actions.is_running() {
             None
         } else if let Some(burst) = &burst {
             Some(if rendered_once { burst.due(wait) } else { Instant::now() })
@@ -209,7 +239,10 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            () = &mut shutdown => return Ok(Stopped::Shutdown),
+            () = &mut shutdown => {
+                actions.finish().await;
+                return Ok(Stopped::Shutdown);
+            }
             Some(ended) = sources.tasks.join_next() => {
                 let why = match ended {
                     Ok(Ok(())) => "a source finished".to_string(),
@@ -241,12 +274,28 @@ pub async fn run(
                 let now = Instant::now();
                 burst.get_or_insert(Burst { first: now, last: now }).last = now;
             }
+            finished = actions.finished(), if actions.is_running() => {
+                if let Some(died) = report_actions(finished) {
+                    telemetry.status.task_died(died.to_string());
+                    return Err(died);
+                }
+                if options.once {
+                    return Ok(Stopped::Rendered);
+                }
+            }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
                 let stale_before = stale_reads(&sources.caches);
-                let ok = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
+                let rendered = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
                 rendered_once = true;
+                let ok = !matches!(rendered, Rendered::Failed);
+                if let Rendered::Changed(redactor) = rendered {
+                    actions.start(&prepared, &telemetry, redactor);
+                }
                 if options.once {
+                    if actions.is_running() {
+                        continue;
+                    }
                     return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
                 }
                 // A render that showed cached copies because GETs failed is
@@ -268,6 +317,85 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The actions of the last render that changed a file, on a task of their
+/// own; waited for at shutdown, aborted when dropped (the run failed).
+#[derive(Default)]
+struct RunningActions(Option<tokio::task::JoinHandle<action::Outcome>>);
+
+impl RunningActions {
+    fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Runs the configured actions, if any; `redactor` holds the render's
+    /// Secret values.
+    fn start(&mut self, prepared: &Arc<Prepared>, telemetry: &Arc<Telemetry>, redactor: Arc<Redactor>) {
+        if prepared.config.actions.is_empty() {
+            return;
+        }
+        let (prepared, telemetry) = (Arc::clone(prepared), Arc::clone(telemetry));
+        let span = tracing::info_span!("actions");
+        self.0 = Some(tokio::spawn(
+            async move { action::run_all(&prepared.config.actions, &telemetry.metrics, &redactor).await }
+                .instrument(span),
+        ));
+    }
+
+    /// Resolves when the running actions are done (never, when none run).
+    async fn finished(&mut self) -> Result<action::Outcome, tokio::task::JoinError> {
+        let Some(task) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        let result = task.await;
+        self.0 = None;
+        result
+    }
+
+    /// Waits for the running actions, if any: the render they follow is
+    /// finished with them. Each is bounded by its timeout.
+    async fn finish(&mut self) {
+        if self.is_running() {
+            tracing::info!("waiting for the running actions before shutting down");
+            report_actions(self.finished().await);
+        }
+    }
+}
+
+/// Logs what the actions' task gave.
+fn report_actions(finished: Result<action::Outcome, tokio::task::JoinError>) -> Option<RunError> {
+    match finished {
+        Ok(outcome) => {
+            if !outcome.failed.is_empty() {
+                tracing::warn!(
+                    failed = outcome.failed.len(),
+                    "some actions failed; the files stay as rendered"
+                );
+            }
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the actions task failed");
+            Some(RunError::ActionsDied(e.to_string()))
+        }
+    }
+}
+
+impl Drop for RunningActions {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What one render of a live run did.
+enum Rendered {
+    Failed,
+    Unchanged,
+    /// A file changed: the actions are due; the render's Secret values.
+    Changed(Arc<Redactor>),
 }
 
 /// The events since the last render: when the first and the last came.
@@ -362,16 +490,15 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
     }
 }
 
-/// One render of a live run: render off the async threads, write, and run
-/// the actions if a file changed; report it all. Returns whether it
-/// succeeded. `checksums` holds each template output's sha256 between renders.
+/// One render of a live run: render off the async threads and write; report
+/// it all. `checksums` holds each template output's sha256 between renders.
 async fn render_once(
     prepared: &Arc<Prepared>,
     snapshot: StoresSnapshot,
     seen: &BTreeMap<String, u64>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
-) -> bool {
+) -> Rendered {
     let started = Instant::now();
     let span = tracing::info_span!("render");
     // What the snapshot holds: the newest event of each store, so that an
@@ -381,7 +508,8 @@ async fn render_once(
         .map(|(store, rv)| format!("{store}={rv}"))
         .collect::<Vec<_>>();
     span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
-    let result = render_and_report(prepared, snapshot, telemetry, checksums)
+    let redactor = Arc::new(redactor(&prepared.config, &snapshot));
+    let result = render_and_report(prepared, snapshot, &redactor, telemetry, checksums)
         .instrument(span)
         .await;
     let duration = started.elapsed();
@@ -399,27 +527,24 @@ async fn render_once(
             .map(|(path, sum)| (path.clone(), sum.clone()))
             .collect(),
     });
-    if changed {
-        let outcome = action::run_all(&prepared.config.actions, &telemetry.metrics).await;
-        if !outcome.failed.is_empty() {
-            tracing::warn!(
-                failed = outcome.failed.len(),
-                "some actions failed; the files stay as rendered"
-            );
-        }
+    match result {
+        Ok(true) => Rendered::Changed(redactor),
+        Ok(false) => Rendered::Unchanged,
+        Err(_) => Rendered::Failed,
     }
-    result.is_ok()
 }
 
 /// Renders, writes and logs; `Ok(changed)`, or the error message.
 async fn render_and_report(
     prepared: &Arc<Prepared>,
     snapshot: StoresSnapshot,
+    redactor: &Arc<Redactor>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
 ) -> Result<bool, String> {
     let started = Instant::now();
     let job = Arc::clone(prepared);
+    let redactor = Arc::clone(redactor);
     let runtime = tokio::runtime::Handle::current();
     let known: HashSet<String> = checksums.keys().cloned().collect();
     // Rendering, file I/O and checksums are blocking work: off the runtime's
@@ -429,7 +554,9 @@ async fn render_and_report(
         let rendering = Instant::now();
         let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
         let render_ms = rendering.elapsed().as_millis() as u64;
-        let report = runtime.block_on(write(&job, &rendered, None)).map_err(Failed::Write)?;
+        let report = runtime
+            .block_on(write(&job, &rendered, None, &redactor))
+            .map_err(Failed::Write)?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
             .filter_map(|r| {

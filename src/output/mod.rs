@@ -18,6 +18,7 @@ use tempfile::TempPath;
 
 use crate::command;
 use crate::config::{OutputTarget, Template};
+use crate::redact::Redactor;
 use crate::render::Content;
 
 /// Prefix of staged files; such files in an output directory are never outputs.
@@ -37,14 +38,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The template's `check` command rejected the staged new version of
-    /// `file`.
-    #[error("template `{template}`: check {command:?} rejected the new {} ({status}){}", file.display(), output_suffix(output))]
+    /// `file`; `first_line` is of its output, redacted.
+    #[error("template `{template}`: check {command:?} rejected the new {} ({status}){}", file.display(), output_suffix(first_line))]
     CheckFailed {
         template: String,
         command: Vec<String>,
         file: PathBuf,
         status: String,
-        output: String,
+        first_line: String,
     },
     /// The `check` command could not be started.
     #[error("template `{template}`: cannot run check {command:?}: {source}")]
@@ -63,11 +64,11 @@ pub enum Error {
     },
 }
 
-fn output_suffix(output: &str) -> String {
-    if output.trim().is_empty() {
+fn output_suffix(first_line: &str) -> String {
+    if first_line.is_empty() {
         String::new()
     } else {
-        format!(": {}", output.trim())
+        format!(": {first_line}")
     }
 }
 
@@ -109,13 +110,14 @@ struct Staged {
     root: Option<PathBuf>,
 }
 
-/// Writes all outputs of one render, or none of them.
-pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
+/// Writes all outputs of one render, or none of them. `redactor` holds the
+/// Secret values of the render, kept out of what a failing check printed.
+pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> {
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
         for (file, target) in &s.files {
-            check(job.template, file, target).await?;
+            check(job.template, file, target, redactor).await?;
         }
         staged.push(s);
     }
@@ -341,33 +343,36 @@ fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
 
 /// Runs the template's `check` on a staged file; errors name the file it
 /// would have replaced (the staged name is random).
-async fn check(template: &Template, staged: &Path, target: &Path) -> Result<()> {
+async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Redactor) -> Result<()> {
     if template.check.is_empty() {
         return Ok(());
     }
     let file = staged.to_string_lossy();
     let argv: Vec<String> = template.check.iter().map(|a| a.replace("{file}", &file)).collect();
-    command::run(&argv, template.check_timeout)
-        .await
-        .map_err(|failure| match failure {
-            command::Failure::Spawn(source) => Error::CheckSpawn {
-                template: template.name.clone(),
-                command: template.check.clone(),
-                source,
-            },
-            command::Failure::Timeout(timeout) => Error::CheckTimeout {
-                template: template.name.clone(),
-                command: template.check.clone(),
-                timeout,
-            },
-            command::Failure::Exit { status, output } => Error::CheckFailed {
+    match command::run(&argv, template.check_timeout).await {
+        Ok(_) => Ok(()),
+        Err(command::Failure::Spawn(source)) => Err(Error::CheckSpawn {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            source,
+        }),
+        Err(command::Failure::Timeout(timeout)) => Err(Error::CheckTimeout {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            timeout,
+        }),
+        Err(command::Failure::Exit { status, output }) => {
+            // In full at debug level only: it may quote Secret data.
+            tracing::debug!(template = %template.name, file = %target.display(), %output, "check output");
+            Err(Error::CheckFailed {
                 template: template.name.clone(),
                 command: template.check.clone(),
                 file: target.to_owned(),
                 status,
-                output,
-            },
-        })
+                first_line: redactor.summary(&output),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,11 +11,14 @@ fn template(dir: &Path, yaml: &str) -> Template {
 }
 
 async fn write(template: &Template, content: Content) -> Result<Report> {
-    write_all(&[Job {
-        template,
-        target: &template.output,
-        content: &content,
-    }])
+    write_all(
+        &[Job {
+            template,
+            target: &template.output,
+            content: &content,
+        }],
+        &Redactor::default(),
+    )
     .await
 }
 
