@@ -166,10 +166,6 @@ impl Status {
         );
     }
 
-    pub fn output_removed(&self, path: &str) {
-        self.lock().outputs.remove(path);
-    }
-
     pub fn render_done(&self, duration: Duration, error: Option<String>) {
         self.lock().last_render = Some(RenderInfo {
             at: SystemTime::now(),
