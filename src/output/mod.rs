@@ -5,7 +5,9 @@
 //! changed file as a temp file beside its target, run each template's `check`
 //! on its staged files, then — only if every check passed — rename them into
 //! place and remove stale files of directory outputs. A failure at any step
-//! before the renames leaves every previous file untouched.
+//! before the renames leaves every previous file untouched; a failed rename
+//! puts back the files already replaced ([`commit`]), and stale files are
+//! removed only after every rename succeeded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use tempfile::TempPath;
 
+use self::commit::Commit;
 use crate::command;
 use crate::config::{OutputTarget, Template};
 use crate::redact::Redactor;
@@ -24,8 +27,9 @@ use crate::render::Content;
 /// Prefix of staged files; such files in an output directory are never outputs.
 const STAGING_PREFIX: &str = ".kube-template-";
 
-/// Why outputs could not be written. Previous files are in place whenever this
-/// is returned before the commit step (everything but a failed rename).
+/// Why outputs could not be written. Previous files are in place, unless a
+/// stale file could not be removed or a restore after a failed rename failed
+/// too (logged).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory operation failed.
@@ -105,6 +109,8 @@ struct Staged {
     template: String,
     fsync_dirs: BTreeSet<PathBuf>,
     files: Vec<(TempPath, PathBuf)>,
+    /// Targets renamed into place by the commit.
+    written: Vec<PathBuf>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
@@ -121,18 +127,19 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
         }
         staged.push(s);
     }
+    // Every rename first, all or nothing; only then stale files go.
+    let mut commit = Commit::default();
+    for s in &mut staged {
+        for (file, target) in std::mem::take(&mut s.files) {
+            commit.replace(&s.template, file, target.clone())?;
+            s.written.push(target);
+        }
+    }
+    commit.finish();
     let mut report = Report::default();
     for s in staged {
-        let changed = !s.files.is_empty() || !s.stale.is_empty();
-        for (file, target) in s.files {
-            file.persist(&target).map_err(|e| Error::Io {
-                template: s.template.clone(),
-                action: "cannot replace",
-                path: target.clone(),
-                source: e.error,
-            })?;
-            report.written.push(target);
-        }
+        let changed = !s.written.is_empty() || !s.stale.is_empty();
+        report.written.extend(s.written);
         for path in s.stale {
             match fs::remove_file(&path) {
                 Ok(()) => report.removed.push(path),
@@ -182,6 +189,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         template: template.clone(),
         fsync_dirs: BTreeSet::new(),
         files: Vec::new(),
+        written: Vec::new(),
         stale: Vec::new(),
         root: None,
     };
@@ -375,5 +383,6 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
     }
 }
 
+mod commit;
 #[cfg(test)]
 mod tests;
