@@ -51,6 +51,13 @@ pub enum Error {
         status: String,
         first_line: String,
     },
+    /// A directory output's render emitted `file` and a file inside it.
+    #[error("template `{template}`: {} is emitted both as a file and as the directory of {}", file.display(), inner.display())]
+    FileAndDirectory {
+        template: String,
+        file: PathBuf,
+        inner: PathBuf,
+    },
     /// The `check` command could not be started.
     #[error("template `{template}`: cannot run check {command:?}: {source}")]
     CheckSpawn {
@@ -131,16 +138,20 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
     let mut commit = Commit::default();
     for s in &mut staged {
         for (file, target) in std::mem::take(&mut s.files) {
-            commit.replace(&s.template, file, target.clone())?;
+            commit.replace(&s.template, file, target.clone(), s.root.as_deref())?;
             s.written.push(target);
         }
     }
-    commit.finish();
+    let moved_aside = commit.finish();
     let mut report = Report::default();
     for s in staged {
         let changed = !s.written.is_empty() || !s.stale.is_empty();
         report.written.extend(s.written);
         for path in s.stale {
+            if moved_aside.iter().any(|moved| path.starts_with(moved)) {
+                report.removed.push(path);
+                continue;
+            }
             match fs::remove_file(&path) {
                 Ok(()) => report.removed.push(path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -228,6 +239,9 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         _ => unreachable!("a template's content always matches its output kind"),
     };
+    if let Some(root) = &staged.root {
+        refuse_file_and_directory(template, root, &wanted)?;
+    }
     for (target, bytes) in wanted {
         let old = if absent.contains(&target) {
             Err(std::io::ErrorKind::NotFound.into())
@@ -245,8 +259,18 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         let dir = target.parent().unwrap_or(Path::new("."));
         if !made_dirs.contains_key(dir) {
-            fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
-            let absolute = std::path::absolute(dir).map_err(io("cannot resolve", dir))?;
+            let stage_in = match fs::create_dir_all(dir) {
+                Ok(()) => dir.to_owned(),
+                // A file of the last render stands where this one needs a
+                // directory (`a`, now `a/b`): the commit moves it aside;
+                // until then the new file is staged in the nearest directory.
+                Err(e) => staged
+                    .root
+                    .as_deref()
+                    .and_then(|root| nearest_dir(root, dir))
+                    .ok_or_else(|| io("cannot create directory", dir)(e))?,
+            };
+            let absolute = std::path::absolute(&stage_in).map_err(io("cannot resolve", dir))?;
             made_dirs.insert(dir.to_owned(), absolute);
         }
         // An absolute directory spares the temp file a getcwd of its own.
@@ -269,6 +293,29 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
     Ok(staged)
 }
 
+/// The nearest ancestor of `dir` inside `root` that is a directory.
+fn nearest_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .take_while(|a| a.starts_with(root))
+        .find(|a| a.is_dir())
+        .map(Path::to_owned)
+}
+
+/// A directory output cannot hold a file `a` and a file `a/b` at once.
+fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<PathBuf, &[u8]>) -> Result<()> {
+    for target in wanted.keys() {
+        let parents = target.ancestors().skip(1).take_while(|a| *a != root);
+        if let Some(file) = parents.into_iter().find(|a| wanted.contains_key(*a)) {
+            return Err(Error::FileAndDirectory {
+                template: template.to_owned(),
+                file: file.to_owned(),
+                inner: target.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn ensure_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     let current = fs::metadata(path)?.permissions().mode() & 0o7777;
     if current != mode {
@@ -288,9 +335,12 @@ fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             let name = entry.file_name();
             let kind = entry.file_type()?;
             if name.to_string_lossy().starts_with(STAGING_PREFIX) {
-                if kind.is_file() {
-                    let _ = fs::remove_file(entry.path());
-                }
+                // Staged files, and what a killed commit had moved aside.
+                let _ = if kind.is_dir() {
+                    fs::remove_dir_all(entry.path())
+                } else {
+                    fs::remove_file(entry.path())
+                };
                 continue;
             }
             if kind.is_dir() {

@@ -205,3 +205,87 @@ async fn a_failed_rename_restores_the_files_already_replaced_and_removes_no_stal
     );
     assert_eq!(report.removed, [root.join("a/y")]);
 }
+
+#[tokio::test]
+async fn a_file_can_become_a_directory_and_back_in_a_directory_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let files = |entries: &[(&str, &str)]| {
+        Content::Directory(
+            entries
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    };
+    let out = dir.path().join("out");
+    write(&t, files(&[("a", "file"), ("keep", "k")])).await.unwrap();
+
+    let report = write(&t, files(&[("a/b", "inside"), ("a/c/d", "deeper"), ("keep", "k")]))
+        .await
+        .unwrap();
+    assert_eq!(fs::read_to_string(out.join("a/b")).unwrap(), "inside");
+    assert_eq!(fs::read_to_string(out.join("a/c/d")).unwrap(), "deeper");
+    assert_eq!(report.written, [out.join("a/b"), out.join("a/c/d")]);
+    assert_eq!(report.removed, [out.join("a")]);
+
+    let report = write(&t, files(&[("a", "file again"), ("keep", "k")])).await.unwrap();
+    assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "file again");
+    assert_eq!(report.written, [out.join("a")]);
+    assert_eq!(report.removed, [out.join("a/b"), out.join("a/c/d")]);
+    let mut left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a", "keep"], "nothing moved aside is left");
+}
+
+#[tokio::test]
+async fn a_failed_commit_puts_back_what_it_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let out = dir.path().join("out");
+    let files = |entries: &[(&str, &str)]| {
+        Content::Directory(
+            entries
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    };
+    write(&t, files(&[("a", "file"), ("z/old", "old")])).await.unwrap();
+    // `a` is moved aside for `a/b`; then a name too long for the file
+    // system fails the commit (even as root).
+    let too_long = format!("z/{}", "n".repeat(300));
+    let error = write(&t, files(&[("a/b", "new"), (&too_long, "new")]))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nnnn"), "{error}");
+    assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "file", "moved back");
+    assert_eq!(
+        fs::read_to_string(out.join("z/old")).unwrap(),
+        "old",
+        "no stale file removed"
+    );
+    let mut left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a", "z"], "nothing staged or moved aside is left");
+}
+
+#[tokio::test]
+async fn a_file_and_a_file_inside_it_in_one_render_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let content = Content::Directory([("a".to_string(), b"1".to_vec()), ("a/b".to_string(), b"2".to_vec())].into());
+    let error = write(&t, content).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("emitted both as a file and as the directory of"),
+        "{error}"
+    );
+}
