@@ -4,6 +4,7 @@
 //! rolls files back. What an action prints is logged in full at debug level
 //! only; elsewhere as its first line, redacted (DESIGN 5.8).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::command;
 use crate::config::{Action, HttpAction};
 use crate::redact::Redactor;
+use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::{ActionLabel, ActionLabels, Metrics};
 
 /// Why an action failed.
@@ -120,6 +122,69 @@ pub async fn run_all(actions: &[Action], metrics: &Metrics, redactor: &Redactor)
         }
     }
     outcome
+}
+
+/// The actions of the last render that changed a file, on a task of their
+/// own, so that the pipeline goes on (events, signals) while they run; its
+/// owner joins them before the next render and at shutdown. Dropping this
+/// aborts them.
+#[derive(Debug, Default)]
+pub struct Running(Option<tokio::task::JoinHandle<Outcome>>);
+
+impl Running {
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Starts `actions`; `redactor` holds the Secret values of the render
+    /// they follow.
+    pub fn start(&mut self, actions: Vec<Action>, telemetry: Arc<Telemetry>, redactor: Arc<Redactor>) {
+        let span = tracing::info_span!("actions");
+        let task = async move { run_all(&actions, &telemetry.metrics, &redactor).await };
+        self.0 = Some(tokio::spawn(tracing::Instrument::instrument(task, span)));
+    }
+
+    /// Resolves when the running actions are done (never, when none run),
+    /// having logged a summary; an error is a panic of the task.
+    pub async fn finished(&mut self) -> Result<(), tokio::task::JoinError> {
+        let Some(task) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        let result = task.await;
+        self.0 = None;
+        match result {
+            Ok(outcome) => {
+                if !outcome.failed.is_empty() {
+                    tracing::warn!(
+                        failed = outcome.failed.len(),
+                        "some actions failed; the files stay as rendered"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the actions task failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the running actions, if any: the render they follow is
+    /// finished with them. Each is bounded by its timeout.
+    pub async fn finish(&mut self) {
+        if self.is_running() {
+            tracing::info!("waiting for the running actions before shutting down");
+            let _ = self.finished().await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 async fn run_command(argv: &[String], timeout: Duration, redactor: &Redactor) -> Result<(), Error> {

@@ -227,7 +227,7 @@ pub async fn run(
     let mut burst: Option<Burst> = None;
     let mut retry: Option<(Instant, u32)> = None;
     let mut rendered_once = false;
-    let mut actions = RunningActions::default();
+    let mut actions = action::Running::default();
     tokio::pin!(shutdown);
     loop {
         let due = if !unsynced.is_empty() || actions.is_running() {
@@ -275,7 +275,8 @@ pub async fn run(
                 burst.get_or_insert(Burst { first: now, last: now }).last = now;
             }
             finished = actions.finished(), if actions.is_running() => {
-                if let Some(died) = report_actions(finished) {
+                if let Err(e) = finished {
+                    let died = RunError::ActionsDied(e.to_string());
                     telemetry.status.task_died(died.to_string());
                     return Err(died);
                 }
@@ -289,8 +290,10 @@ pub async fn run(
                 let rendered = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
                 rendered_once = true;
                 let ok = !matches!(rendered, Rendered::Failed);
-                if let Rendered::Changed(redactor) = rendered {
-                    actions.start(&prepared, &telemetry, redactor);
+                if let Rendered::Changed(redactor) = rendered
+                    && !prepared.config.actions.is_empty()
+                {
+                    actions.start(prepared.config.actions.clone(), Arc::clone(&telemetry), redactor);
                 }
                 if options.once {
                     if actions.is_running() {
@@ -315,77 +318,6 @@ pub async fn run(
                     Some((Instant::now() + delay, failures))
                 };
             }
-        }
-    }
-}
-
-/// The actions of the last render that changed a file, on a task of their
-/// own; waited for at shutdown, aborted when dropped (the run failed).
-#[derive(Default)]
-struct RunningActions(Option<tokio::task::JoinHandle<action::Outcome>>);
-
-impl RunningActions {
-    fn is_running(&self) -> bool {
-        self.0.is_some()
-    }
-
-    /// Runs the configured actions, if any; `redactor` holds the render's
-    /// Secret values.
-    fn start(&mut self, prepared: &Arc<Prepared>, telemetry: &Arc<Telemetry>, redactor: Arc<Redactor>) {
-        if prepared.config.actions.is_empty() {
-            return;
-        }
-        let (prepared, telemetry) = (Arc::clone(prepared), Arc::clone(telemetry));
-        let span = tracing::info_span!("actions");
-        self.0 = Some(tokio::spawn(
-            async move { action::run_all(&prepared.config.actions, &telemetry.metrics, &redactor).await }
-                .instrument(span),
-        ));
-    }
-
-    /// Resolves when the running actions are done (never, when none run).
-    async fn finished(&mut self) -> Result<action::Outcome, tokio::task::JoinError> {
-        let Some(task) = &mut self.0 else {
-            return std::future::pending().await;
-        };
-        let result = task.await;
-        self.0 = None;
-        result
-    }
-
-    /// Waits for the running actions, if any: the render they follow is
-    /// finished with them. Each is bounded by its timeout.
-    async fn finish(&mut self) {
-        if self.is_running() {
-            tracing::info!("waiting for the running actions before shutting down");
-            report_actions(self.finished().await);
-        }
-    }
-}
-
-/// Logs what the actions' task gave.
-fn report_actions(finished: Result<action::Outcome, tokio::task::JoinError>) -> Option<RunError> {
-    match finished {
-        Ok(outcome) => {
-            if !outcome.failed.is_empty() {
-                tracing::warn!(
-                    failed = outcome.failed.len(),
-                    "some actions failed; the files stay as rendered"
-                );
-            }
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "the actions task failed");
-            Some(RunError::ActionsDied(e.to_string()))
-        }
-    }
-}
-
-impl Drop for RunningActions {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
         }
     }
 }
