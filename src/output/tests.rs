@@ -206,18 +206,30 @@ async fn a_failed_rename_restores_the_files_already_replaced_and_removes_no_stal
     assert_eq!(report.removed, [root.join("a/y")]);
 }
 
+/// The content of a directory output: (name, text) pairs.
+fn files(entries: &[(&str, &str)]) -> Content {
+    Content::Directory(
+        entries
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    )
+}
+
+/// The names directly in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn a_file_can_become_a_directory_and_back_in_a_directory_output() {
     let dir = tempfile::tempdir().unwrap();
     let t = template(dir.path(), "    directory: out\n");
-    let files = |entries: &[(&str, &str)]| {
-        Content::Directory(
-            entries
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
-    };
     let out = dir.path().join("out");
     write(&t, files(&[("a", "file"), ("keep", "k")])).await.unwrap();
 
@@ -233,12 +245,7 @@ async fn a_file_can_become_a_directory_and_back_in_a_directory_output() {
     assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "file again");
     assert_eq!(report.written, [out.join("a")]);
     assert_eq!(report.removed, [out.join("a/b"), out.join("a/c/d")]);
-    let mut left: Vec<String> = fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["a", "keep"], "nothing moved aside is left");
+    assert_eq!(names_in(&out), ["a", "keep"], "nothing moved aside is left");
 }
 
 #[tokio::test]
@@ -246,14 +253,6 @@ async fn a_failed_commit_puts_back_what_it_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let t = template(dir.path(), "    directory: out\n");
     let out = dir.path().join("out");
-    let files = |entries: &[(&str, &str)]| {
-        Content::Directory(
-            entries
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
-    };
     write(&t, files(&[("a", "file"), ("z/old", "old")])).await.unwrap();
     // `a` is moved aside for `a/b`; then a name too long for the file
     // system fails the commit (even as root).
@@ -268,20 +267,14 @@ async fn a_failed_commit_puts_back_what_it_moved_aside() {
         "old",
         "no stale file removed"
     );
-    let mut left: Vec<String> = fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["a", "z"], "nothing staged or moved aside is left");
+    assert_eq!(names_in(&out), ["a", "z"], "nothing staged or moved aside is left");
 }
 
 #[tokio::test]
 async fn a_file_and_a_file_inside_it_in_one_render_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let t = template(dir.path(), "    directory: out\n");
-    let content = Content::Directory([("a".to_string(), b"1".to_vec()), ("a/b".to_string(), b"2".to_vec())].into());
-    let error = write(&t, content).await.unwrap_err();
+    let error = write(&t, files(&[("a", "1"), ("a/b", "2")])).await.unwrap_err();
     assert!(
         error
             .to_string()
