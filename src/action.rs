@@ -1,17 +1,21 @@
 //! Actions: what runs, in order, after a render that changed at least one
 //! file — a command (argv, no shell unless the user writes one) or an HTTP
 //! request. A failing action is logged and reported, never fatal, and never
-//! rolls files back.
+//! rolls files back. What an action prints is logged in full at debug level
+//! only; elsewhere as its first line, redacted (DESIGN 5.8).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::command;
 use crate::config::{Action, HttpAction};
+use crate::redact::Redactor;
+use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::{ActionLabel, ActionLabels, Metrics};
 
 /// Why an action failed.
@@ -24,12 +28,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The command exited unsuccessfully.
-    #[error("command {argv:?} failed ({status}){}", stderr_suffix(stderr))]
+    /// The command exited unsuccessfully; `first_line` is of its output, redacted.
+    #[error("command {argv:?} failed ({status}){}", suffix(first_line))]
     Exit {
         argv: Vec<String>,
         status: String,
-        stderr: String,
+        first_line: String,
     },
     /// The command ran past its timeout and was killed.
     #[error("command {argv:?} did not finish within {}; killed", humantime::format_duration(*timeout))]
@@ -55,11 +59,11 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.trim().is_empty() {
+fn suffix(text: &str) -> String {
+    if text.is_empty() {
         String::new()
     } else {
-        format!(": {}", stderr.trim())
+        format!(": {text}")
     }
 }
 
@@ -81,14 +85,15 @@ impl Action {
 }
 
 /// Runs every action in order; failures are logged, counted and collected,
-/// and the following actions still run.
-pub async fn run_all(actions: &[Action], metrics: &Metrics) -> Outcome {
+/// and the following actions still run. `redactor` holds the Secret values of
+/// the render the actions follow.
+pub async fn run_all(actions: &[Action], metrics: &Metrics, redactor: &Redactor) -> Outcome {
     let mut outcome = Outcome::default();
     for action in actions {
         let started = std::time::Instant::now();
         let result = match action {
-            Action::Command { argv, timeout } => run_command(argv, *timeout).await,
-            Action::Http(http) => run_http(http).await,
+            Action::Command { argv, timeout } => run_command(argv, *timeout, redactor).await,
+            Action::Http(http) => run_http(http, redactor).await,
         };
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
@@ -119,22 +124,94 @@ pub async fn run_all(actions: &[Action], metrics: &Metrics) -> Outcome {
     outcome
 }
 
-async fn run_command(argv: &[String], timeout: Duration) -> Result<(), Error> {
-    command::run(argv, timeout).await.map_err(|failure| match failure {
-        command::Failure::Spawn(source) => Error::Spawn {
+/// The actions of the last render that changed a file, on a task of their
+/// own, so that the pipeline goes on (events, signals) while they run; its
+/// owner joins them before the next render and at shutdown. Dropping this
+/// aborts them.
+#[derive(Debug, Default)]
+pub struct Running(Option<tokio::task::JoinHandle<Outcome>>);
+
+impl Running {
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Starts `actions`; `redactor` holds the Secret values of the render
+    /// they follow.
+    pub fn start(&mut self, actions: Vec<Action>, telemetry: Arc<Telemetry>, redactor: Arc<Redactor>) {
+        let span = tracing::info_span!("actions");
+        let task = async move { run_all(&actions, &telemetry.metrics, &redactor).await };
+        self.0 = Some(tokio::spawn(tracing::Instrument::instrument(task, span)));
+    }
+
+    /// Resolves when the running actions are done (never, when none run),
+    /// having logged a summary; an error is a panic of the task.
+    pub async fn finished(&mut self) -> Result<(), tokio::task::JoinError> {
+        let Some(task) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        let result = task.await;
+        self.0 = None;
+        match result {
+            Ok(outcome) => {
+                if !outcome.failed.is_empty() {
+                    tracing::warn!(
+                        failed = outcome.failed.len(),
+                        "some actions failed; the files stay as rendered"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the actions task failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the running actions, if any: the render they follow is
+    /// finished with them. Each is bounded by its timeout.
+    pub async fn finish(&mut self) {
+        if self.is_running() {
+            tracing::info!("waiting for the running actions before shutting down");
+            let _ = self.finished().await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+async fn run_command(argv: &[String], timeout: Duration, redactor: &Redactor) -> Result<(), Error> {
+    match command::run(argv, timeout).await {
+        Ok(output) => {
+            if !output.is_empty() {
+                tracing::debug!(action = ?argv, %output, "action output");
+            }
+            Ok(())
+        }
+        Err(command::Failure::Spawn(source)) => Err(Error::Spawn {
             argv: argv.to_vec(),
             source,
-        },
-        command::Failure::Timeout(timeout) => Error::Timeout {
+        }),
+        Err(command::Failure::Timeout(timeout)) => Err(Error::Timeout {
             argv: argv.to_vec(),
             timeout,
-        },
-        command::Failure::Exit { status, output } => Error::Exit {
-            argv: argv.to_vec(),
-            status,
-            stderr: output,
-        },
-    })
+        }),
+        Err(command::Failure::Exit { status, output }) => {
+            tracing::debug!(action = ?argv, %output, "action output");
+            Err(Error::Exit {
+                argv: argv.to_vec(),
+                status,
+                first_line: redactor.summary(&output),
+            })
+        }
+    }
 }
 
 /// Backoff before attempt `n` (1-based) of an HTTP action.
@@ -142,8 +219,12 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
 }
 
-async fn run_http(http: &HttpAction) -> Result<(), Error> {
+/// How much of an error response's body is read.
+const MAX_BODY: usize = 4096;
+
+async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let name = format!("{} {}", http.method, http.url);
     let attempts = http.retries + 1;
     let mut last = String::new();
     for attempt in 1..=attempts {
@@ -162,23 +243,29 @@ async fn run_http(http: &HttpAction) -> Result<(), Error> {
                 break;
             }
         };
-        match tokio::time::timeout(http.timeout, client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => return Ok(()),
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let body = String::from_utf8_lossy(&body[..body.len().min(512)]).trim().to_string();
-                last = format!("HTTP {status}{}", stderr_suffix(&body));
+        // The timeout covers the whole exchange: a server that sends its
+        // headers and then stalls in the body is no answer either.
+        let exchange = async {
+            let response = client.request(request).await?;
+            let status = response.status();
+            let body = if status.is_success() {
+                Vec::new()
+            } else {
+                body_start(response.into_body()).await
+            };
+            Ok::<_, hyper_util::client::legacy::Error>((status, body))
+        };
+        match tokio::time::timeout(http.timeout, exchange).await {
+            Ok(Ok((status, _))) if status.is_success() => return Ok(()),
+            Ok(Ok((status, body))) => {
+                let body = String::from_utf8_lossy(&body);
+                tracing::debug!(action = %name, %status, %body, "action response");
+                last = format!("HTTP {status}{}", suffix(&redactor.summary(&body)));
             }
             Ok(Err(e)) => last = with_sources(&e),
-            Err(_) => last = format!("no answer within {}", humantime::format_duration(http.timeout)),
+            Err(_) => last = format!("no complete answer within {}", humantime::format_duration(http.timeout)),
         }
-        tracing::warn!(action = %format!("{} {}", http.method, http.url), attempt, error = %last, "action attempt failed");
+        tracing::warn!(action = %name, attempt, error = %last, "action attempt failed");
     }
     Err(Error::Http {
         method: http.method.clone(),
@@ -186,6 +273,23 @@ async fn run_http(http: &HttpAction) -> Result<(), Error> {
         attempts,
         last,
     })
+}
+
+/// The first [`MAX_BODY`] bytes of a response body; a body that breaks off
+/// gives what came before.
+async fn body_start(mut body: Incoming) -> Vec<u8> {
+    let mut kept = Vec::new();
+    while kept.len() < MAX_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    kept.extend_from_slice(&data[..data.len().min(MAX_BODY - kept.len())]);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -215,7 +319,7 @@ mod tests {
             command(&["/nonexistent/reload"], 5000),
             append("two"),
         ];
-        let outcome = run_all(&actions, &Metrics::new()).await;
+        let outcome = run_all(&actions, &Metrics::new(), &Redactor::default()).await;
         assert_eq!(outcome.succeeded, 2);
         assert_eq!(outcome.failed.len(), 2);
         let first = outcome.failed[0].to_string();
@@ -226,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_past_its_timeout_is_killed() {
-        let outcome = run_all(&[command(&["sleep", "30"], 100)], &Metrics::new()).await;
+        let outcome = run_all(&[command(&["sleep", "30"], 100)], &Metrics::new(), &Redactor::default()).await;
         assert!(
             matches!(outcome.failed[..], [Error::Timeout { .. }]),
             "{:?}",
@@ -261,6 +365,53 @@ mod tests {
         (url, count)
     }
 
+    /// An HTTP server that answers `500` with `Content-Length: 100`, sends
+    /// part of the body, then stalls with the connection open.
+    async fn stalling_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/reload", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 100\r\n\r\nhalf a bo";
+                let _ = socket.write_all(head.as_bytes()).await;
+                open.push(socket);
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn the_http_timeout_covers_a_body_that_stalls() {
+        let url = stalling_server().await;
+        let mut action = http(&url, 0);
+        if let Action::Http(http) = &mut action {
+            http.timeout = Duration::from_millis(300);
+        }
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_all(&[action], &Metrics::new(), &Redactor::default()),
+        )
+        .await
+        .expect("the action gave up at its timeout");
+        let error = outcome.failed[0].to_string();
+        assert!(error.contains("no complete answer within 300ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn action_output_shows_its_first_line_with_secret_values_redacted() {
+        let redactor = Redactor::of_values(&["hunter22"]);
+        let script = "echo 'bad password hunter22' >&2; echo more >&2; exit 1";
+        let outcome = run_all(&[command(&["sh", "-c", script], 5000)], &Metrics::new(), &redactor).await;
+        let error = outcome.failed[0].to_string();
+        assert!(
+            error.ends_with("failed (exit status: 1): bad password <redacted>"),
+            "{error}"
+        );
+    }
+
     fn http(url: &str, retries: u32) -> Action {
         Action::Http(HttpAction {
             url: url.into(),
@@ -273,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn http_actions_retry_until_success() {
         let (url, count) = flaky_server(2).await;
-        let outcome = run_all(&[http(&url, 3)], &Metrics::new()).await;
+        let outcome = run_all(&[http(&url, 3)], &Metrics::new(), &Redactor::default()).await;
         assert_eq!((outcome.succeeded, outcome.failed.len()), (1, 0));
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
@@ -281,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn http_actions_report_the_last_failure_after_all_retries() {
         let (url, count) = flaky_server(10).await;
-        let outcome = run_all(&[http(&url, 1)], &Metrics::new()).await;
+        let outcome = run_all(&[http(&url, 1)], &Metrics::new(), &Redactor::default()).await;
         let error = outcome.failed[0].to_string();
         assert!(error.contains("after 2 attempt(s)") && error.contains("500"), "{error}");
         assert_eq!(count.load(Ordering::SeqCst), 2);

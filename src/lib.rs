@@ -23,6 +23,7 @@
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
 //! - [`action`] — commands and HTTP calls after a render that changed a file.
 //! - [`command`] — running external programs with a timeout (checks, actions).
+//! - [`redact`] — Secret values kept out of what checks and actions print.
 //! - [`pipeline`] — ties the stages together: the initial-sync barrier,
 //!   quiescence, snapshot renders.
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod index;
 pub mod output;
 pub mod pipeline;
+pub mod redact;
 pub mod render;
 pub mod report;
 pub mod source;

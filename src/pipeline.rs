@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::action;
 use crate::config::{self, Config, OutputTarget};
 use crate::output::{self, Job};
+use crate::redact::Redactor;
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::own_writes::OwnWrites;
 use crate::source::{self, Event, Scope, Sources};
@@ -119,7 +120,26 @@ pub async fn render_and_write(
     out_root: Option<&Path>,
 ) -> Result<output::Report, Error> {
     let rendered = prepared.renderer.render_all(snapshot).map_err(Error::Render)?;
-    write(prepared, &rendered, out_root).await
+    let redactor = redactor(&prepared.config, snapshot);
+    write(prepared, &rendered, out_root, &redactor).await
+}
+
+/// What keeps the values of the snapshot's Secrets (whole objects, and the
+/// bodies on-demand stores fetched) out of what checks and actions print.
+pub fn redactor(config: &Config, snapshot: &StoresSnapshot) -> Redactor {
+    let is_secret = |name: &String| {
+        config
+            .watched_resources
+            .get(name)
+            .is_some_and(|r| r.spec.api_version == "v1" && r.spec.kind == "Secret")
+    };
+    Redactor::new(
+        snapshot
+            .stores
+            .iter()
+            .filter(|(name, _)| is_secret(name))
+            .map(|(_, store)| store.clone()),
+    )
 }
 
 /// Writes rendered outputs (all or none), re-rooted under `out_root` if given.
@@ -127,6 +147,7 @@ pub async fn write(
     prepared: &Prepared,
     rendered: &[render::Rendered],
     out_root: Option<&Path>,
+    redactor: &Redactor,
 ) -> Result<output::Report, Error> {
     let targets: Vec<OutputTarget> = rendered
         .iter()
@@ -147,7 +168,7 @@ pub async fn write(
             content: &r.content,
         })
         .collect();
-    Ok(output::write_all(&jobs).await?)
+    Ok(output::write_all(&jobs, redactor).await?)
 }
 
 /// How a live run ends.
@@ -168,6 +189,10 @@ pub enum RunError {
     /// store that no longer follows the cluster.
     #[error("a source stopped: {0}")]
     SourceDied(String),
+    /// The task running the actions died (a panic): a bug, reported rather
+    /// than hidden.
+    #[error("the actions task failed: {0}")]
+    ActionsDied(String),
 }
 
 /// Options of a live run.
@@ -181,8 +206,12 @@ pub struct RunOptions {
 /// snapshot once every watch has listed and the events have quieted
 /// (`render.wait`), writes the outputs, and runs the actions when a file
 /// changed. Renders never overlap: events that arrive meanwhile wait in the
-/// queue and cause one more render. Returns when `shutdown` resolves (between
-/// renders), or after the first render with `--once`.
+/// queue and cause one more render. Actions run on a task of their own, so
+/// that events, the source tasks and `shutdown` are heeded while they run;
+/// the next render waits for them, so that no file changes under a reload and
+/// the actions of two renders never overlap. Returns when `shutdown` resolves
+/// (between renders, after the running actions, each within its timeout), or
+/// after the first render and its actions with `--once`.
 pub async fn run(
     prepared: Arc<Prepared>,
     mut sources: Sources,
@@ -205,10 +234,11 @@ pub async fn run(
     let mut rendered_once = false;
     let (heartbeat, mut tick) = follow_probes(config, &telemetry);
     let mut own_writes = OwnWrites::default();
+    let mut actions = action::Running::default();
     tokio::pin!(shutdown);
     loop {
         heartbeat.touch();
-        let due = if !unsynced.is_empty() {
+        let due = if !unsynced.is_empty() || actions.is_running() {
             None
         } else if let Some(burst) = &burst {
             Some(if rendered_once { burst.due(wait) } else { Instant::now() })
@@ -220,7 +250,10 @@ pub async fn run(
         let overdue = due.is_some_and(|due| due <= Instant::now());
         tokio::select! {
             biased;
-            () = &mut shutdown => return Ok(Stopped::Shutdown),
+            () = &mut shutdown => {
+                actions.finish().await;
+                return Ok(Stopped::Shutdown);
+            }
             Some(ended) = sources.tasks.join_next() => {
                 let why = match ended {
                     Ok(Ok(())) => "a source finished".to_string(),
@@ -258,12 +291,31 @@ pub async fn run(
                     burst.get_or_insert(Burst { first: now, last: now }).last = now;
                 }
             }
+            finished = actions.finished(), if actions.is_running() => {
+                if let Err(e) = finished {
+                    let died = RunError::ActionsDied(e.to_string());
+                    telemetry.status.task_died(died.to_string());
+                    return Err(died);
+                }
+                if options.once {
+                    return Ok(Stopped::Rendered);
+                }
+            }
             () = sleep_until(due), if due.is_some() => {
                 burst = None;
                 let stale_before = stale_reads(&sources.caches);
-                let ok = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
+                let rendered = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
                 rendered_once = true;
+                let ok = !matches!(rendered, Rendered::Failed);
+                if let Rendered::Changed(redactor) = rendered
+                    && !prepared.config.actions.is_empty()
+                {
+                    actions.start(prepared.config.actions.clone(), Arc::clone(&telemetry), redactor);
+                }
                 if options.once {
+                    if actions.is_running() {
+                        continue;
+                    }
                     return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
                 }
                 // A render that showed cached copies because GETs failed is
@@ -306,6 +358,14 @@ fn follow_probes(config: &Config, telemetry: &Telemetry) -> (Arc<Activity>, toki
     let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     (telemetry.status.heartbeat(limit), tick)
+}
+
+/// What one render of a live run did.
+enum Rendered {
+    Failed,
+    Unchanged,
+    /// A file changed: the actions are due; the render's Secret values.
+    Changed(Arc<Redactor>),
 }
 
 /// The events since the last render: when the first and the last came.
@@ -402,16 +462,15 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
     }
 }
 
-/// One render of a live run: render off the async threads, write, and run
-/// the actions if a file changed; report it all. Returns whether it
-/// succeeded. `checksums` holds each template output's sha256 between renders.
+/// One render of a live run: render off the async threads and write; report
+/// it all. `checksums` holds each template output's sha256 between renders.
 async fn render_once(
     prepared: &Arc<Prepared>,
     snapshot: StoresSnapshot,
     seen: &BTreeMap<String, u64>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
-) -> bool {
+) -> Rendered {
     let started = Instant::now();
     let span = tracing::info_span!("render");
     // What the snapshot holds: the newest event of each store, so that an
@@ -421,7 +480,8 @@ async fn render_once(
         .map(|(store, rv)| format!("{store}={rv}"))
         .collect::<Vec<_>>();
     span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
-    let result = render_and_report(prepared, snapshot, telemetry, checksums)
+    let redactor = Arc::new(redactor(&prepared.config, &snapshot));
+    let result = render_and_report(prepared, snapshot, &redactor, telemetry, checksums)
         .instrument(span)
         .await;
     let duration = started.elapsed();
@@ -439,27 +499,24 @@ async fn render_once(
             .map(|(path, sum)| (path.clone(), sum.clone()))
             .collect(),
     });
-    if changed {
-        let outcome = action::run_all(&prepared.config.actions, &telemetry.metrics).await;
-        if !outcome.failed.is_empty() {
-            tracing::warn!(
-                failed = outcome.failed.len(),
-                "some actions failed; the files stay as rendered"
-            );
-        }
+    match result {
+        Ok(true) => Rendered::Changed(redactor),
+        Ok(false) => Rendered::Unchanged,
+        Err(_) => Rendered::Failed,
     }
-    result.is_ok()
 }
 
 /// Renders, writes and logs; `Ok(changed)`, or the error message.
 async fn render_and_report(
     prepared: &Arc<Prepared>,
     snapshot: StoresSnapshot,
+    redactor: &Arc<Redactor>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
 ) -> Result<bool, String> {
     let started = Instant::now();
     let job = Arc::clone(prepared);
+    let redactor = Arc::clone(redactor);
     let runtime = tokio::runtime::Handle::current();
     let known: HashSet<String> = checksums.keys().cloned().collect();
     // Rendering, file I/O and checksums are blocking work: off the runtime's
@@ -469,7 +526,9 @@ async fn render_and_report(
         let rendering = Instant::now();
         let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
         let render_ms = rendering.elapsed().as_millis() as u64;
-        let report = runtime.block_on(write(&job, &rendered, None)).map_err(Failed::Write)?;
+        let report = runtime
+            .block_on(write(&job, &rendered, None, &redactor))
+            .map_err(Failed::Write)?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
             .filter_map(|r| {

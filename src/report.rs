@@ -39,9 +39,9 @@
 //! annotations change. Each write reads the object (GET) and replaces it (PUT)
 //! with the resourceVersion it read, so a concurrent change makes it fail with
 //! 409 Conflict rather than be overwritten; it is then read again and retried,
-//! with backoff, a bounded number of times ([`WriteRetry`]). Outcomes that arrive
-//! while a write is under way are not queued: the next write reports the newest
-//! one. Nothing but times, the result, the error message and checksums is ever
+//! with backoff ([`WriteRetry`]), until it lands: an outcome is never dropped
+//! for conflicts or a passing API error. Outcomes that arrive while a write is
+//! under way are not queued: the next attempt reports the newest one. Nothing but times, the result, the error message and checksums is ever
 //! written: no file contents, no object data.
 
 use std::collections::{BTreeMap, HashMap};
@@ -212,10 +212,12 @@ impl Default for EventLimits {
     }
 }
 
-/// How a status write that conflicted (or met a transient error) is retried.
+/// How a status write that conflicted (or met a transient error) is retried:
+/// until it lands, or a newer outcome takes its place.
 #[derive(Debug, Clone)]
 pub struct WriteRetry {
-    /// Attempts (each a GET and a PUT) per write, at least one.
+    /// Attempts (each a GET and a PUT) after which a failing write is logged
+    /// as a warning; it goes on after that.
     pub attempts: u32,
     /// Wait before the second attempt; it doubles after each further one.
     pub first_backoff: Duration,
@@ -667,9 +669,13 @@ impl Report for StatusWriter {
                     self.last_failure = None;
                     return;
                 }
-                Err(error) if error.is_retryable() && attempt < self.retry.attempts => {
-                    let config_map = &self.target.name;
-                    tracing::debug!(%config_map, attempt, %error, "status write failed; reading it again");
+                Err(error) if error.is_retryable() => {
+                    if attempt == self.retry.attempts {
+                        self.failed(&error);
+                    } else {
+                        let config_map = &self.target.name;
+                        tracing::debug!(%config_map, attempt, %error, "status write failed; reading it again");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_backoff);
                     attempt += 1;

@@ -15,59 +15,23 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
+use support::case::{CAPTURE_VERSIONS, CMS_TEMPLATE, Case, config_map, listing, server_until, within};
 use support::fake_api::FakeApiServer;
-use support::sidecar::{Sidecar, WAIT};
-use tokio::time::{Instant, timeout};
-
-#[path = "support/http.rs"]
-mod http;
-use http::http_get;
+use support::http::http_get;
+use support::sidecar::Sidecar;
+use tokio::time::Instant;
 
 /// Upper bound for a whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
-
-/// Admin server on a free port, so that tests running in parallel never collide.
-const ADMIN: &str = "admin: {listen: \"127.0.0.1:0\"}\n";
-
-/// A template printing the store `cms` as `count=N` and one `name=value` line per object.
-const CMS_TEMPLATE: &str = "      count={{ resources.cms | length }}
-      {% for o in resources.cms -%}
-      {{ o.metadata.name }}={{ o.data.v }}
-      {% endfor -%}
-";
-
-/// A `check` that keeps a copy of every staged file in `versions/`, numbered in order.
-const CAPTURE_VERSIONS: &str = r#"["sh", "-c", "n=$(ls versions | wc -l); cp '{file}' versions/$(printf %06d $n)"]"#;
 
 /// Prefix of the sidecar's staged (temporary) files.
 const STAGING_PREFIX: &str = ".kube-template-";
 
 async fn within_deadline(test: impl Future<Output = ()>) {
-    timeout(TEST_DEADLINE, test)
-        .await
-        .expect("test did not finish before its deadline");
-}
-
-fn config_map(name: &str, value: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {"v": value},
-    })
-}
-
-/// What [`CMS_TEMPLATE`] renders for these (name, value) pairs, given in key order.
-fn listing(objects: &[(&str, &str)]) -> String {
-    let mut text = format!("count={}\n", objects.len());
-    for (name, value) in objects {
-        text.push_str(&format!("{name}={value}\n"));
-    }
-    text
+    within(TEST_DEADLINE, test).await
 }
 
 /// A config watching ConfigMaps as `cms` and rendering [`CMS_TEMPLATE`] to
@@ -87,122 +51,6 @@ templates:
   wait: {{min: 10ms, max: 100ms}}
 {render}"#
     )
-}
-
-/// A scratch directory holding a config and its outputs; the sidecar runs
-/// with it as working directory.
-struct Case {
-    dir: tempfile::TempDir,
-}
-
-impl Case {
-    /// Writes `config` (the admin section is added) as `config.yaml`.
-    fn new(config: &str) -> Case {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        fs::create_dir(dir.path().join("versions")).unwrap();
-        fs::write(dir.path().join("config.yaml"), format!("{config}{ADMIN}")).unwrap();
-        Case { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn read(&self, rel: &str) -> Option<String> {
-        fs::read_to_string(self.path(rel)).ok()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let path = self.path(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, text).unwrap();
-    }
-
-    /// Every version of `out.txt` a render staged, in order.
-    fn versions(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.path("versions"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        names.iter().map(|p| fs::read_to_string(p).unwrap()).collect()
-    }
-
-    /// Starts `kube-template run -c config.yaml --kubeconfig …` against `server`.
-    fn spawn_against(&self, server: &FakeApiServer) -> Sidecar {
-        let log = self.path("sidecar.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
-            .arg("run")
-            .arg("-c")
-            .arg(self.path("config.yaml"))
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig_path())
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,kube_template=debug")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Sidecar { child, log }
-    }
-}
-
-/// Waits on files, the log and the admin server of a [`Sidecar`].
-trait Observe {
-    /// Waits until the file `rel` of `case` holds exactly `expected`.
-    async fn until_file(&self, case: &Case, rel: &str, expected: &str);
-    /// Waits until the log has a line containing `needle`, and returns it.
-    async fn until_log(&self, needle: &str) -> String;
-    /// Lines of the log containing `needle`.
-    fn log_lines(&self, needle: &str) -> Vec<String>;
-    /// The admin server's address, once it listens.
-    async fn admin(&self) -> String;
-}
-
-impl Observe for Sidecar {
-    async fn until_file(&self, case: &Case, rel: &str, expected: &str) {
-        let what = format!("{rel} to hold the expected content");
-        self.until_holds(&what, || case.read(rel).as_deref() == Some(expected))
-            .await
-    }
-
-    async fn until_log(&self, needle: &str) -> String {
-        self.until(&format!("a log line with {needle:?}"), || {
-            self.log().lines().find(|l| l.contains(needle)).map(str::to_owned)
-        })
-        .await
-    }
-
-    fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    async fn admin(&self) -> String {
-        let line = self.until_log("admin server listening").await;
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .expect("the log names the admin address")
-            .to_owned()
-    }
-}
-
-/// Waits until `condition` holds for the server; fails the test after [`WAIT`].
-async fn server_until(
-    server: &FakeApiServer,
-    sidecar: &Sidecar,
-    what: &str,
-    condition: impl Fn(&FakeApiServer) -> bool,
-) {
-    if timeout(WAIT, server.wait_for(condition)).await.is_err() {
-        panic!("timed out waiting for {what}\n--- sidecar log ---\n{}", sidecar.log());
-    }
 }
 
 /// The files of a directory (recursively, relative names) and their contents.
@@ -275,7 +123,7 @@ render:
         case.write("certs/old.pem", "old\n");
         let before = (modified(&case.path("out.txt")), modified(&case.path("certs/old.pem")));
         let started = Instant::now();
-        let mut sidecar = case.spawn_against(&server);
+        let mut sidecar = case.spawn_against(&server, &[]);
         let admin = sidecar.admin().await;
 
         // Three failed attempts, with growing delays between them.
@@ -338,7 +186,7 @@ async fn a_watch_stream_cut_mid_json_recovers_and_never_renders_a_half_decoded_e
         server.apply(config_map("a", "1"));
         server.apply(config_map("b", "1"));
         let case = Case::new(&cms_config(""));
-        let sidecar = case.spawn_against(&server);
+        let sidecar = case.spawn_against(&server, &[]);
         let s0 = listing(&[("a", "1"), ("b", "1")]);
         sidecar.until_file(&case, "out.txt", &s0).await;
         server_until(&server, &sidecar, "the watch", |s| s.open_watches("configmaps") == 1).await;
@@ -399,7 +247,7 @@ async fn a_malformed_object_is_reported_by_resource_keeps_the_last_good_output_a
         server.apply(config_map("a", "1"));
         server.apply(config_map("b", "1"));
         let case = Case::new(&cms_config(""));
-        let mut sidecar = case.spawn_against(&server);
+        let mut sidecar = case.spawn_against(&server, &[]);
         sidecar
             .until_file(&case, "out.txt", &listing(&[("a", "1"), ("b", "1")]))
             .await;
@@ -428,7 +276,7 @@ async fn a_malformed_object_is_reported_by_resource_keeps_the_last_good_output_a
         server.apply(malformed_config_map("b", "4"));
         drop(sidecar);
         let versions_before = case.versions().len();
-        let mut sidecar = case.spawn_against(&server);
+        let mut sidecar = case.spawn_against(&server, &[]);
         let admin_again = sidecar.admin().await;
         let line = sidecar.until_log("watch failed").await;
         assert!(
@@ -476,7 +324,7 @@ async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refuse
 
         // Stored and rendered from the list, then from a watch event.
         let case = Case::new(&cms_config(""));
-        let sidecar = case.spawn_against(&server);
+        let sidecar = case.spawn_against(&server, &[]);
         sidecar
             .until_file(&case, "out.txt", &listing(&[("big", &first), ("small", "1")]))
             .await;
@@ -490,7 +338,7 @@ async fn an_object_of_several_megabytes_is_stored_and_rendered_or_cleanly_refuse
         // With a 1 MiB limit: the render fails, the old file stays, then recovers.
         server.apply(config_map("big", "tiny"));
         let limited = Case::new(&cms_config("  max_output_bytes: 1MiB\n"));
-        let sidecar = limited.spawn_against(&server);
+        let sidecar = limited.spawn_against(&server, &[]);
         let admin = sidecar.admin().await;
         let good = listing(&[("big", "tiny"), ("small", "1")]);
         sidecar.until_file(&limited, "out.txt", &good).await;
@@ -544,7 +392,7 @@ async fn a_list_failing_on_its_second_page_never_renders_a_partial_store() {
         // The initial list: its second page fails once.
         server.fail_continued_lists(1, 500);
         let case = Case::new(&cms_config(""));
-        let sidecar = case.spawn_against(&server);
+        let sidecar = case.spawn_against(&server, &[]);
         let admin = sidecar.admin().await;
         sidecar.until_file(&case, "out.txt", &old).await;
         assert!(
@@ -606,7 +454,7 @@ async fn an_api_server_back_with_a_fresh_resource_version_history_is_followed_ag
             server.apply(config_map("x", &i.to_string()));
         }
         let case = Case::new(&cms_config(""));
-        let sidecar = case.spawn_against(&server);
+        let sidecar = case.spawn_against(&server, &[]);
         sidecar
             .until_file(
                 &case,
@@ -735,7 +583,7 @@ async fn until_written(sidecar: &Sidecar, what: &str, mut probe: impl FnMut() ->
 /// (staged files exist in the directory).
 async fn directory_write_under_way(server: &FakeApiServer, case: &Case) -> Sidecar {
     server.apply(generation("old", OLD_FILES));
-    let sidecar = case.spawn_against(server);
+    let sidecar = case.spawn_against(server, &[]);
     let old = dir_set("old", OLD_FILES);
     until_written(&sidecar, "the old set", || {
         case.read("out.txt").as_deref() == Some("gen=old\n") && tree(&case.path("dir")) == old
@@ -803,7 +651,7 @@ async fn sigkill_during_a_directory_write_then_a_restart_gives_the_new_set_and_n
         drop(sidecar);
 
         // A restart: its first render puts exactly the new set in place.
-        let sidecar = case.spawn_against(&server);
+        let sidecar = case.spawn_against(&server, &[]);
         until_written(&sidecar, "the first render after the restart", || {
             sidecar.log().contains("render done")
         })

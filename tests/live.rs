@@ -17,47 +17,24 @@ mod support;
 use std::ffi::OsStr;
 use std::fs;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::case::{CAPTURE_VERSIONS, CMS_TEMPLATE, Case, config_map, listing, server_until, within};
 use support::fake_api::FakeApiServer;
-use support::sidecar::{POLL, Sidecar, WAIT};
-use tokio::time::{Instant, sleep, timeout};
+use support::sidecar::{POLL, WAIT};
+use tokio::time::{Instant, sleep};
 
 /// Upper bound for a whole test; they normally take one to five seconds.
 const TEST_DEADLINE: Duration = Duration::from_secs(40);
-
-/// Admin server on a free port, so that tests running in parallel never collide.
-const ADMIN: &str = "admin: {listen: \"127.0.0.1:0\"}\n";
-
-/// A template printing the store `cms` as `count=N` and one `name=value` line per object.
-const CMS_TEMPLATE: &str = "      count={{ resources.cms | length }}
-      {% for o in resources.cms -%}
-      {{ o.metadata.name }}={{ o.data.v }}
-      {% endfor -%}
-";
-
-/// A `check` that keeps a copy of every staged file in `versions/`, numbered in order.
-const CAPTURE_VERSIONS: &str = r#"["sh", "-c", "n=$(ls versions | wc -l); cp '{file}' versions/$(printf %06d $n)"]"#;
 
 /// An action appending the output's first line (`count=N`) to `actions.log`.
 const COUNT_ACTION: &str = r#"{command: ["sh", "-c", "head -n 1 out.txt >> actions.log"]}"#;
 
 async fn within_deadline(test: impl Future<Output = ()>) {
-    timeout(TEST_DEADLINE, test)
-        .await
-        .expect("test did not finish before its deadline");
-}
-
-fn config_map(name: &str, value: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {"v": value},
-    })
+    within(TEST_DEADLINE, test).await
 }
 
 fn labelled_config_map(name: &str, app: &str) -> Value {
@@ -83,133 +60,6 @@ fn widget(name: &str, size: u32) -> Value {
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"size": size},
     })
-}
-
-/// What [`CMS_TEMPLATE`] renders for these (name, value) pairs, given in key order.
-fn listing(objects: &[(&str, &str)]) -> String {
-    let mut text = format!("count={}\n", objects.len());
-    for (name, value) in objects {
-        text.push_str(&format!("{name}={value}\n"));
-    }
-    text
-}
-
-/// A scratch directory holding a config, its outputs and what the tests'
-/// checks and actions record; the sidecar runs with it as working directory.
-struct Case {
-    dir: tempfile::TempDir,
-}
-
-impl Case {
-    /// Writes `config` (the admin section is added) as `config.yaml`.
-    fn new(config: &str) -> Case {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        fs::create_dir(dir.path().join("versions")).unwrap();
-        fs::create_dir(dir.path().join("installed")).unwrap();
-        fs::write(dir.path().join("config.yaml"), format!("{config}{ADMIN}")).unwrap();
-        Case { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn read(&self, rel: &str) -> Option<String> {
-        fs::read_to_string(self.path(rel)).ok()
-    }
-
-    /// The files of a folder (`versions`, `installed`) in the order they were written.
-    fn recorded(&self, folder: &str) -> Vec<String> {
-        let mut names: Vec<PathBuf> = fs::read_dir(self.path(folder))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        names.iter().map(|p| fs::read_to_string(p).unwrap()).collect()
-    }
-
-    /// The lines of `actions.log`.
-    fn action_runs(&self) -> Vec<String> {
-        self.read("actions.log")
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        fs::write(self.path(rel), text).unwrap();
-    }
-
-    /// Starts `kube-template run -c config.yaml ARGS…`, logs to `sidecar.log`.
-    fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Sidecar {
-        self.spawn_with_env(args, &[])
-    }
-
-    /// Like [`Case::spawn`], with extra environment variables.
-    fn spawn_with_env<S: AsRef<OsStr>>(&self, args: &[S], env: &[(&str, &OsStr)]) -> Sidecar {
-        let log = self.path("sidecar.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
-            .arg("run")
-            .arg("-c")
-            .arg(self.path("config.yaml"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info,kube_template=debug")
-            .env_remove("KUBECONFIG")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the binary starts");
-        Sidecar { child, log }
-    }
-
-    /// Starts the sidecar against `server`, with extra arguments.
-    fn spawn_against(&self, server: &FakeApiServer, extra: &[&str]) -> Sidecar {
-        let mut args: Vec<&OsStr> = vec![OsStr::new("--kubeconfig"), server.kubeconfig_path().as_os_str()];
-        args.extend(extra.iter().map(OsStr::new));
-        self.spawn(&args)
-    }
-}
-
-/// Waits on files of a [`Case`].
-trait UntilFile {
-    /// Waits until the file `rel` of `case` holds exactly `expected`.
-    async fn until_file(&self, case: &Case, rel: &str, expected: &str);
-}
-
-impl UntilFile for Sidecar {
-    async fn until_file(&self, case: &Case, rel: &str, expected: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let current = case.read(rel);
-            if current.as_deref() == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {rel} to be\n{expected}\nit is\n{}\n--- sidecar log ---\n{}",
-                current.as_deref().unwrap_or("(missing)"),
-                self.log()
-            );
-            sleep(POLL).await;
-        }
-    }
-}
-
-/// Waits until `condition` holds for the server; fails the test after [`WAIT`].
-async fn server_until(
-    server: &FakeApiServer,
-    sidecar: &Sidecar,
-    what: &str,
-    condition: impl Fn(&FakeApiServer) -> bool,
-) {
-    if timeout(WAIT, server.wait_for(condition)).await.is_err() {
-        panic!("timed out waiting for {what}\n--- sidecar log ---\n{}", sidecar.log());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,28 +392,58 @@ async fn a_concurrent_change_is_read_again_and_kept() {
     .await;
 }
 
+/// Retries after 10 ms, then 20 ms; a warning after the third attempt.
+fn quick_retries() -> Options {
+    Options {
+        retry: WriteRetry {
+            attempts: 3,
+            first_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+        },
+        ..Options::default()
+    }
+}
+
 #[tokio::test]
-async fn conflicts_beyond_the_retry_bound_wait_for_the_next_render() {
+async fn a_status_write_that_keeps_conflicting_is_retried_until_it_lands() {
     within_deadline(async {
         let server = FakeApiServer::start().await;
         server.apply(status_config_map());
-        let options = Options {
-            retry: WriteRetry {
-                attempts: 3,
-                first_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(20),
-            },
-            ..Options::default()
-        };
-        let (telemetry, reporters) = start(&server, plan(false, true), options).await;
+        let (telemetry, reporters) = start(&server, plan(false, true), quick_retries()).await;
 
         server.conflict_next_updates("configmaps", 5);
         telemetry.publish(failure("boom"));
-        until(&server, "three attempts", |s| s.update_count("configmaps") == 3).await;
-        telemetry.publish(success(&[]));
-        reporters.stop().await;
+        // No newer render comes: the outcome is still written.
+        until(&server, "the write after five conflicts", |s| successful_puts(s) == 1).await;
         assert_eq!(server.update_count("configmaps"), 6);
+        let written = annotations(&server);
+        assert_eq!(written["kube-template/last-render-result"], "failure");
+        assert_eq!(written["kube-template/last-render-error"], "boom");
+        reporters.stop().await;
         assert_eq!(successful_puts(&server), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_newer_outcome_takes_the_place_of_one_still_being_retried() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(status_config_map());
+        let (telemetry, reporters) = start(&server, plan(false, true), quick_retries()).await;
+
+        server.conflict_next_updates("configmaps", 8);
+        telemetry.publish(failure("boom"));
+        until(&server, "three attempts", |s| s.update_count("configmaps") >= 3).await;
+        telemetry.publish(success(&[]));
+        until(&server, "a successful write", |s| successful_puts(s) == 1).await;
+        reporters.stop().await;
+        assert_eq!(
+            successful_puts(&server),
+            1,
+            "the older outcome is not written after the newer"
+        );
+        assert_eq!(server.update_count("configmaps"), 9);
         assert_eq!(annotations(&server)["kube-template/last-render-result"], "success");
     })
     .await;

@@ -5,7 +5,9 @@
 //! changed file as a temp file beside its target, run each template's `check`
 //! on its staged files, then — only if every check passed — rename them into
 //! place and remove stale files of directory outputs. A failure at any step
-//! before the renames leaves every previous file untouched.
+//! before the renames leaves every previous file untouched; a failed rename
+//! puts back the files already replaced ([`commit`]), and stale files are
+//! removed only after every rename succeeded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -16,15 +18,18 @@ use std::time::Duration;
 
 use tempfile::TempPath;
 
+use self::commit::Commit;
 use crate::command;
 use crate::config::{OutputTarget, Template};
+use crate::redact::Redactor;
 use crate::render::Content;
 
 /// Prefix of staged files; such files in an output directory are never outputs.
 const STAGING_PREFIX: &str = ".kube-template-";
 
-/// Why outputs could not be written. Previous files are in place whenever this
-/// is returned before the commit step (everything but a failed rename).
+/// Why outputs could not be written. Previous files are in place, unless a
+/// stale file could not be removed or a restore after a failed rename failed
+/// too (logged).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory operation failed.
@@ -37,14 +42,21 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The template's `check` command rejected the staged new version of
-    /// `file`.
-    #[error("template `{template}`: check {command:?} rejected the new {} ({status}){}", file.display(), output_suffix(output))]
+    /// `file`; `first_line` is of its output, redacted.
+    #[error("template `{template}`: check {command:?} rejected the new {} ({status}){}", file.display(), output_suffix(first_line))]
     CheckFailed {
         template: String,
         command: Vec<String>,
         file: PathBuf,
         status: String,
-        output: String,
+        first_line: String,
+    },
+    /// A directory output's render emitted `file` and a file inside it.
+    #[error("template `{template}`: {} is emitted both as a file and as the directory of {}", file.display(), inner.display())]
+    FileAndDirectory {
+        template: String,
+        file: PathBuf,
+        inner: PathBuf,
     },
     /// The `check` command could not be started.
     #[error("template `{template}`: cannot run check {command:?}: {source}")]
@@ -63,11 +75,11 @@ pub enum Error {
     },
 }
 
-fn output_suffix(output: &str) -> String {
-    if output.trim().is_empty() {
+fn output_suffix(first_line: &str) -> String {
+    if first_line.is_empty() {
         String::new()
     } else {
-        format!(": {}", output.trim())
+        format!(": {first_line}")
     }
 }
 
@@ -104,34 +116,42 @@ struct Staged {
     template: String,
     fsync_dirs: BTreeSet<PathBuf>,
     files: Vec<(TempPath, PathBuf)>,
+    /// Targets renamed into place by the commit.
+    written: Vec<PathBuf>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
 }
 
-/// Writes all outputs of one render, or none of them.
-pub async fn write_all(jobs: &[Job<'_>]) -> Result<Report> {
+/// Writes all outputs of one render, or none of them. `redactor` holds the
+/// Secret values of the render, kept out of what a failing check printed.
+pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> {
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
         for (file, target) in &s.files {
-            check(job.template, file, target).await?;
+            check(job.template, file, target, redactor).await?;
         }
         staged.push(s);
     }
+    // Every rename first, all or nothing; only then stale files go.
+    let mut commit = Commit::default();
+    for s in &mut staged {
+        for (file, target) in std::mem::take(&mut s.files) {
+            commit.replace(&s.template, file, target.clone(), s.root.as_deref())?;
+            s.written.push(target);
+        }
+    }
+    let moved_aside = commit.finish();
     let mut report = Report::default();
     for s in staged {
-        let changed = !s.files.is_empty() || !s.stale.is_empty();
-        for (file, target) in s.files {
-            file.persist(&target).map_err(|e| Error::Io {
-                template: s.template.clone(),
-                action: "cannot replace",
-                path: target.clone(),
-                source: e.error,
-            })?;
-            report.written.push(target);
-        }
+        let changed = !s.written.is_empty() || !s.stale.is_empty();
+        report.written.extend(s.written);
         for path in s.stale {
+            if moved_aside.iter().any(|moved| path.starts_with(moved)) {
+                report.removed.push(path);
+                continue;
+            }
             match fs::remove_file(&path) {
                 Ok(()) => report.removed.push(path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -180,6 +200,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         template: template.clone(),
         fsync_dirs: BTreeSet::new(),
         files: Vec::new(),
+        written: Vec::new(),
         stale: Vec::new(),
         root: None,
     };
@@ -218,6 +239,9 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         _ => unreachable!("a template's content always matches its output kind"),
     };
+    if let Some(root) = &staged.root {
+        refuse_file_and_directory(template, root, &wanted)?;
+    }
     for (target, bytes) in wanted {
         let old = if absent.contains(&target) {
             Err(std::io::ErrorKind::NotFound.into())
@@ -235,8 +259,18 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         let dir = target.parent().unwrap_or(Path::new("."));
         if !made_dirs.contains_key(dir) {
-            fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
-            let absolute = std::path::absolute(dir).map_err(io("cannot resolve", dir))?;
+            let stage_in = match fs::create_dir_all(dir) {
+                Ok(()) => dir.to_owned(),
+                // A file of the last render stands where this one needs a
+                // directory (`a`, now `a/b`): the commit moves it aside;
+                // until then the new file is staged in the nearest directory.
+                Err(e) => staged
+                    .root
+                    .as_deref()
+                    .and_then(|root| nearest_dir(root, dir))
+                    .ok_or_else(|| io("cannot create directory", dir)(e))?,
+            };
+            let absolute = std::path::absolute(&stage_in).map_err(io("cannot resolve", dir))?;
             made_dirs.insert(dir.to_owned(), absolute);
         }
         // An absolute directory spares the temp file a getcwd of its own.
@@ -259,6 +293,29 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
     Ok(staged)
 }
 
+/// The nearest ancestor of `dir` inside `root` that is a directory.
+fn nearest_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .take_while(|a| a.starts_with(root))
+        .find(|a| a.is_dir())
+        .map(Path::to_owned)
+}
+
+/// A directory output cannot hold a file `a` and a file `a/b` at once.
+fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<PathBuf, &[u8]>) -> Result<()> {
+    for target in wanted.keys() {
+        let parents = target.ancestors().skip(1).take_while(|a| *a != root);
+        if let Some(file) = parents.into_iter().find(|a| wanted.contains_key(*a)) {
+            return Err(Error::FileAndDirectory {
+                template: template.to_owned(),
+                file: file.to_owned(),
+                inner: target.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn ensure_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     let current = fs::metadata(path)?.permissions().mode() & 0o7777;
     if current != mode {
@@ -278,9 +335,12 @@ fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             let name = entry.file_name();
             let kind = entry.file_type()?;
             if name.to_string_lossy().starts_with(STAGING_PREFIX) {
-                if kind.is_file() {
-                    let _ = fs::remove_file(entry.path());
-                }
+                // Staged files, and what a killed commit had moved aside.
+                let _ = if kind.is_dir() {
+                    fs::remove_dir_all(entry.path())
+                } else {
+                    fs::remove_file(entry.path())
+                };
                 continue;
             }
             if kind.is_dir() {
@@ -341,34 +401,38 @@ fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
 
 /// Runs the template's `check` on a staged file; errors name the file it
 /// would have replaced (the staged name is random).
-async fn check(template: &Template, staged: &Path, target: &Path) -> Result<()> {
+async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Redactor) -> Result<()> {
     if template.check.is_empty() {
         return Ok(());
     }
     let file = staged.to_string_lossy();
     let argv: Vec<String> = template.check.iter().map(|a| a.replace("{file}", &file)).collect();
-    command::run(&argv, template.check_timeout)
-        .await
-        .map_err(|failure| match failure {
-            command::Failure::Spawn(source) => Error::CheckSpawn {
-                template: template.name.clone(),
-                command: template.check.clone(),
-                source,
-            },
-            command::Failure::Timeout(timeout) => Error::CheckTimeout {
-                template: template.name.clone(),
-                command: template.check.clone(),
-                timeout,
-            },
-            command::Failure::Exit { status, output } => Error::CheckFailed {
+    match command::run(&argv, template.check_timeout).await {
+        Ok(_) => Ok(()),
+        Err(command::Failure::Spawn(source)) => Err(Error::CheckSpawn {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            source,
+        }),
+        Err(command::Failure::Timeout(timeout)) => Err(Error::CheckTimeout {
+            template: template.name.clone(),
+            command: template.check.clone(),
+            timeout,
+        }),
+        Err(command::Failure::Exit { status, output }) => {
+            // In full at debug level only: it may quote Secret data.
+            tracing::debug!(template = %template.name, file = %target.display(), %output, "check output");
+            Err(Error::CheckFailed {
                 template: template.name.clone(),
                 command: template.check.clone(),
                 file: target.to_owned(),
                 status,
-                output,
-            },
-        })
+                first_line: redactor.summary(&output),
+            })
+        }
+    }
 }
 
+mod commit;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::{Config, Template};
+use crate::redact::Redactor;
 
 fn template(dir: &Path, yaml: &str) -> Template {
     let text = format!("templates:\n  t:\n    inline: x\n{yaml}");
@@ -11,11 +12,14 @@ fn template(dir: &Path, yaml: &str) -> Template {
 }
 
 async fn write(template: &Template, content: Content) -> Result<Report> {
-    write_all(&[Job {
-        template,
-        target: &template.output,
-        content: &content,
-    }])
+    write_all(
+        &[Job {
+            template,
+            target: &template.output,
+            content: &content,
+        }],
+        &Redactor::default(),
+    )
     .await
 }
 
@@ -127,5 +131,154 @@ fn leftovers_of_a_killed_run_beside_a_file_output_are_removed_and_nothing_else()
             "a.txt",
             "kube-template-Ab12Cd"
         ]
+    );
+}
+
+/// Templates `a` (a directory output), `b` and `c` (files in folders of their
+/// own) of one config; `b`'s check puts a directory where its file goes while
+/// the file `sabotage` exists, so that its rename fails after `a`'s.
+fn three_templates(dir: &Path) -> Vec<Template> {
+    let root = dir.display();
+    let text = format!(
+        r#"
+templates:
+  a: {{inline: x, directory: a}}
+  b:
+    inline: x
+    path: b/b.txt
+    check: ["sh", "-c", "if [ -e {root}/sabotage ]; then rm -f {root}/b/b.txt; mkdir -p {root}/b/b.txt/in-the-way; fi"]
+  c: {{inline: x, path: c/c.txt}}
+"#
+    );
+    let config = Config::parse(&text, &dir.join("c.yaml"), dir).unwrap();
+    ["a", "b", "c"].map(|n| config.templates[n].clone()).into()
+}
+
+async fn write_three(templates: &[Template], a: &[(&str, &str)], b: &str, c: &str) -> Result<Report> {
+    let a = Content::Directory(a.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect());
+    let (b, c) = (Content::File(b.into()), Content::File(c.into()));
+    let jobs: Vec<Job<'_>> = templates
+        .iter()
+        .zip([&a, &b, &c])
+        .map(|(template, content)| Job {
+            template,
+            target: &template.output,
+            content,
+        })
+        .collect();
+    write_all(&jobs, &Redactor::default()).await
+}
+
+#[tokio::test]
+async fn a_failed_rename_restores_the_files_already_replaced_and_removes_no_stale_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let templates = three_templates(root);
+    write_three(&templates, &[("x", "1"), ("y", "1")], "1", "1")
+        .await
+        .unwrap();
+
+    fs::write(root.join("sabotage"), "").unwrap();
+    let error = write_three(&templates, &[("x", "2")], "2", "2").await.unwrap_err();
+    assert!(error.to_string().contains("b/b.txt"), "{error}");
+    let read = |rel: &str| fs::read_to_string(root.join(rel)).ok();
+    assert_eq!(read("a/x").as_deref(), Some("1"), "the replaced file is restored");
+    assert_eq!(read("a/y").as_deref(), Some("1"), "no stale file is removed");
+    assert_eq!(read("c/c.txt").as_deref(), Some("1"));
+    for folder in ["a", "b", "c"] {
+        let staged: Vec<_> = fs::read_dir(root.join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(STAGING_PREFIX))
+            .collect();
+        assert!(staged.is_empty(), "{folder}: {staged:?}");
+    }
+
+    // Once the obstacle is gone, the next write changes every file again,
+    // so the actions run.
+    fs::remove_file(root.join("sabotage")).unwrap();
+    fs::remove_dir_all(root.join("b/b.txt")).unwrap();
+    let report = write_three(&templates, &[("x", "2")], "2", "2").await.unwrap();
+    assert_eq!(
+        report.written,
+        [root.join("a/x"), root.join("b/b.txt"), root.join("c/c.txt")]
+    );
+    assert_eq!(report.removed, [root.join("a/y")]);
+}
+
+/// The content of a directory output: (name, text) pairs.
+fn files(entries: &[(&str, &str)]) -> Content {
+    Content::Directory(
+        entries
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    )
+}
+
+/// The names directly in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_file_can_become_a_directory_and_back_in_a_directory_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let out = dir.path().join("out");
+    write(&t, files(&[("a", "file"), ("keep", "k")])).await.unwrap();
+
+    let report = write(&t, files(&[("a/b", "inside"), ("a/c/d", "deeper"), ("keep", "k")]))
+        .await
+        .unwrap();
+    assert_eq!(fs::read_to_string(out.join("a/b")).unwrap(), "inside");
+    assert_eq!(fs::read_to_string(out.join("a/c/d")).unwrap(), "deeper");
+    assert_eq!(report.written, [out.join("a/b"), out.join("a/c/d")]);
+    assert_eq!(report.removed, [out.join("a")]);
+
+    let report = write(&t, files(&[("a", "file again"), ("keep", "k")])).await.unwrap();
+    assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "file again");
+    assert_eq!(report.written, [out.join("a")]);
+    assert_eq!(report.removed, [out.join("a/b"), out.join("a/c/d")]);
+    assert_eq!(names_in(&out), ["a", "keep"], "nothing moved aside is left");
+}
+
+#[tokio::test]
+async fn a_failed_commit_puts_back_what_it_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let out = dir.path().join("out");
+    write(&t, files(&[("a", "file"), ("z/old", "old")])).await.unwrap();
+    // `a` is moved aside for `a/b`; then a name too long for the file
+    // system fails the commit (even as root).
+    let too_long = format!("z/{}", "n".repeat(300));
+    let error = write(&t, files(&[("a/b", "new"), (&too_long, "new")]))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nnnn"), "{error}");
+    assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "file", "moved back");
+    assert_eq!(
+        fs::read_to_string(out.join("z/old")).unwrap(),
+        "old",
+        "no stale file removed"
+    );
+    assert_eq!(names_in(&out), ["a", "z"], "nothing staged or moved aside is left");
+}
+
+#[tokio::test]
+async fn a_file_and_a_file_inside_it_in_one_render_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n");
+    let error = write(&t, files(&[("a", "1"), ("a/b", "2")])).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("emitted both as a file and as the directory of"),
+        "{error}"
     );
 }

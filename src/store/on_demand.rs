@@ -159,6 +159,14 @@ impl BodyCache {
         self.len() == 0
     }
 
+    /// Every cached body (for finding the values of fetched Secrets).
+    pub fn bodies(&self) -> Vec<Document> {
+        lock(&self.entries)
+            .iter()
+            .map(|(_, cached)| cached.body.clone())
+            .collect()
+    }
+
     /// The bodies of `wanted`, in order, fetched concurrently where needed;
     /// objects that no longer exist are left out.
     pub async fn read_all(&self, wanted: &[Wanted]) -> Result<Vec<minijinja::Value>, FetchError> {

@@ -235,10 +235,6 @@ impl Status {
         );
     }
 
-    pub fn output_removed(&self, path: &str) {
-        self.lock().outputs.remove(path);
-    }
-
     pub fn render_done(&self, duration: Duration, error: Option<String>) {
         let mut inner = self.lock();
         let at = SystemTime::now();
