@@ -191,9 +191,10 @@ status:
 
         server.apply(secret("db", "db", "password", PASSWORD));
         let readyz = sidecar
-            .until("the failed check on /readyz", || {
-                let (code, body) = http_get(&admin, "/readyz");
-                (code == 503 && body.contains("rejected")).then_some(body)
+            .until("the failed check on /readyz?verbose", || {
+                // Ready all along (a good render is on disk); the problem is listed.
+                let (code, body) = http_get(&admin, "/readyz?verbose");
+                (code == 200 && body.contains("rejected")).then_some(body)
             })
             .await;
         let annotation = sidecar
