@@ -62,6 +62,10 @@ enum Command {
         /// Server-side timeout of each watch request; a watch silent for longer (plus 5s) fails /healthz.
         #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
         watch_timeout: std::time::Duration,
+        /// With --once: exit 1 if the initial sync is not done after this long (an error that lasts,
+        /// such as 403 Forbidden, or an API server that cannot be reached).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        sync_timeout: std::time::Duration,
     },
     /// Validate the config and compile its templates; exit 64 listing every problem.
     Check {
@@ -96,7 +100,9 @@ async fn main() -> ExitCode {
             context,
             streaming_lists,
             watch_timeout,
+            sync_timeout,
         } => {
+            let sync_deadline = once.then(|| tokio::time::Instant::now() + sync_timeout);
             let prepared = match pipeline::prepare(&config) {
                 Ok(p) => Arc::new(p),
                 Err(e) => return config_failure(&e),
@@ -157,9 +163,19 @@ async fn main() -> ExitCode {
                     Ok((sources, None))
                 }
             };
+            let not_synced = async {
+                match sync_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             let sources = tokio::select! {
                 sources = start => sources,
                 () = &mut shutdown => return ExitCode::SUCCESS,
+                () = not_synced => {
+                    eprintln!("error: the initial sync did not finish within --sync-timeout: cannot reach the API server");
+                    return ExitCode::FAILURE;
+                }
             };
             let (sources, client) = match sources {
                 Ok(started) => started,
@@ -182,7 +198,7 @@ async fn main() -> ExitCode {
                 }
                 _ => None,
             };
-            let options = pipeline::RunOptions { once };
+            let options = pipeline::RunOptions { once, sync_deadline };
             let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;
             if let Some(reporters) = reporters {
                 reporters.stop().await;

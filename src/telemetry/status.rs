@@ -182,16 +182,18 @@ impl Status {
         self.lock().dead = Some(why);
     }
 
+    /// Why the initial sync is not done: one reason per watch that has not
+    /// listed, with its last error (the verb, the resource and the server's
+    /// message), if any.
+    pub fn sync_problems(&self) -> Vec<String> {
+        sync_problems(&self.lock())
+    }
+
     /// `Ok` once every watch has listed and the last render succeeded; else
     /// one reason per failing part.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let inner = self.lock();
-        let mut reasons: Vec<String> = inner
-            .watches
-            .iter()
-            .filter(|w| !w.synced)
-            .map(|w| format!("watch {}: initial list not done", w.name))
-            .collect();
+        let mut reasons = sync_problems(&inner);
         match &inner.last_render {
             None => reasons.push("no render yet".into()),
             Some(RenderInfo { error: Some(e), .. }) => reasons.push(format!("last render failed: {e}")),
@@ -236,6 +238,18 @@ impl Status {
             last_render: inner.last_render.clone(),
         }
     }
+}
+
+fn sync_problems(inner: &Inner) -> Vec<String> {
+    inner
+        .watches
+        .iter()
+        .filter(|w| !w.synced)
+        .map(|w| match &w.error {
+            Some(error) => format!("watch {}: initial list not done: {error}", w.name),
+            None => format!("watch {}: initial list not done", w.name),
+        })
+        .collect()
 }
 
 /// A point-in-time copy of the status.
