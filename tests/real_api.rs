@@ -32,6 +32,14 @@ use serde_json::{Value, json};
 use support::sidecar::Sidecar;
 use tokio::time::{Instant, timeout};
 
+/// The binary under test: `KUBE_TEMPLATE_BIN` (a release build, say), else
+/// the one Cargo built for these tests.
+fn binary() -> PathBuf {
+    std::env::var_os("KUBE_TEMPLATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kube-template")))
+}
+
 /// Upper bound for a whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(150);
 
@@ -69,7 +77,7 @@ impl Case {
     /// to `sidecar.log` at the default level unless `env` says otherwise.
     fn spawn(&self, api: &RealApi, who: Who, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
         let log = self.path("sidecar.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        let child = Command::new(binary())
             .arg("run")
             .arg("-c")
             .arg(self.path("config.yaml"))
@@ -99,7 +107,7 @@ impl Case {
         fs::write(&file, manifests).unwrap();
         let out = self.path("offline");
         let _ = fs::remove_dir_all(&out);
-        let output = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        let output = Command::new(binary())
             .arg("render")
             .arg("-c")
             .arg(self.path("config.yaml"))
@@ -769,6 +777,210 @@ async fn the_sidecar_recovers_by_itself_from_a_kill_9_of_the_api_server() {
                 !log.contains(theirs),
                 "kube's own line {theirs:?} is in the log:\n{log}"
             );
+        }
+    })
+    .await;
+}
+
+// --- Test 6: Events pass the real server's validation ---
+
+#[tokio::test]
+async fn events_on_the_pod_pass_validation_even_with_a_note_over_the_limit() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.shared().await;
+    within_deadline(async {
+        let ns = api.namespace("events").await;
+        let client = api.client(Who::Admin).await;
+        let uid = pod(&client, &ns, "web-0").await;
+        apply(&client, &ns, &config_maps(), config_map("a", json!({"app": "web"}), json!({"v": "1"}))).await;
+        // The check fails with a 2000-byte first line until the file `ok` exists.
+        let case = Case::new(&format!(
+            "watched_resources:\n  cms: {{api_version: v1, kind: ConfigMap, namespaces: [{ns}], label_selector: \"app=web\"}}\n\
+             templates:\n  t:\n    inline: \"{{{{ resources.cms | length }}}}\"\n    path: out.txt\n    \
+             check: [\"sh\", \"-c\", \"test -f ok || {{ head -c 2000 /dev/zero | tr '\\\\0' x; echo; exit 1; }}\"]\n"
+        ));
+        let env = [("POD_NAME", "web-0"), ("POD_NAMESPACE", ns.as_str()), ("POD_UID", uid.as_str())];
+        let sidecar = case.spawn(api, Who::Admin, &[], &env);
+        let failed = until(
+            "a RenderFailed Event",
+            || sidecar.log(),
+            async || events(&client, &ns).await.into_iter().find(|e| e["reason"] == "RenderFailed"),
+        )
+        .await;
+        assert_eq!(failed["type"], "Warning");
+        let note = failed["note"].as_str().unwrap();
+        assert!(note.contains("xxxxxxxx"), "the note carries the check's output: {note}");
+        assert!(note.len() <= 1024, "the note is cut to the API's limit: {} bytes", note.len());
+        assert_eq!(failed["regarding"]["name"], "web-0");
+        assert_eq!(failed["regarding"]["uid"], uid.as_str());
+        assert_eq!(failed["regarding"]["kind"], "Pod");
+
+        fs::write(case.path("ok"), "").unwrap();
+        let recovered = until(
+            "a RenderRecovered Event",
+            || sidecar.log(),
+            async || events(&client, &ns).await.into_iter().find(|e| e["reason"] == "RenderRecovered"),
+        )
+        .await;
+        assert_eq!(recovered["type"], "Normal");
+        assert_eq!(recovered["regarding"]["uid"], uid.as_str());
+        assert!(sidecar.lines("ERROR").iter().all(|l| !l.contains("event")), "{}", sidecar.log());
+    })
+    .await;
+}
+
+// --- Test 5: RBAC of examples/deploy ---
+
+/// The documents of a multi-document YAML file of the repository.
+fn yaml_documents(rel: &str) -> Vec<Value> {
+    let text = fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap();
+    text.split("\n---")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The example deployment's config and templates, run locally against 1.20:
+/// outputs under `out/`, EndpointSlices in `discovery.k8s.io/v1beta1` (1.20
+/// has no v1), the admin server on a free port.
+fn example_case() -> Case {
+    let documents = yaml_documents("examples/deploy/configmap.yaml");
+    let data = documents
+        .iter()
+        .find(|d| d["metadata"]["name"] == "kube-template-config")
+        .map(|d| d["data"].as_object().unwrap().clone())
+        .expect("the config ConfigMap");
+    let config = data["config.yaml"]
+        .as_str()
+        .unwrap()
+        .replace("/var/run/haproxy-config/", "out/")
+        .replace(
+            "api_version: discovery.k8s.io/v1\n",
+            "api_version: discovery.k8s.io/v1beta1\n",
+        )
+        .replace("listen: \"0.0.0.0:9090\"", "listen: \"127.0.0.1:0\"");
+    assert!(config.contains("v1beta1") && config.contains("127.0.0.1:0"), "{config}");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    fs::write(dir.path().join("config.yaml"), config).unwrap();
+    for (name, text) in &data {
+        if name != "config.yaml" {
+            fs::write(dir.path().join(name), text.as_str().unwrap()).unwrap();
+        }
+    }
+    Case { dir }
+}
+
+/// Creates a role of `examples/deploy/rbac.yaml` (`kind`: ClusterRole or Role,
+/// renamed to `name`) and binds it to `user`; `edit` may change its rules first.
+async fn grant(client: &kube::Client, namespace: &str, kind: &str, name: &str, user: &str, edit: impl Fn(&mut Value)) {
+    let mut role = yaml_documents("examples/deploy/rbac.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("a {kind} in rbac.yaml"));
+    role["metadata"] = json!({"name": name});
+    edit(&mut role);
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": format!("{kind}Binding"),
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    });
+    let plural = |k: &str| format!("{}s", k.to_lowercase());
+    for object in [role, binding] {
+        let kind = object["kind"].as_str().unwrap().to_string();
+        let ar = gvk_resource("rbac.authorization.k8s.io", "v1", &kind, &plural(&kind));
+        let api: Api<DynamicObject> = if kind.starts_with("Cluster") {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), namespace, &ar)
+        };
+        let patch = PatchParams::apply("tests").force();
+        api.patch(name, &patch, &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn the_example_rbac_is_enough_and_a_missing_permission_is_named() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.shared().await;
+    within_deadline(async {
+        let ns = api.namespace("rbac").await;
+        let client = api.client(Who::Admin).await;
+        let uid = pod(&client, &ns, "haproxy-0").await;
+        apply(
+            &client,
+            &ns,
+            &config_maps(),
+            config_map("kube-template-status", json!({}), json!({})),
+        )
+        .await;
+        let user = real::RBAC_USER;
+        // A cluster role of its own per run: the server outlives a test.
+        let cluster_role = format!("{ns}-reader");
+        grant(&client, &ns, "ClusterRole", &cluster_role, user, |_| {}).await;
+        grant(&client, &ns, "Role", "kube-template", user, |_| {}).await;
+        let env = [
+            ("POD_NAME", "haproxy-0"),
+            ("POD_NAMESPACE", ns.as_str()),
+            ("POD_UID", uid.as_str()),
+        ];
+
+        // Everything the example does: watches, the status ConfigMap, and an
+        // Event (the render fails while the rendered file cannot be written).
+        let case = example_case();
+        fs::write(case.path("out"), "a file where the output directory goes").unwrap();
+        let sidecar = case.spawn(api, Who::Rbac, &[], &env);
+        let failed = until(
+            "a RenderFailed Event posted by the example's user",
+            || sidecar.log(),
+            async || {
+                events(&client, &ns)
+                    .await
+                    .into_iter()
+                    .find(|e| e["reason"] == "RenderFailed")
+            },
+        )
+        .await;
+        assert_eq!(failed["regarding"]["name"], "haproxy-0");
+        fs::remove_file(case.path("out")).unwrap();
+        until(
+            "the status ConfigMap to say success",
+            || sidecar.log(),
+            async || {
+                (annotations(&client, &ns, "kube-template-status").await["kube-template/last-render-result"]
+                    == "success")
+                    .then_some(())
+            },
+        )
+        .await;
+        assert!(case.read("out/haproxy.cfg").is_some(), "{}", sidecar.log());
+        let log = sidecar.log();
+        assert!(
+            !log.to_lowercase().contains("forbidden"),
+            "no permission is missing:\n{log}"
+        );
+        drop(sidecar);
+
+        // Without `list` on Secrets, the error names the resource and the verb.
+        grant(&client, &ns, "ClusterRole", &cluster_role, user, |role| {
+            for rule in role["rules"].as_array_mut().unwrap() {
+                if rule["resources"].as_array().unwrap().iter().any(|r| r == "secrets") {
+                    rule["resources"] = json!(["services"]);
+                }
+            }
+        })
+        .await;
+        let case = example_case();
+        let mut sidecar = case.spawn(api, Who::Rbac, &["--once", "--sync-timeout", "5s"], &env);
+        let status = sidecar.until_exit(Duration::from_secs(40)).await;
+        assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+        let errors = sidecar.lines("error:");
+        assert_eq!(errors.len(), 1, "{}", sidecar.log());
+        for part in ["secrets", "list", "forbidden", user] {
+            assert!(errors[0].contains(part), "the error names {part:?}: {}", errors[0]);
         }
     })
     .await;

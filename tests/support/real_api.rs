@@ -37,6 +37,9 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 /// The user with no groups, so that RBAC applies to it.
 pub const USER: &str = "kube-template";
 pub const USER_TOKEN: &str = "user-token-for-tests";
+/// Another user with no groups, for the test that grants it roles.
+pub const RBAC_USER: &str = "kube-template-rbac";
+pub const RBAC_TOKEN: &str = "rbac-token-for-tests";
 /// How long the API server may take to answer `/readyz` after a start.
 const START_WITHIN: Duration = Duration::from_secs(90);
 /// Upper bound for one awaited condition against the real server.
@@ -64,6 +67,7 @@ pub struct RealApi {
 pub enum Who {
     Admin,
     User,
+    Rbac,
 }
 
 impl RealApi {
@@ -120,7 +124,10 @@ impl RealApi {
         assert!(status.success(), "openssl genrsa failed");
         std::fs::write(
             dir.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{USER_TOKEN},{USER},user-uid\n"),
+            format!(
+                "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{USER_TOKEN},{USER},user-uid\n\
+                 {RBAC_TOKEN},{RBAC_USER},rbac-uid\n"
+            ),
         )
         .unwrap();
         // Secret GETs at Metadata level: how many GETs of which Secret (test 8).
@@ -170,7 +177,7 @@ impl RealApi {
             _etcd: etcd,
             turns: RwLock::new(()),
         };
-        for who in [Who::Admin, Who::User] {
+        for who in [Who::Admin, Who::User, Who::Rbac] {
             std::fs::write(api.kubeconfig(who), api.kubeconfig_text(who)).unwrap();
         }
         api.until_ready().await;
@@ -196,6 +203,7 @@ impl RealApi {
         self.dir.join(match who {
             Who::Admin => "admin.kubeconfig",
             Who::User => "user.kubeconfig",
+            Who::Rbac => "rbac.kubeconfig",
         })
     }
 
@@ -203,6 +211,7 @@ impl RealApi {
         let token = match who {
             Who::Admin => ADMIN_TOKEN,
             Who::User => USER_TOKEN,
+            Who::Rbac => RBAC_TOKEN,
         };
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: real\n  cluster:\n    server: {}\n    \
