@@ -985,3 +985,234 @@ async fn the_example_rbac_is_enough_and_a_missing_permission_is_named() {
     })
     .await;
 }
+
+// --- Test 4: compaction and a restart give real 410s; stores re-listed ---
+
+/// A `check` that keeps a copy of every staged file in `versions/`, numbered in order.
+const CAPTURE_VERSIONS: &str = r#"["sh", "-c", "n=$(ls versions | wc -l); cp '{file}' versions/$(printf %06d $n)"]"#;
+
+#[tokio::test]
+async fn after_compaction_and_a_restart_old_versions_are_gone_and_stores_are_listed_again() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.exclusive().await;
+    within_deadline(async {
+        let ns = api.namespace("compaction").await;
+        let client = api.client(Who::Admin).await;
+        let cm = |name: &str, v: &str| config_map(name, json!({"app": "web"}), json!({"v": v}));
+        apply(&client, &ns, &config_maps(), cm("a", "1")).await;
+        apply(&client, &ns, &config_maps(), cm("b", "1")).await;
+        let config = config_maps_config(&ns).replace(
+            "path: out.txt",
+            &format!("path: out.txt\n    check: {CAPTURE_VERSIONS}"),
+        );
+        let case = Case::new(&config);
+        fs::create_dir(case.path("versions")).unwrap();
+        let sidecar = case.spawn(api, Who::Admin, &[], &[]);
+        until(
+            "the first render",
+            || sidecar.log(),
+            async || (case.read("out.txt").as_deref() == Some("a=1\nb=1\n")).then_some(()),
+        )
+        .await;
+
+        // The sidecar misses everything from here to the restart.
+        sidecar.signal("STOP");
+        let cms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &config_maps());
+        let old = cms
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        delete(&client, &ns, &config_maps(), "b").await;
+        apply(&client, &ns, &config_maps(), cm("c", "1")).await;
+        apply(&client, &ns, &config_maps(), cm("a", "2")).await;
+        api.compact();
+        api.kill();
+        api.start_again().await;
+
+        // The old resourceVersion is gone for real: a watch from it gets 410.
+        let client = api.client(Who::Admin).await;
+        let cms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &config_maps());
+        let expired = match cms.watch(&Default::default(), &old).await {
+            Err(kube::Error::Api(status)) => status.code,
+            Ok(stream) => {
+                use futures::StreamExt as _;
+                let mut stream = Box::pin(stream);
+                match stream.next().await {
+                    Some(Ok(kube::api::WatchEvent::Error(status))) => status.code,
+                    other => panic!("a watch from a compacted version gave {other:?}"),
+                }
+            }
+            Err(other) => panic!("a watch from a compacted version failed with {other}"),
+        };
+        assert_eq!(expired, 410);
+
+        sidecar.signal("CONT");
+        until(
+            "the final state, listed again",
+            || sidecar.log(),
+            async || (case.read("out.txt").as_deref() == Some("a=2\nc=1\n")).then_some(()),
+        )
+        .await;
+        // Every render saw a whole listing: the old state or the new, never a mix.
+        let mut names: Vec<PathBuf> = fs::read_dir(case.path("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for name in names {
+            let version = fs::read_to_string(&name).unwrap();
+            assert!(
+                ["a=1\nb=1\n", "a=2\nc=1\n"].contains(&version.as_str()),
+                "a partial render: {version:?}"
+            );
+        }
+    })
+    .await;
+}
+
+// --- Test 7: the status ConfigMap under a concurrent writer ---
+
+#[tokio::test]
+async fn the_status_config_map_loses_no_write_under_a_concurrent_writer() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.shared().await;
+    within_deadline(async {
+        let ns = api.namespace("status-writers").await;
+        let client = api.client(Who::Admin).await;
+        apply(
+            &client,
+            &ns,
+            &config_maps(),
+            config_map("status", json!({}), json!({"counter": "0"})),
+        )
+        .await;
+        apply(
+            &client,
+            &ns,
+            &config_maps(),
+            config_map("a", json!({"app": "web"}), json!({"v": "0"})),
+        )
+        .await;
+        let config = format!(
+            "{}status: {{config_map: status, namespace: {ns}}}\n",
+            config_maps_config(&ns)
+        );
+        let case = Case::new(&config);
+        let sidecar = case.spawn(api, Who::Admin, &[], &[]);
+        until(
+            "the first render",
+            || sidecar.log(),
+            async || (case.read("out.txt").as_deref() == Some("a=0\n")).then_some(()),
+        )
+        .await;
+
+        // Another client rewrites the data (read, change, replace with the
+        // version read; again on a conflict) while renders change the annotations.
+        let api_cms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &config_maps());
+        let mut conflicts = 0;
+        const WRITES: usize = 300;
+        for i in 1..=WRITES {
+            loop {
+                let mut status = api_cms.get("status").await.unwrap();
+                status.data["data"]["counter"] = json!(i.to_string());
+                match api_cms.replace("status", &PostParams::default(), &status).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(e)) if e.code == 409 => conflicts += 1,
+                    Err(e) => panic!("replace: {e}"),
+                }
+            }
+            if i % 10 == 0 {
+                apply(
+                    &client,
+                    &ns,
+                    &config_maps(),
+                    config_map("a", json!({"app": "web"}), json!({"v": i.to_string()})),
+                )
+                .await;
+            }
+        }
+        let last = format!("a={WRITES}\n");
+        until(
+            "the last render",
+            || sidecar.log(),
+            async || (case.read("out.txt").as_deref() == Some(last.as_str())).then_some(()),
+        )
+        .await;
+        let sum = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(last.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        until(
+            "the status ConfigMap to show the last render",
+            || sidecar.log(),
+            async || {
+                let annotations = annotations(&client, &ns, "status").await;
+                annotations["kube-template/checksums"]
+                    .as_str()
+                    .is_some_and(|c| c.contains(&sum))
+                    .then_some(())
+            },
+        )
+        .await;
+        let status = api_cms.get("status").await.unwrap();
+        assert_eq!(
+            status.data["data"]["counter"],
+            WRITES.to_string(),
+            "the other writer's last write is kept"
+        );
+        eprintln!("the other writer met {conflicts} conflicts");
+    })
+    .await;
+}
+
+// --- Test 8: on-demand stores: GETs per Secret, counted by the server ---
+
+#[tokio::test]
+async fn on_demand_secrets_are_fetched_once_per_version_however_often_templates_read_them() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.shared().await;
+    within_deadline(async {
+        let ns = api.namespace("on-demand").await;
+        let client = api.client(Who::Admin).await;
+        for (name, value) in [("s1", "one"), ("s2", "two"), ("s3", "three")] {
+            apply(&client, &ns, &secrets(), secret(name, value)).await;
+        }
+        // Two templates read every Secret twice each, rendered at the same time.
+        let read = "{% for s in resources.secrets %}{{ s.metadata.name }}={{ s.data.k | b64decode }} {{ resources.secrets.get_one(s.metadata.name).data.k | b64decode }}\\n{% endfor %}";
+        let case = Case::new(&format!(
+            "watched_resources:\n  secrets: {{api_version: v1, kind: Secret, namespaces: [{ns}], store: on-demand, index_by: [metadata.name]}}\n\
+             templates:\n  a: {{inline: \"{read}\", path: out/a.txt}}\n  b: {{inline: \"{read}\", path: out/b.txt}}\n\
+             render: {{wait: {{min: 0s, max: 1s}}}}\n"
+        ));
+        let sidecar = case.spawn(api, Who::Admin, &[], &[]);
+        until("the first render", || sidecar.log(), async || case.read("out/b.txt").filter(|t| t.contains("s3=three"))).await;
+        apply(&client, &ns, &secrets(), secret("s1", "uno")).await;
+        until("the render of the update", || sidecar.log(), async || case.read("out/b.txt").filter(|t| t.contains("s1=uno uno"))).await;
+        assert!(case.read("out/a.txt").unwrap().contains("s1=uno uno"));
+
+        // DESIGN section 3: one GET per Secret and resourceVersion, however many reads.
+        let gets = || {
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for entry in api.audit() {
+                if entry["verb"] == "get"
+                    && entry["objectRef"]["resource"] == "secrets"
+                    && entry["objectRef"]["namespace"] == ns.as_str()
+                    && entry["stage"] == "ResponseComplete"
+                {
+                    *counts.entry(entry["objectRef"]["name"].as_str().unwrap().to_string()).or_default() += 1;
+                }
+            }
+            counts
+        };
+        let expected = std::collections::BTreeMap::from([("s1".to_string(), 2), ("s2".to_string(), 1), ("s3".to_string(), 1)]);
+        until("the audit log to count the GETs", || format!("{:?}", gets()), async || (gets() == expected).then_some(())).await;
+
+    })
+    .await;
+}

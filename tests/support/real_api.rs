@@ -286,7 +286,7 @@ impl RealApi {
     /// is gone too, and old versions get real 410s).
     pub fn compact(&self) {
         // etcd's gRPC gateway; keys and values are base64.
-        let range = self.etcd_post("/v3/kv/range", &json!({"key": "AA==", "range_end": "AA=="}));
+        let range = self.etcd_post("/v3/kv/range", &json!({"key": "AA==", "keys_only": true, "limit": 1}));
         let revision = range["header"]["revision"].as_str().expect("etcd revision").to_string();
         let compacted = self.etcd_post("/v3/kv/compaction", &json!({"revision": revision, "physical": true}));
         assert!(compacted.get("error").is_none(), "etcd compaction failed: {compacted}");
@@ -298,7 +298,8 @@ impl RealApi {
         let body = body.to_string();
         write!(
             stream,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            // HTTP/1.0: a plain body, never chunked.
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
