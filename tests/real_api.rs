@@ -250,6 +250,40 @@ async fn streaming_lists_fall_back_to_paged_lists_when_the_server_lacks_watchlis
     .await;
 }
 
+/// The same against the fake API server made to answer like 1.20, so that the
+/// fallback is covered where the real server is not at hand.
+#[tokio::test]
+async fn streaming_lists_fall_back_on_a_fake_server_without_watchlist() {
+    within_deadline(async {
+        let server = support::fake_api::FakeApiServer::start().await;
+        server.without_watch_list();
+        server
+            .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "default", "labels": {"app": "web"}}, "data": {"v": "1"}}))
+            .unwrap();
+        let case = Case::new(&config_maps_config("default"));
+        let log = case.path("sidecar.log");
+        let child = Command::new(binary())
+            .args(["run", "--once", "--streaming-lists", "-c"])
+            .arg(case.path("config.yaml"))
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig_path())
+            .current_dir(case.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        let mut sidecar = Sidecar { child, log };
+        let status = sidecar.until_exit(Duration::from_secs(20)).await;
+        assert!(status.success(), "{}", sidecar.log());
+        assert_eq!(case.read("out.txt").as_deref(), Some("a=1\n"));
+        assert_eq!(sidecar.lines("using paged lists").len(), 1, "{}", sidecar.log());
+    })
+    .await;
+}
+
 // --- Defect b: `--once` and lasting permanent errors ---
 
 #[tokio::test]
