@@ -22,12 +22,15 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+mod watch_errors;
+
 use super::{Event, Scope, SourceEvent, Watch};
 use crate::store::document::Document;
 use crate::store::on_demand::Fetch;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;
 use crate::telemetry::status::Activity;
+use watch_errors::{connection_lost, describe, lacks_streaming_lists};
 
 /// Why the Kubernetes source could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -512,85 +515,6 @@ impl Pump<'_> {
         }
         Err(Error::WatchEnded(self.name.to_string()))
     }
-}
-
-/// Whether a watcher error says the connection to the API server failed or
-/// broke, rather than that the server answered with an error.
-fn connection_lost(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-            matches!(
-                e,
-                kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
-            )
-        }
-        _ => false,
-    }
-}
-
-/// Whether a watcher error is the server rejecting a streaming list: 1.20
-/// answers 422 "resourceVersionMatch is forbidden for watch", later servers
-/// without WatchList reject `sendInitialEvents`.
-fn lacks_streaming_lists(error: &watcher::Error) -> bool {
-    let status = match error {
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status,
-        watcher::Error::WatchError(status) => status,
-        _ => return false,
-    };
-    status.code == 422
-        && (status.message.contains("resourceVersionMatch") || status.message.contains("sendInitialEvents"))
-}
-
-/// A watcher error as the log, `/readyz` and the status page show it: the
-/// verb, then the server's code, reason and message (which name the
-/// resource), or what kept the request from the server. An event line that
-/// does not decode (a malformed object) reaches us from kube as an empty API
-/// status, which says nothing; it is named for what it is.
-fn describe(error: &watcher::Error) -> String {
-    let (verb, error) = match error {
-        watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 && status.message.is_empty() => {
-            return "the server sent a watch event that does not decode (a malformed object); it was skipped, \
-             and the object keeps its last good state"
-                .to_string();
-        }
-        watcher::Error::InitialListFailed(error) => ("list", error),
-        watcher::Error::WatchStartFailed(error) | watcher::Error::WatchFailed(error) => ("watch", error),
-        watcher::Error::WatchError(status) => return format!("watch: {}", describe_status(status)),
-        watcher::Error::NoResourceVersion => return error.to_string(),
-    };
-    match error {
-        kube::Error::Api(status) => format!("{verb}: {}", describe_status(status)),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => {
-            format!("{verb}: cannot reach the API server: {}", innermost(error))
-        }
-        other => format!("{verb}: {other}"),
-    }
-}
-
-/// `403 Forbidden: configmaps is forbidden: User …`.
-fn describe_status(status: &kube::core::Status) -> String {
-    let mut text = status.code.to_string();
-    if !status.reason.is_empty() {
-        text.push(' ');
-        text.push_str(&status.reason);
-    }
-    if !status.message.is_empty() {
-        text.push_str(": ");
-        text.push_str(&status.message);
-    }
-    text
-}
-
-/// The deepest cause of an error: for a connection failure, the one that
-/// says what happened (`Connection refused (os error 111)`).
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(source) = current.source() {
-        current = source;
-    }
-    current.to_string()
 }
 
 /// The metadata of an object as JSON: `{apiVersion, kind, metadata}`.
