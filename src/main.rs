@@ -173,7 +173,8 @@ async fn main() -> ExitCode {
                 sources = start => sources,
                 () = &mut shutdown => return ExitCode::SUCCESS,
                 () = not_synced => {
-                    eprintln!("error: the initial sync did not finish within --sync-timeout: cannot reach the API server");
+                    let why = telemetry.status.sync_problems().join("; ");
+                    eprintln!("error: the initial sync did not finish within --sync-timeout: {why}");
                     return ExitCode::FAILURE;
                 }
             };

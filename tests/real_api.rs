@@ -312,6 +312,49 @@ async fn once_gives_up_after_the_sync_timeout_on_a_lasting_forbidden_list() {
     .await;
 }
 
+/// Transient errors get the same timeout: here, nothing listens at the
+/// server's address (no real server needed).
+#[tokio::test]
+async fn once_gives_up_after_the_sync_timeout_when_the_api_server_cannot_be_reached() {
+    within_deadline(async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let case = Case::new(&config_maps_config("web"));
+        let kubeconfig = case.path("kubeconfig");
+        fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\n\
+                 users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+            ),
+        )
+        .unwrap();
+        let log = case.path("sidecar.log");
+        let child = Command::new(binary())
+            .args(["run", "--once", "--sync-timeout", "2s", "-c"])
+            .arg(case.path("config.yaml"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        let mut sidecar = Sidecar { child, log };
+        let status = sidecar.until_exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+        let errors = sidecar.lines("error:");
+        assert_eq!(errors.len(), 1, "{}", sidecar.log());
+        assert!(
+            errors[0].contains("cannot reach the API server") && errors[0].contains(&format!("127.0.0.1:{port}")),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(sidecar.lines("WARN").len(), 1, "said once:\n{}", sidecar.log());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn live_run_keeps_retrying_a_forbidden_list_and_readyz_names_the_cause() {
     let Some(api) = RealApi::get().await else { return };

@@ -215,7 +215,7 @@ pub async fn start_kubernetes(
 ) -> kubernetes::Result<Sources> {
     let client = kube::Client::try_from(client_config.clone()).map_err(|e| kubernetes::Error::Config(e.to_string()))?;
     let watches = plan(config);
-    let resolved = resolve_until_reachable(&client, &watches, client_config.cluster_url.to_string()).await?;
+    let resolved = resolve_until_reachable(&client, &watches, client_config.cluster_url.to_string(), telemetry).await?;
     register_stores(config, &watches, telemetry);
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
@@ -404,6 +404,7 @@ async fn resolve_until_reachable(
     client: &kube::Client,
     watches: &[Watch],
     server: String,
+    telemetry: &Telemetry,
 ) -> kubernetes::Result<Vec<kubernetes::Result<kubernetes::Resolved>>> {
     let mut resolved = Vec::with_capacity(watches.len());
     for watch in watches {
@@ -412,7 +413,19 @@ async fn resolve_until_reachable(
             match kubernetes::resolve_one(client, watch).await {
                 Err(kubernetes::Error::Unreachable(error)) => {
                     let retry_in_ms = delay.as_millis() as u64;
-                    tracing::warn!(%server, retry_in_ms, %error, "cannot reach the API server; retrying");
+                    // The deepest cause says what happened (`Connection refused`).
+                    let cause = std::iter::successors(Some(&*error as &dyn std::error::Error), |e| e.source())
+                        .last()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    if delay == FIRST_UNREACHABLE_DELAY {
+                        tracing::warn!(%server, retry_in_ms, error = %cause, "cannot reach the API server; retrying");
+                    } else {
+                        tracing::debug!(%server, retry_in_ms, error = %cause, "cannot reach the API server; retrying");
+                    }
+                    telemetry.status.starting(Some(format!(
+                        "discovery: cannot reach the API server {server}: {cause}"
+                    )));
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_UNREACHABLE_DELAY);
                 }
@@ -427,6 +440,7 @@ async fn resolve_until_reachable(
             }
         }
     }
+    telemetry.status.starting(None);
     Ok(resolved)
 }
 

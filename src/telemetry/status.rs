@@ -83,6 +83,8 @@ struct Inner {
     last_render: Option<RenderInfo>,
     /// A stage task that died.
     dead: Option<String>,
+    /// Why the sources have not started yet (an API server out of reach).
+    starting: Option<String>,
 }
 
 /// Shared live status.
@@ -178,6 +180,11 @@ impl Status {
         });
     }
 
+    /// Records why the sources are not started yet (`None`: they are).
+    pub fn starting(&self, why: Option<String>) {
+        self.lock().starting = why;
+    }
+
     pub fn task_died(&self, why: String) {
         self.lock().dead = Some(why);
     }
@@ -242,13 +249,13 @@ impl Status {
 
 fn sync_problems(inner: &Inner) -> Vec<String> {
     inner
-        .watches
+        .starting
         .iter()
-        .filter(|w| !w.synced)
-        .map(|w| match &w.error {
+        .cloned()
+        .chain(inner.watches.iter().filter(|w| !w.synced).map(|w| match &w.error {
             Some(error) => format!("watch {}: initial list not done: {error}", w.name),
             None => format!("watch {}: initial list not done", w.name),
-        })
+        }))
         .collect()
 }
 
