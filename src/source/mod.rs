@@ -240,7 +240,7 @@ pub async fn start_kubernetes(
             }
             fetch
         });
-        // Scopes of a kind not served yet: as if namespaced (see `Deferred`).
+        // Scopes of a kind not served yet: as if namespaced (see `WatchStreams`).
         let scopes = match &resolved {
             Ok(resolved) => kubernetes::scopes(watch, resolved),
             Err(_) if watch.spec.namespaces.is_empty() => vec![None],
@@ -259,7 +259,7 @@ pub async fn start_kubernetes(
                 .add_watch(name, Arc::clone(&activity), Some(options.silence_limit()));
             streams.push(Stream { scope, index, activity });
         }
-        let deferred = Deferred {
+        let streams = WatchStreams {
             client: client.clone(),
             client_config: client_config.clone(),
             id,
@@ -273,12 +273,12 @@ pub async fn start_kubernetes(
         };
         match resolved {
             Ok(resolved) => {
-                for task in deferred.tasks(&resolved)? {
+                for task in streams.tasks(&resolved)? {
                     tasks.spawn(async move { task.run().await.map_err(|e| e.to_string()) });
                 }
             }
             Err(unknown) => {
-                tasks.spawn(async move { deferred.run(unknown).await.map_err(|e| e.to_string()) });
+                tasks.spawn(async move { streams.run_when_served(unknown).await.map_err(|e| e.to_string()) });
             }
         }
     }
@@ -300,7 +300,7 @@ struct Stream {
 
 /// A watch and what its streams need, started at once or, for a kind the
 /// server does not serve yet, once discovery finds it.
-struct Deferred {
+struct WatchStreams {
     client: kube::Client,
     client_config: kube::Config,
     id: usize,
@@ -316,7 +316,7 @@ struct Deferred {
     tx: mpsc::Sender<SourceEvent>,
 }
 
-impl Deferred {
+impl WatchStreams {
     /// The watch tasks of a resolved kind.
     fn tasks(&self, resolved: &kubernetes::Resolved) -> kubernetes::Result<Vec<kubernetes::WatchTask>> {
         if let Some(fetch) = &self.fetch {
@@ -354,7 +354,7 @@ impl Deferred {
 
     /// Retries discovery with backoff until the kind is served, then runs its
     /// watches; until then its streams are not synced and say why.
-    async fn run(self, unknown: kubernetes::Error) -> kubernetes::Result<()> {
+    async fn run_when_served(self, unknown: kubernetes::Error) -> kubernetes::Result<()> {
         let spec = &self.watch.spec;
         let waiting = format!(
             "the API server does not serve {} {} (yet); discovery is retried",
