@@ -63,6 +63,10 @@ enum Command {
         /// Server-side timeout of each watch request; a watch whose connection is open but silent for longer (plus 5s) fails /healthz.
         #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
         watch_timeout: std::time::Duration,
+        /// With --once: exit 1 if the initial sync is not done after this long (an error that lasts,
+        /// such as 403 Forbidden, or an API server that cannot be reached).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        sync_timeout: std::time::Duration,
     },
     /// Validate the config and compile its templates; exit 64 listing every problem.
     Check {
@@ -108,7 +112,9 @@ async fn main() -> ExitCode {
             context,
             streaming_lists,
             watch_timeout,
+            sync_timeout,
         } => {
+            let sync_deadline = once.then(|| tokio::time::Instant::now() + sync_timeout);
             let prepared = match pipeline::prepare(&config) {
                 Ok(p) => Arc::new(p),
                 Err(e) => return config_failure(&e),
@@ -169,9 +175,20 @@ async fn main() -> ExitCode {
                     Ok((sources, None))
                 }
             };
+            let not_synced = async {
+                match sync_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             let sources = tokio::select! {
                 sources = start => sources,
                 () = &mut shutdown => return stopped_early(once),
+                () = not_synced => {
+                    let why = telemetry.status.sync_problems().join("; ");
+                    eprintln!("error: the initial sync did not finish within --sync-timeout: {why}");
+                    return ExitCode::FAILURE;
+                }
             };
             let (sources, client) = match sources {
                 Ok(started) => started,
@@ -195,7 +212,7 @@ async fn main() -> ExitCode {
                 _ => None,
             };
             let trimmer = (!once).then(|| trim_after_first_render(&telemetry));
-            let options = pipeline::RunOptions { once };
+            let options = pipeline::RunOptions { once, sync_deadline };
             let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;
             if let Some(trimmer) = trimmer {
                 trimmer.abort();

@@ -193,6 +193,10 @@ pub enum RunError {
     /// than hidden.
     #[error("the actions task failed: {0}")]
     ActionsDied(String),
+    /// `--once`: the initial sync did not finish by its deadline; why, per
+    /// watch still waiting.
+    #[error("the initial sync did not finish within --sync-timeout: {0}")]
+    NotSynced(String),
 }
 
 /// Options of a live run.
@@ -200,6 +204,9 @@ pub enum RunError {
 pub struct RunOptions {
     /// Render once after the initial sync, run the actions, and stop.
     pub once: bool,
+    /// Give up (an error) if the initial sync is not done by then: an init
+    /// container must not hang on an error that lasts.
+    pub sync_deadline: Option<Instant>,
 }
 
 /// The live pipeline: applies source events to the stores, renders a
@@ -263,16 +270,23 @@ pub async fn run(
                 telemetry.status.task_died(why.clone());
                 return Err(RunError::SourceDied(why));
             }
+            () = sleep_until(options.sync_deadline), if !unsynced.is_empty() && options.sync_deadline.is_some() => {
+                return Err(RunError::NotSynced(telemetry.status.sync_problems().join("; ")));
+            }
             event = sources.events.recv(), if !overdue => {
                 let Some(event) = event else {
                     telemetry.status.task_died("all sources stopped".into());
                     return Err(RunError::SourceDied("all sources stopped".into()));
                 };
-                if let Event::Listed { scope, objects } = &event.event
-                    && unsynced.remove(&(event.watch, scope.clone()))
-                {
-                    let watch = &sources.watches[event.watch];
-                    tracing::info!(stores = %watch.stores.join(","), watch = %watch.spec.describe(), objects = objects.len(), "initial list done");
+                // A listing of everything stands for every scope of its watch
+                // (a kind found cluster-scoped only once it was served).
+                if let Event::Listed { scope, objects } = &event.event {
+                    let waiting = unsynced.len();
+                    unsynced.retain(|(w, s)| !(*w == event.watch && (s == scope || scope.is_none())));
+                    if unsynced.len() < waiting {
+                        let watch = &sources.watches[event.watch];
+                        tracing::info!(stores = %watch.stores.join(","), watch = %watch.spec.describe(), objects = objects.len(), "initial list done");
+                    }
                 }
                 let names = &sources.watches[event.watch].stores;
                 if let Some(version) = newest_version(&event.event) {

@@ -215,6 +215,9 @@ impl Renderer {
 /// The environment every template renders in.
 fn environment(base_dir: &Path) -> Environment<'static> {
     let mut env = Environment::new();
+    // minijinja names the undefined expression (`svc.spec.port` is undefined)
+    // only in debug mode, which is off by default in release builds.
+    env.set_debug(true);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_syntax(

@@ -8,7 +8,8 @@
 //! reconnect) replaces a store atomically.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -21,12 +22,15 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+mod watch_errors;
+
 use super::{Event, Scope, SourceEvent, Watch};
 use crate::store::document::Document;
 use crate::store::on_demand::Fetch;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;
 use crate::telemetry::status::Activity;
+use watch_errors::{connection_lost, describe, lacks_streaming_lists};
 
 /// Why the Kubernetes source could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,12 @@ pub async fn client_config(connect: &Connect<'_>) -> Result<kube::Config> {
             .map_err(|e| Error::Config(e.to_string()))?,
         None => kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?,
     };
+    if config.accept_invalid_certs {
+        tracing::warn!(
+            server = %config.cluster_url,
+            "insecure-skip-tls-verify is set: the API server's certificate is not verified"
+        );
+    }
     Ok(config)
 }
 
@@ -232,28 +242,33 @@ pub struct Resolved {
 pub async fn resolve(client: &Client, watches: &[Watch]) -> Result<Vec<Resolved>> {
     let mut resolved = Vec::with_capacity(watches.len());
     for watch in watches {
-        let (group, version) = match watch.spec.api_version.split_once('/') {
-            Some((group, version)) => (group, version),
-            None => ("", watch.spec.api_version.as_str()),
-        };
-        let gvk = GroupVersionKind::gvk(group, version, &watch.spec.kind);
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|source| {
-            if unavailable(&source) {
-                return Error::Unreachable(Box::new(source));
-            }
-            Error::UnknownKind {
-                stores: watch.stores.join("`, `"),
-                api_version: watch.spec.api_version.clone(),
-                kind: watch.spec.kind.clone(),
-                source: Box::new(source),
-            }
-        })?;
-        resolved.push(Resolved {
-            resource,
-            namespaced: capabilities.scope == kube::discovery::Scope::Namespaced,
-        });
+        resolved.push(resolve_one(client, watch).await?);
     }
     Ok(resolved)
+}
+
+/// Resolves one watch's kind by discovery (see [`resolve`]).
+pub async fn resolve_one(client: &Client, watch: &Watch) -> Result<Resolved> {
+    let (group, version) = match watch.spec.api_version.split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", watch.spec.api_version.as_str()),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, &watch.spec.kind);
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|source| {
+        if unavailable(&source) {
+            return Error::Unreachable(Box::new(source));
+        }
+        Error::UnknownKind {
+            stores: watch.stores.join("`, `"),
+            api_version: watch.spec.api_version.clone(),
+            kind: watch.spec.kind.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    Ok(Resolved {
+        resource,
+        namespaced: capabilities.scope == kube::discovery::Scope::Namespaced,
+    })
 }
 
 /// The scopes a watch lists separately: one per namespace, or everything.
@@ -292,6 +307,25 @@ impl WatchOptions {
     }
 }
 
+/// Whether watches may still use streaming lists: the first watch that finds
+/// the server lacks them (Kubernetes before 1.27, or WatchList disabled)
+/// turns them off for every watch, and only it says so.
+#[derive(Debug, Default)]
+pub struct ListMode {
+    unsupported: AtomicBool,
+}
+
+impl ListMode {
+    fn streaming(&self, asked: bool) -> bool {
+        asked && !self.unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Records that the server lacks streaming lists; whether this was news.
+    fn unsupported(&self) -> bool {
+        !self.unsupported.swap(true, Ordering::Relaxed)
+    }
+}
+
 /// Where a watch stream reports to.
 #[derive(Debug, Clone)]
 pub struct Reporting {
@@ -312,6 +346,8 @@ pub struct WatchTask {
     pub resolved: Resolved,
     pub scope: Scope,
     pub options: WatchOptions,
+    /// Shared by every watch of the run.
+    pub lists: Arc<ListMode>,
     pub reporting: Reporting,
     pub tx: mpsc::Sender<SourceEvent>,
 }
@@ -326,10 +362,11 @@ impl WatchTask {
             resolved,
             scope,
             options,
+            lists,
             reporting,
             tx,
         } = self;
-        run_watch(client, id, watch, resolved, scope, options, reporting, tx).await
+        run_watch(client, id, watch, resolved, scope, options, lists, reporting, tx).await
     }
 }
 
@@ -341,6 +378,7 @@ async fn run_watch(
     resolved: Resolved,
     scope: Scope,
     options: WatchOptions,
+    lists: Arc<ListMode>,
     reporting: Reporting,
     tx: mpsc::Sender<SourceEvent>,
 ) -> Result<()> {
@@ -351,9 +389,16 @@ async fn run_watch(
     if !watch.spec.fields.is_empty() {
         config = config.fields(watch.spec.fields.as_str());
     }
-    if options.streaming_lists {
-        config = config.streaming_lists();
-    }
+    let paged = config.clone();
+    let streaming = config.streaming_lists();
+    let config = |streaming_lists: bool| {
+        if lists.streaming(streaming_lists) {
+            streaming.clone()
+        } else {
+            paged.clone()
+        }
+    };
+    let asked = options.streaming_lists;
     let name = match &scope {
         Some(namespace) => format!("{} (namespace {namespace})", watch.spec.describe()),
         None => watch.spec.describe(),
@@ -366,20 +411,22 @@ async fn run_watch(
         scope: &scope,
         reporting,
         tx,
+        lists: &lists,
+        streaming: asked,
     };
     if watch.spec.metadata_only {
         let api: Api<PartialObjectMeta<DynamicObject>> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
-        let start = || watcher(api.clone(), config.clone()).default_backoff();
+        let start = |streaming| watcher(api.clone(), config(streaming)).default_backoff();
         pump.run(start, |meta| watch.document(&metadata_json(meta, ar))).await?;
     } else {
         let api: Api<DynamicObject> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
-        let start = || watcher(api.clone(), config.clone()).default_backoff();
+        let start = |streaming| watcher(api.clone(), config(streaming)).default_backoff();
         pump.run(start, |object| watch.document(&to_json(object, ar))).await?;
     }
     Ok(())
@@ -393,6 +440,9 @@ struct Pump<'a> {
     scope: &'a Scope,
     reporting: Reporting,
     tx: mpsc::Sender<SourceEvent>,
+    lists: &'a ListMode,
+    /// Whether streaming lists were asked for.
+    streaming: bool,
 }
 
 impl Pump<'_> {
@@ -406,11 +456,17 @@ impl Pump<'_> {
     /// where that version is one it has not reached yet, and a watch from it
     /// would wait for it, silently, however the objects change meanwhile. The
     /// fresh listing replaces the stores at once.
-    async fn run<K, S>(&self, start: impl Fn() -> S, json: impl Fn(K) -> Document) -> Result<()>
+    ///
+    /// A server without streaming lists (it rejects the watch that would
+    /// start one) gets paged lists instead, from this watcher on.
+    async fn run<K, S>(&self, start: impl Fn(bool) -> S, json: impl Fn(K) -> Document) -> Result<()>
     where
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     {
-        let mut stream = Box::pin(start());
+        let mut streaming = self.lists.streaming(self.streaming);
+        let mut stream = Box::pin(start(streaming));
+        // The last failure logged as a warning: a lasting one is said once.
+        let mut warned: Option<String> = None;
         // This watcher has listed, so it would resume from a resourceVersion.
         let mut listed = false;
         let mut listing: Option<Vec<Document>> = None;
@@ -420,9 +476,14 @@ impl Pump<'_> {
         };
         let mut failing = false;
         while let Some(item) = stream.next().await {
-            if item.is_ok() && failing {
+            // `Init` comes before every listing attempt, failing ones too: no sign of life.
+            let alive = matches!(&item, Ok(event) if !matches!(event, watcher::Event::Init));
+            if alive && failing {
                 failing = false;
                 status.watch_error(self.reporting.index, None);
+                if warned.take().is_some() {
+                    tracing::info!(stores = %self.stores, watch = %self.name, "watch recovered");
+                }
             }
             let event = match item {
                 Ok(watcher::Event::Init) => {
@@ -446,9 +507,28 @@ impl Pump<'_> {
                 }
                 Ok(watcher::Event::Apply(object)) => Event::Applied(json(object)),
                 Ok(watcher::Event::Delete(object)) => Event::Deleted(json(object)),
+                Err(error) if streaming && lacks_streaming_lists(&error) => {
+                    if self.lists.unsupported() {
+                        tracing::warn!(
+                            stores = %self.stores,
+                            watch = %self.name,
+                            error = %describe(&error),
+                            "the API server does not support streaming lists (WatchList, Kubernetes 1.27+); \
+                             using paged lists"
+                        );
+                    }
+                    streaming = false;
+                    stream = Box::pin(start(false));
+                    continue;
+                }
                 Err(error) => {
                     let described = describe(&error);
-                    tracing::warn!(stores = %self.stores, watch = %self.name, error = %described, "watch failed; retrying with backoff");
+                    if warned.as_deref() == Some(described.as_str()) {
+                        tracing::debug!(stores = %self.stores, watch = %self.name, error = %described, "watch still failing; retrying with backoff");
+                    } else {
+                        tracing::warn!(stores = %self.stores, watch = %self.name, error = %described, "watch failed; retrying with backoff");
+                        warned = Some(described.clone());
+                    }
                     failing = true;
                     status.watch_error(self.reporting.index, Some(described));
                     self.reporting
@@ -459,7 +539,7 @@ impl Pump<'_> {
                         .inc();
                     if listed && connection_lost(&error) {
                         tracing::info!(stores = %self.stores, watch = %self.name, "connection to the API server lost; listing again");
-                        stream = Box::pin(start());
+                        stream = Box::pin(start(streaming));
                         listed = false;
                     }
                     continue;
@@ -470,34 +550,6 @@ impl Pump<'_> {
             }
         }
         Err(Error::WatchEnded(self.name.to_string()))
-    }
-}
-
-/// Whether a watcher error says the connection to the API server failed or
-/// broke, rather than that the server answered with an error.
-fn connection_lost(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-            matches!(
-                e,
-                kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_)
-            )
-        }
-        _ => false,
-    }
-}
-
-/// A watcher error as the log and the status page show it. An event line
-/// that does not decode (a malformed object) reaches us from kube as an
-/// empty API status, which says nothing; it is named for what it is.
-fn describe(error: &watcher::Error) -> String {
-    match error {
-        watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 && status.message.is_empty() => {
-            "the server sent a watch event that does not decode (a malformed object); it was skipped, \
-             and the object keeps its last good state"
-                .to_string()
-        }
-        _ => error.to_string(),
     }
 }
 
@@ -513,22 +565,38 @@ fn metadata_json(meta: PartialObjectMeta<DynamicObject>, resource: &ApiResource)
 /// GETs object bodies for an on-demand store.
 pub struct ApiFetch {
     client: Client,
-    resolved: Resolved,
+    /// Set once discovery found the kind (at start, or later for a kind the
+    /// server did not serve yet).
+    resolved: OnceLock<Resolved>,
 }
 
 impl ApiFetch {
     pub fn new(client: Client, resolved: &Resolved) -> ApiFetch {
+        let fetch = ApiFetch::pending(client);
+        fetch.resolve(resolved);
+        fetch
+    }
+
+    /// For a kind not served yet: every GET fails until [`ApiFetch::resolve`].
+    pub fn pending(client: Client) -> ApiFetch {
         ApiFetch {
             client,
-            resolved: resolved.clone(),
+            resolved: OnceLock::new(),
         }
+    }
+
+    pub fn resolve(&self, resolved: &Resolved) {
+        let _ = self.resolved.set(resolved.clone());
     }
 }
 
 impl Fetch for ApiFetch {
     fn fetch(&self, namespace: &str, name: &str) -> BoxFuture<'static, std::result::Result<Option<Value>, String>> {
-        let ar = self.resolved.resource.clone();
-        let api: Api<DynamicObject> = if self.resolved.namespaced {
+        let Some(resolved) = self.resolved.get() else {
+            return futures::future::ready(Err("the API server does not serve this kind yet".to_string())).boxed();
+        };
+        let ar = resolved.resource.clone();
+        let api: Api<DynamicObject> = if resolved.namespaced {
             Api::namespaced_with(self.client.clone(), namespace, &ar)
         } else {
             Api::all_with(self.client.clone(), &ar)

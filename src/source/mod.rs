@@ -245,9 +245,12 @@ pub fn start_manifests(config: &Config, paths: Vec<PathBuf>, telemetry: &Arc<Tel
     })
 }
 
-/// Starts the Kubernetes watches: resolves every kind by discovery first, so
-/// that an unknown kind fails the start. Each watch stream gets a client of
-/// its own, so that its liveness can be followed.
+/// Starts the Kubernetes watches. Every kind is resolved by discovery first;
+/// a kind the server does not serve (yet: a CRD installed in the same release
+/// as the sidecar) does not stop the start: its watch waits, not synced and
+/// named in `/readyz`, and discovery is retried with backoff until the kind
+/// appears. Each watch stream gets a client of its own, so that its liveness
+/// can be followed.
 pub async fn start_kubernetes(
     config: &Config,
     client_config: kube::Config,
@@ -256,23 +259,24 @@ pub async fn start_kubernetes(
 ) -> kubernetes::Result<Sources> {
     let client = kube::Client::try_from(client_config.clone()).map_err(|e| kubernetes::Error::Config(e.to_string()))?;
     let watches = plan(config);
-    let resolved = resolve_until_reachable(&client, &watches, client_config.cluster_url.to_string()).await?;
+    let resolved = resolve_until_reachable(&client, &watches, client_config.cluster_url.to_string(), telemetry).await?;
     register_stores(config, &watches, telemetry);
     let (tx, events) = mpsc::channel(QUEUE);
     let mut tasks = JoinSet::new();
     let mut expected = Vec::new();
     let mut caches = BTreeMap::new();
+    let lists = Arc::new(kubernetes::ListMode::default());
     for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
-        if watch.spec.metadata_only {
+        let fetch = watch.spec.metadata_only.then(|| {
+            let fetch = Arc::new(kubernetes::ApiFetch::pending(client.clone()));
             // One cache per watch: stores over the same objects share bodies.
             let first = &config.watched_resources[&watch.stores[0]];
             // The settings of every store of the watch are the same
             // ([`shared_watch_issues`]).
-            let fetch = Arc::new(kubernetes::ApiFetch::new(client.clone(), &resolved));
             let name = watch.stores.join(",");
             let cache = Arc::new(BodyCache::new(
                 &name,
-                fetch,
+                Arc::clone(&fetch) as _,
                 first.cache,
                 first.ignore_fields.clone(),
                 CacheMetrics::registered(&telemetry.metrics, &name),
@@ -280,8 +284,16 @@ pub async fn start_kubernetes(
             for name in &watch.stores {
                 caches.insert(name.clone(), Arc::clone(&cache));
             }
-        }
-        for scope in kubernetes::scopes(watch, &resolved) {
+            fetch
+        });
+        // Scopes of a kind not served yet: as if namespaced (see `WatchStreams`).
+        let scopes = match &resolved {
+            Ok(resolved) => kubernetes::scopes(watch, resolved),
+            Err(_) if watch.spec.namespaces.is_empty() => vec![None],
+            Err(_) => watch.spec.namespaces.iter().cloned().map(Some).collect(),
+        };
+        let mut streams = Vec::new();
+        for scope in scopes {
             expected.push((id, scope.clone()));
             let activity = telemetry.status.activity();
             let name = match &scope {
@@ -291,22 +303,29 @@ pub async fn start_kubernetes(
             let index = telemetry
                 .status
                 .add_watch(name, Arc::clone(&activity), Some(options.silence_limit()));
-            let reporting = kubernetes::Reporting {
-                telemetry: Arc::clone(telemetry),
-                index,
-            };
-            let task = kubernetes::WatchTask {
-                client: kubernetes::watched_client(&client_config, activity)?,
-                id,
-                watch: watch.clone(),
-                resolved: resolved.clone(),
-                scope,
-                options,
-                reporting,
-                tx: tx.clone(),
+            streams.push(Stream { scope, index, activity });
+        }
+        let streams = WatchStreams {
+            client: client.clone(),
+            client_config: client_config.clone(),
+            id,
+            watch: watch.clone(),
+            streams,
+            fetch,
+            options,
+            lists: Arc::clone(&lists),
+            telemetry: Arc::clone(telemetry),
+            tx: tx.clone(),
+        };
+        match resolved {
+            Ok(resolved) => {
+                for task in streams.tasks(&resolved)? {
+                    tasks.spawn(async move { task.run().await.map_err(|e| e.to_string()) });
+                }
             }
-            .run();
-            tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
+            Err(unknown) => {
+                tasks.spawn(async move { streams.run_when_served(unknown).await.map_err(|e| e.to_string()) });
+            }
         }
     }
     Ok(Sources {
@@ -318,31 +337,157 @@ pub async fn start_kubernetes(
     })
 }
 
-/// First delay before asking an unreachable API server again; it doubles up
-/// to [`MAX_UNREACHABLE_DELAY`].
+/// One watch stream's place in the status.
+struct Stream {
+    scope: Scope,
+    index: usize,
+    activity: Arc<crate::telemetry::status::Activity>,
+}
+
+/// A watch and what its streams need, started at once or, for a kind the
+/// server does not serve yet, once discovery finds it.
+struct WatchStreams {
+    client: kube::Client,
+    client_config: kube::Config,
+    id: usize,
+    watch: Watch,
+    /// The scopes the pipeline waits for. A kind not served yet is taken as
+    /// namespaced; if it turns out cluster-scoped, its one listing of
+    /// everything stands for all of them.
+    streams: Vec<Stream>,
+    fetch: Option<Arc<kubernetes::ApiFetch>>,
+    options: kubernetes::WatchOptions,
+    lists: Arc<kubernetes::ListMode>,
+    telemetry: Arc<Telemetry>,
+    tx: mpsc::Sender<SourceEvent>,
+}
+
+impl WatchStreams {
+    /// The watch tasks of a resolved kind.
+    fn tasks(&self, resolved: &kubernetes::Resolved) -> kubernetes::Result<Vec<kubernetes::WatchTask>> {
+        if let Some(fetch) = &self.fetch {
+            fetch.resolve(resolved);
+        }
+        let scopes = kubernetes::scopes(&self.watch, resolved);
+        let mut tasks = Vec::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            let scope = if scopes.contains(&stream.scope) {
+                stream.scope.clone()
+            } else if i == 0 {
+                None
+            } else {
+                // Cluster-scoped after all: the first stream lists everything.
+                self.telemetry.status.watch_synced(stream.index);
+                continue;
+            };
+            tasks.push(kubernetes::WatchTask {
+                client: kubernetes::watched_client(&self.client_config, Arc::clone(&stream.activity))?,
+                id: self.id,
+                watch: self.watch.clone(),
+                resolved: resolved.clone(),
+                scope,
+                options: self.options,
+                lists: Arc::clone(&self.lists),
+                reporting: kubernetes::Reporting {
+                    telemetry: Arc::clone(&self.telemetry),
+                    index: stream.index,
+                },
+                tx: self.tx.clone(),
+            });
+        }
+        Ok(tasks)
+    }
+
+    /// Retries discovery with backoff until the kind is served, then runs its
+    /// watches; until then its streams are not synced and say why.
+    async fn run_when_served(self, unknown: kubernetes::Error) -> kubernetes::Result<()> {
+        let spec = &self.watch.spec;
+        let waiting = format!(
+            "the API server does not serve {} {} (yet); discovery is retried",
+            spec.api_version, spec.kind
+        );
+        tracing::warn!(stores = %self.watch.stores.join(","), api_version = %spec.api_version, kind = %spec.kind, error = %unknown, "kind not served; waiting for it");
+        let mut delay = FIRST_UNREACHABLE_DELAY;
+        let resolved = loop {
+            for stream in &self.streams {
+                self.telemetry.status.watch_error(stream.index, Some(waiting.clone()));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_UNREACHABLE_DELAY);
+            match kubernetes::resolve_one(&self.client, &self.watch).await {
+                Ok(resolved) => break resolved,
+                Err(kubernetes::Error::Unreachable(error)) => {
+                    tracing::debug!(kind = %spec.kind, %error, "cannot reach the API server for discovery; retrying");
+                }
+                Err(_) => {
+                    // The server answered: it is alive, the kind is just not there.
+                    for stream in &self.streams {
+                        stream.activity.touch();
+                    }
+                }
+            }
+        };
+        tracing::info!(stores = %self.watch.stores.join(","), api_version = %spec.api_version, kind = %spec.kind, "kind now served; watching it");
+        for stream in &self.streams {
+            self.telemetry.status.watch_error(stream.index, None);
+        }
+        let tasks = self.tasks(&resolved)?;
+        futures::future::try_join_all(tasks.into_iter().map(kubernetes::WatchTask::run)).await?;
+        Ok(())
+    }
+}
+
+/// First delay before asking an unreachable API server (or one that does not
+/// serve a kind yet) again; it doubles up to [`MAX_UNREACHABLE_DELAY`].
 const FIRST_UNREACHABLE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 const MAX_UNREACHABLE_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// [`kubernetes::resolve`], tried again with backoff for as long as the API
-/// server cannot be reached: a sidecar often starts before the API server
-/// (or the network to it) is there. Any other error ends the start.
+/// Every watch's kind, by discovery, tried again with backoff for as long as
+/// the API server cannot be reached: a sidecar often starts before the API
+/// server (or the network to it) is there. A kind the server does not serve
+/// is [`kubernetes::Error::UnknownKind`] in its place.
 async fn resolve_until_reachable(
     client: &kube::Client,
     watches: &[Watch],
     server: String,
-) -> kubernetes::Result<Vec<kubernetes::Resolved>> {
-    let mut delay = FIRST_UNREACHABLE_DELAY;
-    loop {
-        match kubernetes::resolve(client, watches).await {
-            Err(kubernetes::Error::Unreachable(error)) => {
-                let retry_in_ms = delay.as_millis() as u64;
-                tracing::warn!(%server, retry_in_ms, %error, "cannot reach the API server; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_UNREACHABLE_DELAY);
+    telemetry: &Telemetry,
+) -> kubernetes::Result<Vec<kubernetes::Result<kubernetes::Resolved>>> {
+    let mut resolved = Vec::with_capacity(watches.len());
+    for watch in watches {
+        let mut delay = FIRST_UNREACHABLE_DELAY;
+        loop {
+            match kubernetes::resolve_one(client, watch).await {
+                Err(kubernetes::Error::Unreachable(error)) => {
+                    let retry_in_ms = delay.as_millis() as u64;
+                    // The deepest cause says what happened (`Connection refused`).
+                    let cause = std::iter::successors(Some(&*error as &dyn std::error::Error), |e| e.source())
+                        .last()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    if delay == FIRST_UNREACHABLE_DELAY {
+                        tracing::warn!(%server, retry_in_ms, error = %cause, "cannot reach the API server; retrying");
+                    } else {
+                        tracing::debug!(%server, retry_in_ms, error = %cause, "cannot reach the API server; retrying");
+                    }
+                    telemetry.status.starting(Some(format!(
+                        "discovery: cannot reach the API server {server}: {cause}"
+                    )));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_UNREACHABLE_DELAY);
+                }
+                Err(error @ kubernetes::Error::UnknownKind { .. }) => {
+                    resolved.push(Err(error));
+                    break;
+                }
+                other => {
+                    resolved.push(Ok(other?));
+                    break;
+                }
             }
-            resolved => return resolved,
         }
     }
+    telemetry.status.starting(None);
+    Ok(resolved)
 }
 
 /// Puts every store on the status page.

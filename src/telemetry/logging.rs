@@ -22,10 +22,11 @@ pub enum LogFormat {
 /// Installs the global subscriber. `level` (e.g. `info`, `kube_template=debug`)
 /// wins over `RUST_LOG`; logs go to stderr so stdout stays clean.
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = match level {
-        Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let directives = match level {
+        Some(level) => level.to_string(),
+        None => std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| "info".into()),
     };
+    let filter = EnvFilter::try_new(quiet_kube(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -37,6 +38,28 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+}
+
+/// The crates whose own log lines say again, without naming the watch, what
+/// kube-template logs itself: a certificate not verified (once per client,
+/// so once per watch: said once at start instead), failed requests and
+/// streams (logged per watch, once per lasting error).
+const KUBE_CRATES: [&str; 2] = ["kube_client", "kube_runtime"];
+
+/// `directives`, with kube's own log lines off unless they name a kube
+/// crate themselves (`kube_runtime=debug` to see them again).
+fn quiet_kube(directives: &str) -> String {
+    let mut filter = directives.trim().to_string();
+    for krate in KUBE_CRATES {
+        if !directives.contains(krate) {
+            if !filter.is_empty() {
+                filter.push(',');
+            }
+            filter.push_str(krate);
+            filter.push_str("=off");
+        }
+    }
+    filter
 }
 
 /// The text format: time, level, `key=value` fields, then the message.
@@ -99,5 +122,20 @@ fn quote_if_needed(value: &str) -> String {
         format!("{value:?}")
     } else {
         value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_crates_are_quiet_unless_named() {
+        assert_eq!(quiet_kube("info"), "info,kube_client=off,kube_runtime=off");
+        assert_eq!(quiet_kube(""), "kube_client=off,kube_runtime=off");
+        assert_eq!(
+            quiet_kube("debug,kube_runtime=debug"),
+            "debug,kube_runtime=debug,kube_client=off"
+        );
     }
 }

@@ -27,7 +27,9 @@ pub enum Readiness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// A watch has not finished its initial list.
-    ListPending { watch: String },
+    ListPending { watch: String, error: Option<String> },
+    /// The sources have not started: why (an API server out of reach).
+    NotStarted { why: String },
     /// No render of this run succeeded, and none was on disk when it started.
     NoGoodRender,
     /// The last render failed; `since` is the first failure of this streak.
@@ -50,7 +52,9 @@ impl Problem {
     /// Whether this problem makes `/readyz` answer 503 under `readiness`.
     pub fn blocks(&self, readiness: Readiness) -> bool {
         match self {
-            Problem::ListPending { .. } | Problem::NoGoodRender | Problem::Stopped { .. } => true,
+            Problem::NotStarted { .. } | Problem::ListPending { .. } | Problem::NoGoodRender | Problem::Stopped { .. } => {
+                true
+            }
             Problem::RenderFailing { .. } | Problem::WatchDisconnected { .. } => readiness == Readiness::Strict,
             Problem::StaleReads => false,
         }
@@ -60,7 +64,12 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::ListPending { watch } => write!(f, "watch {watch}: initial list not done"),
+            Problem::NotStarted { why } => write!(f, "{why}"),
+            Problem::ListPending { watch, error: None } => write!(f, "watch {watch}: initial list not done"),
+            Problem::ListPending {
+                watch,
+                error: Some(error),
+            } => write!(f, "watch {watch}: initial list not done: {error}"),
             Problem::NoGoodRender => write!(f, "no good render on disk yet"),
             Problem::RenderFailing { error, since } => {
                 write!(f, "last render failed (failing since {}): {error}", time(*since))
@@ -126,7 +135,10 @@ mod tests {
             assert!(!problem.blocks(Readiness::Serving), "{problem}");
             assert!(problem.blocks(Readiness::Strict), "{problem}");
         }
-        for problem in [Problem::ListPending { watch: "w".into() }, Problem::NoGoodRender] {
+        for problem in [Problem::ListPending {
+                watch: "w".into(),
+                error: None,
+            }, Problem::NoGoodRender] {
             assert!(problem.blocks(Readiness::Serving), "{problem}");
         }
         assert!(!Problem::StaleReads.blocks(Readiness::Strict));

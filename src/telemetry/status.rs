@@ -152,6 +152,8 @@ struct Inner {
     readiness: Readiness,
     /// Problems reported by parts of the pipeline, by their key.
     reported: BTreeMap<String, Problem>,
+    /// Why the sources have not started yet (an API server out of reach).
+    starting: Option<String>,
 }
 
 /// Shared live status.
@@ -253,8 +255,20 @@ impl Status {
         self.lock().good_render = true;
     }
 
+    /// Records why the sources are not started yet (`None`: they are).
+    pub fn starting(&self, why: Option<String>) {
+        self.lock().starting = why;
+    }
+
     pub fn task_died(&self, why: String) {
         self.lock().dead = Some(why);
+    }
+
+    /// Why the initial sync is not done: the sources not started yet, and
+    /// one reason per watch that has not listed, with its last error (the
+    /// verb, the resource and the server's message), if any.
+    pub fn sync_problems(&self) -> Vec<String> {
+        sync_problems(&self.lock())
     }
 
     /// What `/readyz` means from now on.
@@ -289,8 +303,14 @@ impl Status {
             .watches
             .iter()
             .filter(|w| !w.synced)
-            .map(|w| Problem::ListPending { watch: w.name.clone() })
+            .map(|w| Problem::ListPending {
+                watch: w.name.clone(),
+                error: w.error.clone(),
+            })
             .collect();
+        if let Some(why) = &inner.starting {
+            problems.insert(0, Problem::NotStarted { why: why.clone() });
+        }
         if !inner.good_render {
             problems.push(Problem::NoGoodRender);
         }
@@ -362,6 +382,15 @@ impl Status {
             last_render: inner.last_render.clone(),
         }
     }
+}
+
+fn sync_problems(inner: &Inner) -> Vec<String> {
+    let starting = inner.starting.iter().map(|why| Problem::NotStarted { why: why.clone() });
+    let pending = inner.watches.iter().filter(|w| !w.synced).map(|w| Problem::ListPending {
+        watch: w.name.clone(),
+        error: w.error.clone(),
+    });
+    starting.chain(pending).map(|p| p.to_string()).collect()
 }
 
 /// A point-in-time copy of the status.

@@ -306,6 +306,13 @@ impl FakeApiServer {
         self.shared.lock().rv
     }
 
+    /// Serves no streaming lists, as servers before Kubernetes 1.27 (or with
+    /// WatchList off): a watch with `resourceVersionMatch` or
+    /// `sendInitialEvents` gets 1.20's 422.
+    pub fn without_watch_list(&self) {
+        self.shared.lock().no_watch_list = true;
+    }
+
     /// How many changes are kept for watch resumption; a watch from a version older
     /// than the oldest kept change, or one lagging behind by more, gets 410 Expired.
     pub fn set_history_limit(&self, limit: usize) {
@@ -730,6 +737,8 @@ struct State {
     /// Watches opened under an older generation end.
     drop_generation: u64,
     bookmark_interval: Duration,
+    /// Like a server before 1.27: no streaming lists (WatchList).
+    no_watch_list: bool,
     list_delays: HashMap<String, Duration>,
     counts: HashMap<(Verb, String), u64>,
     /// Requests per verb and plural that were answered 2xx.
@@ -1521,15 +1530,31 @@ fn watch(
     let form = item_form(accept, "PartialObjectMetadata")?;
     let filter = Filter::new(namespace, query)?;
     let bookmarks = is_true(query.get("allowWatchBookmarks"));
-    let send_initial = query.get("sendInitialEvents").map(|v| is_true(Some(v)));
-    let invalid = match (send_initial, query.get("resourceVersionMatch").map(String::as_str)) {
-        (Some(true), _) if !bookmarks => "allowWatchBookmarks must be true when sendInitialEvents is set",
+    // Kubernetes 1.20 knows no sendInitialEvents (an unknown parameter is
+    // ignored) and rejects any resourceVersionMatch on a watch.
+    let no_watch_list = shared.lock().no_watch_list;
+    let send_initial = query
+        .get("sendInitialEvents")
+        .filter(|_| !no_watch_list)
+        .map(|v| is_true(Some(v)));
+    let version_match = query.get("resourceVersionMatch").map(String::as_str);
+    let invalid = match (send_initial, version_match) {
+        (_, Some(_)) if no_watch_list => "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch",
+        (Some(true), _) if !bookmarks => {
+            "allowWatchBookmarks: Forbidden: allowWatchBookmarks must be true when sendInitialEvents is set"
+        }
         (Some(_), Some("NotOlderThan")) | (None, None) => "",
-        (Some(_), _) => "resourceVersionMatch must be NotOlderThan when sendInitialEvents is set",
-        (None, Some(_)) => "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        (Some(_), _) => {
+            "resourceVersionMatch: Forbidden: resourceVersionMatch must be NotOlderThan when sendInitialEvents is set"
+        }
+        (None, Some(_)) => {
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+        }
     };
     if !invalid.is_empty() {
-        return Err(ApiError::new(422, "Invalid", invalid));
+        // The real server's wording: the options, then field, type and detail.
+        let message = format!("ListOptions.meta.k8s.io \"\" is invalid: {invalid}");
+        return Err(ApiError::new(422, "Invalid", &message));
     }
     // 0 means "the server's default", as for the real server.
     let timeout = query_number(query, "timeoutSeconds")?.filter(|t| *t > 0);
