@@ -7,6 +7,7 @@
 
 mod filters;
 pub mod objects;
+pub mod reads;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
 use crate::config::{Config, Issue, OutputTarget, TemplateSource};
 pub use objects::{Resources, StoresSnapshot};
+pub use reads::Reads;
 
 /// Why a template could not be rendered. The message names the template, its
 /// file and line, and the cause.
@@ -52,6 +54,8 @@ struct Job {
     name: String,
     source: String,
     directory: bool,
+    /// The stores it reads.
+    reads: Reads,
 }
 
 /// Compiled templates, ready to render snapshots.
@@ -90,6 +94,7 @@ impl Renderer {
             }
             jobs.push(Job {
                 name: name.clone(),
+                reads: reads::of(&env, &source),
                 source,
                 directory: matches!(template.output, OutputTarget::Directory { .. }),
             });
@@ -105,19 +110,41 @@ impl Renderer {
         })
     }
 
+    /// The stores the template `name` reads (every store for a name it does
+    /// not know).
+    pub fn reads(&self, name: &str) -> Reads {
+        self.jobs.iter().find(|job| job.name == name).map_or(
+            Reads::All {
+                why: format!("no template `{name}`"),
+            },
+            |job| job.reads.clone(),
+        )
+    }
+
     /// Renders every template against one snapshot. All errors are returned,
     /// one per failing template.
     pub fn render_all(&self, snapshot: &StoresSnapshot) -> Result<Vec<Rendered>, Vec<Error>> {
+        self.render_some(snapshot, |_| true)
+    }
+
+    /// Renders the templates whose name `wanted` accepts (a group) against
+    /// one snapshot. All errors are returned, one per failing template.
+    pub fn render_some(
+        &self,
+        snapshot: &StoresSnapshot,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Rendered>, Vec<Error>> {
+        let jobs: Vec<&Job> = self.jobs.iter().filter(|job| wanted(&job.name)).collect();
         let resources = Value::from_object(Resources::new(snapshot));
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
-        let results = if workers < 2 || self.jobs.len() < 2 {
-            self.jobs.iter().map(|job| self.render_one(job, &resources)).collect()
+        let results = if workers < 2 || jobs.len() < 2 {
+            jobs.iter().map(|job| self.render_one(job, &resources)).collect()
         } else {
-            self.render_in_parallel(workers.min(self.jobs.len()), &resources)
+            self.render_in_parallel(&jobs, workers.min(jobs.len()), &resources)
         };
-        let mut rendered = Vec::with_capacity(self.jobs.len());
+        let mut rendered = Vec::with_capacity(jobs.len());
         let mut errors = Vec::new();
-        for (job, result) in self.jobs.iter().zip(results) {
+        for (job, result) in jobs.iter().zip(results) {
             match result {
                 Ok(content) => rendered.push(Rendered {
                     template: job.name.clone(),
@@ -134,9 +161,9 @@ impl Renderer {
 
     /// Renders the templates on `workers` threads (templates are independent
     /// and read the same immutable snapshot); results in template order.
-    fn render_in_parallel(&self, workers: usize, resources: &Value) -> Vec<Result<Content, String>> {
+    fn render_in_parallel(&self, jobs: &[&Job], workers: usize, resources: &Value) -> Vec<Result<Content, String>> {
         let next = AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<Content, String>>> = self.jobs.iter().map(|_| None).collect();
+        let mut results: Vec<Option<Result<Content, String>>> = jobs.iter().map(|_| None).collect();
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..workers)
                 .map(|_| {
@@ -144,7 +171,7 @@ impl Renderer {
                         let mut done = Vec::new();
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(job) = self.jobs.get(i) else { break done };
+                            let Some(job) = jobs.get(i) else { break done };
                             done.push((i, self.render_one(job, resources)));
                         }
                     })
@@ -245,15 +272,20 @@ fn environment(base_dir: &Path) -> Environment<'static> {
             )),
         }
     });
-    // include/import names are relative to the including template's directory.
-    env.set_path_join_callback(|name, parent| match parent.rsplit_once('/') {
-        Some((dir, _)) if !name.starts_with('/') => format!("{dir}/{name}").into(),
-        _ => name.into(),
-    });
+    env.set_path_join_callback(|name, parent| join_path(name, parent).into());
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     filters::register(&mut env);
     env
+}
+
+/// The name of the template `name` that `parent` includes or imports:
+/// relative to the including template's directory.
+fn join_path(name: &str, parent: &str) -> String {
+    match parent.rsplit_once('/') {
+        Some((dir, _)) if !name.starts_with('/') => format!("{dir}/{name}"),
+        _ => name.to_string(),
+    }
 }
 
 /// A relative path that stays below its root: not absolute, no `..`, no empty
