@@ -76,7 +76,7 @@ async fn page(State(telemetry): State<Arc<Telemetry>>) -> Html<String> {
     Html(status_page(&telemetry))
 }
 
-/// The status page: stores, watches, outputs and the last render. Names,
+/// The status page: the last render, groups, stores, watches and outputs. Names,
 /// counts, times and checksums only.
 pub fn status_page(telemetry: &Telemetry) -> String {
     let view = telemetry.status.view();
@@ -120,6 +120,31 @@ pub fn status_page(telemetry: &Telemetry) -> String {
                 render.duration.as_millis()
             );
         }
+    }
+
+    if view.groups.len() > 1 || view.groups.values().any(|g| g.named) {
+        html.push_str(
+            "<h2>Groups</h2>\n<table><tr><th>group</th><th>reads</th><th>last render</th><th>result</th></tr>\n",
+        );
+        for (name, group) in &view.groups {
+            let (at, result) = match &group.last_render {
+                None => ("-".to_string(), "none yet".to_string()),
+                Some(render) => (
+                    time(render.at),
+                    match &render.error {
+                        None => "success".to_string(),
+                        Some(e) => format!("<span class=\"bad\">failed: {}</span>", escape(e)),
+                    },
+                ),
+            };
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{at}</td><td>{result}</td></tr>",
+                escape(name),
+                escape(&group.reads)
+            );
+        }
+        html.push_str("</table>\n");
     }
 
     html.push_str(

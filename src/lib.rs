@@ -25,7 +25,8 @@
 //! - [`command`] — running external programs with a timeout (checks, actions).
 //! - [`redact`] — Secret values kept out of what checks and actions print.
 //! - [`pipeline`] — ties the stages together: the initial-sync barrier,
-//!   quiescence, snapshot renders.
+//!   groups of templates (each with its quiescence, retries and actions,
+//!   re-rendered when a store it reads changed), snapshot renders.
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
 //! - [`report`] — render outcomes as Events on the pod and a status ConfigMap.

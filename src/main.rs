@@ -246,6 +246,16 @@ async fn main() -> ExitCode {
                     prepared.config.watched_resources.len(),
                     prepared.config.templates.len()
                 );
+                // Which stores re-render which group, and where that cannot
+                // be narrowed (every change then re-renders the group).
+                for group in pipeline::group::plan(&prepared.config, &prepared.renderer) {
+                    let templates = group.templates.iter().cloned().collect::<Vec<_>>().join(", ");
+                    println!(
+                        "  group {}: templates {templates}; reads {}",
+                        group.name,
+                        group.describe_reads()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_failure(&e),

@@ -1,6 +1,9 @@
 //! The pipeline that ties the stages together: sources → indexer → stores →
 //! snapshot → renderer → outputs (→ actions).
 
+pub mod group;
+mod live;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -9,8 +12,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use serde_json::Value;
-
-use tracing::Instrument;
 
 use crate::action;
 use crate::config::{self, Config, OutputTarget};
@@ -23,10 +24,11 @@ use crate::store::document::Document;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::store::{AnyStore, Meta};
-use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::{EventLabels, StoreLabel};
 use crate::telemetry::problems::{Problem, Readiness};
 use crate::telemetry::status::Activity;
-use crate::telemetry::{RenderOutcome, Telemetry};
+use group::Group;
 
 /// A validated config with its compiled templates: everything a run needs
 /// that does not depend on the cluster.
@@ -67,6 +69,10 @@ pub enum Error {
     /// Writing or checking the outputs failed.
     #[error(transparent)]
     Output(#[from] output::Error),
+    /// Groups failed, each on its own (the others were written); one line
+    /// per failing group, naming it.
+    #[error("{}", .0.iter().map(|(group, e)| group.label(&e.to_string())).collect::<Vec<_>>().join("\n"))]
+    Groups(Vec<(Group, Error)>),
 }
 
 /// Fills one store per `watched_resources` entry from a set of objects, each
@@ -112,16 +118,37 @@ pub fn snapshot(stores: &BTreeMap<String, AnyStore>) -> StoresSnapshot {
     }
 }
 
-/// Renders every template from `snapshot` and writes the outputs (all or
-/// none). With `out_root`, every output is re-rooted under it (`render --out`).
+/// Renders every group from `snapshot` and writes each group's outputs (all
+/// or none of a group), as a live run's first render does: a failing group
+/// leaves its files as they were and the others are written. With
+/// `out_root`, every output is re-rooted under it (`render --out`).
 pub async fn render_and_write(
     prepared: &Prepared,
     snapshot: &StoresSnapshot,
     out_root: Option<&Path>,
 ) -> Result<output::Report, Error> {
-    let rendered = prepared.renderer.render_all(snapshot).map_err(Error::Render)?;
     let redactor = redactor(&prepared.config, snapshot);
-    write(prepared, &rendered, out_root, &redactor).await
+    let mut report = output::Report::default();
+    let mut failed = Vec::new();
+    for group in group::plan(&prepared.config, &prepared.renderer) {
+        let rendered = match prepared.renderer.render_some(snapshot, |t| group.templates.contains(t)) {
+            Ok(rendered) => write(prepared, &rendered, out_root, &redactor).await,
+            Err(errors) => Err(Error::Render(errors)),
+        };
+        match rendered {
+            Ok(done) => {
+                report.written.extend(done.written);
+                report.removed.extend(done.removed);
+                report.changed_templates.extend(done.changed_templates);
+            }
+            Err(e) => failed.push((group, e)),
+        }
+    }
+    match failed.len() {
+        0 => Ok(report),
+        1 if !failed[0].0.named => Err(failed.remove(0).1),
+        _ => Err(Error::Groups(failed)),
+    }
 }
 
 /// What keeps the values of the snapshot's Secrets (whole objects, and the
@@ -209,16 +236,20 @@ pub struct RunOptions {
     pub sync_deadline: Option<Instant>,
 }
 
-/// The live pipeline: applies source events to the stores, renders a
-/// snapshot once every watch has listed and the events have quieted
-/// (`render.wait`), writes the outputs, and runs the actions when a file
-/// changed. Renders never overlap: events that arrive meanwhile wait in the
-/// queue and cause one more render. Actions run on a task of their own, so
-/// that events, the source tasks and `shutdown` are heeded while they run;
-/// the next render waits for them, so that no file changes under a reload and
-/// the actions of two renders never overlap. Returns when `shutdown` resolves
-/// (between renders, after the running actions, each within its timeout), or
-/// after the first render and its actions with `--once`.
+/// The live pipeline: applies source events to the stores, renders each
+/// group once every watch has listed and the events on the stores it reads
+/// have quieted (its `wait`), writes its outputs, and runs its actions when
+/// one of its files changed. Groups render one after another from one
+/// snapshot per render instant, and renders never overlap: events that
+/// arrive meanwhile wait in the queue and cause one more render of the
+/// groups that read them. A failing group is retried with its own backoff
+/// and holds back no other. Actions run on a task of their own, so that
+/// events, the source tasks and `shutdown` are heeded while they run; the
+/// next render waits for them, so that no file changes under a reload and
+/// the actions of two renders never overlap. Returns when `shutdown`
+/// resolves (between renders, after the running actions, each within its
+/// timeout), or after the first render of every group and their actions
+/// with `--once`.
 pub async fn run(
     prepared: Arc<Prepared>,
     mut sources: Sources,
@@ -235,22 +266,23 @@ pub async fn run(
     // Per store, the newest resourceVersion of the events applied to it.
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut unsynced: HashSet<(usize, Scope)> = sources.expected.iter().cloned().collect();
-    let wait = config.render.wait;
-    let mut burst: Option<Burst> = None;
-    let mut retry: Option<(Instant, u32)> = None;
-    let mut rendered_once = false;
-    let (heartbeat, mut tick) = follow_probes(config, &telemetry);
+    let started = Instant::now();
+    let mut groups: Vec<group::Run> = group::plan(config, &prepared.renderer)
+        .into_iter()
+        .map(|g| group::Run::new(g, started))
+        .collect();
+    let (heartbeat, mut tick) = follow_probes(config, &groups, &telemetry);
     let mut own_writes = OwnWrites::default();
     let mut actions = action::Running::default();
+    // `--once`: how the run ends once the actions of its render are done.
+    let mut once_done: Option<Stopped> = None;
     tokio::pin!(shutdown);
     loop {
         heartbeat.touch();
         let due = if !unsynced.is_empty() || actions.is_running() {
             None
-        } else if let Some(burst) = &burst {
-            Some(if rendered_once { burst.due(wait) } else { Instant::now() })
         } else {
-            retry.map(|(at, _)| at)
+            groups.iter().filter_map(group::Run::due).min()
         };
         // A due render goes before more events: under a flood of them, the
         // event branch is always ready and would hold it past `wait.max`.
@@ -302,7 +334,11 @@ pub async fn run(
                 apply(&mut stores, names, event.event, &telemetry);
                 if !only_ours {
                     let now = Instant::now();
-                    burst.get_or_insert(Burst { first: now, last: now }).last = now;
+                    for group in &mut groups {
+                        for name in names {
+                            group.store_changed(name, now);
+                        }
+                    }
                 }
             }
             finished = actions.finished(), if actions.is_running() => {
@@ -311,44 +347,29 @@ pub async fn run(
                     telemetry.status.task_died(died.to_string());
                     return Err(died);
                 }
-                if options.once {
-                    return Ok(Stopped::Rendered);
+                if let Some(stopped) = once_done {
+                    return Ok(stopped);
                 }
             }
             () = sleep_until(due), if due.is_some() => {
-                burst = None;
-                let stale_before = stale_reads(&sources.caches);
-                let rendered = render_once(&prepared, snapshot(&stores), &seen, &telemetry, &mut checksums).await;
-                rendered_once = true;
-                let ok = !matches!(rendered, Rendered::Failed);
-                if let Rendered::Changed(redactor) = rendered
-                    && !prepared.config.actions.is_empty()
-                {
-                    actions.start(prepared.config.actions.clone(), Arc::clone(&telemetry), redactor);
-                }
-                if options.once {
-                    if actions.is_running() {
-                        continue;
-                    }
-                    return Ok(if ok { Stopped::Rendered } else { Stopped::RenderFailed });
-                }
-                // A render that showed cached copies because GETs failed is
-                // done again, with the same backoff, until the API answers.
-                let stale = stale_reads(&sources.caches) > stale_before;
+                let due = live::Due { prepared: &prepared, stores: &stores, caches: &sources.caches, seen: &seen, telemetry: &telemetry };
+                let (to_run, redactor) = due.render(&mut groups, &mut checksums).await;
+                let stale = groups.iter().any(|g| g.stale);
                 telemetry.status.report("stale reads", stale.then_some(Problem::StaleReads));
-                retry = if ok && !stale {
-                    None
-                } else {
-                    let failures = retry.map_or(1, |(_, n)| n + 1);
-                    let delay = retry_delay(failures);
-                    let retry_in_ms = delay.as_millis() as u64;
-                    if ok {
-                        tracing::warn!(retry_in_ms, "render used cached copies of objects it could not fetch; will render again");
+                if !to_run.is_empty() {
+                    actions.start(to_run, Arc::clone(&telemetry), redactor);
+                }
+                if options.once && groups.iter().all(|g| g.rendered) {
+                    let stopped = if groups.iter().any(|g| g.error.is_some()) {
+                        Stopped::RenderFailed
                     } else {
-                        tracing::warn!(retry_in_ms, "render failed; outputs unchanged; will retry");
+                        Stopped::Rendered
+                    };
+                    if !actions.is_running() {
+                        return Ok(stopped);
                     }
-                    Some((Instant::now() + delay, failures))
-                };
+                    once_done = Some(stopped);
+                }
             }
             // Turns the loop, and so beats its heartbeat, while it has nothing to do.
             _ = tick.tick() => {}
@@ -356,44 +377,37 @@ pub async fn run(
     }
 }
 
-/// Tells the probes how this run is judged (`admin:`), and whether a good
-/// render is on disk already (every output exists: files are only ever
-/// written whole, after a successful render). Returns the loop's heartbeat
-/// and a tick that turns the loop often enough to beat it while idle.
-fn follow_probes(config: &Config, telemetry: &Telemetry) -> (Arc<Activity>, tokio::time::Interval) {
+/// Tells the probes how this run is judged (`admin:`), which groups there
+/// are, and which of them have a good render on disk already (every output
+/// exists: files are only ever written whole, after a successful render).
+/// Returns the loop's heartbeat and a tick that turns the loop often enough
+/// to beat it while idle.
+fn follow_probes(
+    config: &Config,
+    groups: &[group::Run],
+    telemetry: &Telemetry,
+) -> (Arc<Activity>, tokio::time::Interval) {
     telemetry.status.set_readiness(match config.admin.readiness {
         config::Readiness::Serving => Readiness::Serving,
         config::Readiness::Strict => Readiness::Strict,
     });
-    if config.templates.values().all(|t| t.output.path().exists()) {
-        telemetry.status.outputs_found();
+    for run in groups {
+        let group = &run.group;
+        telemetry
+            .status
+            .add_group(&group.name, group.named, group.describe_reads());
+        if group
+            .templates
+            .iter()
+            .all(|t| config.templates[t].output.path().exists())
+        {
+            telemetry.status.group_outputs_found(&group.name);
+        }
     }
     let limit = config.admin.stall_timeout;
     let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     (telemetry.status.heartbeat(limit), tick)
-}
-
-/// What one render of a live run did.
-enum Rendered {
-    Failed,
-    Unchanged,
-    /// A file changed: the actions are due; the render's Secret values.
-    Changed(Arc<Redactor>),
-}
-
-/// The events since the last render: when the first and the last came.
-#[derive(Debug, Clone, Copy)]
-struct Burst {
-    first: Instant,
-    last: Instant,
-}
-
-impl Burst {
-    /// `min` after the last event, but never later than `max` after the first.
-    fn due(&self, wait: config::Wait) -> Instant {
-        (self.last + wait.min).min(self.first + wait.max)
-    }
 }
 
 /// How many reads of all on-demand stores used a cached copy because a GET
@@ -406,11 +420,6 @@ fn stale_reads(caches: &BTreeMap<String, Arc<BodyCache>>) -> u64 {
         .filter(|cache| seen.insert(Arc::as_ptr(cache)))
         .map(|cache| cache.stats.stale.get())
         .sum()
-}
-
-/// Backoff before re-rendering after failures: 1s, 2s, 4s … up to a minute.
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// The newest resourceVersion an event carries (the highest of a listing's
@@ -474,163 +483,4 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
             .inc();
         telemetry.status.store_changed(name, store.len());
     }
-}
-
-/// One render of a live run: render off the async threads and write; report
-/// it all. `checksums` holds each template output's sha256 between renders.
-async fn render_once(
-    prepared: &Arc<Prepared>,
-    snapshot: StoresSnapshot,
-    seen: &BTreeMap<String, u64>,
-    telemetry: &Telemetry,
-    checksums: &mut BTreeMap<String, String>,
-) -> Rendered {
-    let started = Instant::now();
-    let span = tracing::info_span!("render");
-    // What the snapshot holds: the newest event of each store, so that an
-    // output can be traced back to the cluster versions it was rendered from.
-    let versions = seen
-        .iter()
-        .map(|(store, rv)| format!("{store}={rv}"))
-        .collect::<Vec<_>>();
-    span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
-    let redactor = Arc::new(redactor(&prepared.config, &snapshot));
-    let result = render_and_report(prepared, snapshot, &redactor, telemetry, checksums)
-        .instrument(span)
-        .await;
-    let duration = started.elapsed();
-    telemetry.metrics.render_done(result.is_ok(), duration);
-    let error = result.as_ref().err().cloned();
-    telemetry.status.render_done(duration, error.clone());
-    let changed = result.as_ref().is_ok_and(|changed| *changed);
-    telemetry.publish(RenderOutcome {
-        at: std::time::SystemTime::now(),
-        duration,
-        error,
-        changed,
-        outputs: checksums
-            .iter()
-            .map(|(path, sum)| (path.clone(), sum.clone()))
-            .collect(),
-    });
-    match result {
-        Ok(true) => Rendered::Changed(redactor),
-        Ok(false) => Rendered::Unchanged,
-        Err(_) => Rendered::Failed,
-    }
-}
-
-/// Renders, writes and logs; `Ok(changed)`, or the error message.
-async fn render_and_report(
-    prepared: &Arc<Prepared>,
-    snapshot: StoresSnapshot,
-    redactor: &Arc<Redactor>,
-    telemetry: &Telemetry,
-    checksums: &mut BTreeMap<String, String>,
-) -> Result<bool, String> {
-    let started = Instant::now();
-    let job = Arc::clone(prepared);
-    let redactor = Arc::clone(redactor);
-    let runtime = tokio::runtime::Handle::current();
-    let known: HashSet<String> = checksums.keys().cloned().collect();
-    // Rendering, file I/O and checksums are blocking work: off the runtime's
-    // thread, so that watches and the admin server go on meanwhile. `check`
-    // commands still run on the runtime.
-    let written = tokio::task::spawn_blocking(move || {
-        let rendering = Instant::now();
-        let rendered = job.renderer.render_all(&snapshot).map_err(Failed::Render)?;
-        let render_ms = rendering.elapsed().as_millis() as u64;
-        let report = runtime
-            .block_on(write(&job, &rendered, None, &redactor))
-            .map_err(Failed::Write)?;
-        let sums: Vec<(String, String, String)> = rendered
-            .iter()
-            .filter_map(|r| {
-                let path = job.config.templates[&r.template].output.path().display().to_string();
-                let fresh = report.changed_templates.contains(&r.template) || !known.contains(&path);
-                fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
-            })
-            .collect();
-        Ok((report, sums, render_ms))
-    })
-    .await
-    .map_err(|e| format!("the render task failed: {e}"))?;
-    let (report, sums, render_ms) = match written {
-        Ok(written) => written,
-        Err(Failed::Render(errors)) => {
-            for error in &errors {
-                tracing::error!(template = %error.template, error = %error.message, "render failed");
-            }
-            return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-        }
-        Err(Failed::Write(error)) => {
-            tracing::error!(%error, "writing outputs failed; previous files kept");
-            return Err(error.to_string());
-        }
-    };
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    for (path, template, sum) in sums {
-        telemetry.status.output_written(&path, &template, sum.clone());
-        checksums.insert(path, sum);
-    }
-    for (template, count) in count_by_template(prepared, &report) {
-        telemetry
-            .metrics
-            .files_written
-            .get_or_create(&TemplateLabel { template })
-            .inc_by(count);
-    }
-    if !report.changed() {
-        tracing::info!(elapsed_ms, render_ms, "render done; outputs unchanged");
-        return Ok(false);
-    }
-    for path in &report.written {
-        tracing::info!(path = %path.display(), "file written");
-    }
-    for path in &report.removed {
-        tracing::info!(path = %path.display(), "stale file removed");
-    }
-    tracing::info!(elapsed_ms, render_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
-    Ok(true)
-}
-
-/// Why a render wrote nothing.
-enum Failed {
-    Render(Vec<render::Error>),
-    Write(Error),
-}
-
-/// Files written per template in one write.
-fn count_by_template(prepared: &Prepared, report: &output::Report) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for path in &report.written {
-        let template = prepared
-            .config
-            .templates
-            .values()
-            .find(|t| path.starts_with(t.output.path()))
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-        *counts.entry(template).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// The sha256 of a template's output: of the file, or of every file's name and
-/// bytes of a directory output.
-fn checksum(content: &render::Content) -> String {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    match content {
-        render::Content::File(bytes) => digest.update(bytes),
-        render::Content::Directory(files) => {
-            for (name, bytes) in files {
-                digest.update(name.as_bytes());
-                digest.update([0]);
-                digest.update((bytes.len() as u64).to_be_bytes());
-                digest.update(bytes);
-            }
-        }
-    }
-    digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

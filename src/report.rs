@@ -741,6 +741,7 @@ mod tests {
         RenderOutcome {
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             duration: Duration::from_millis(5),
+            group: "default".into(),
             error: error.map(str::to_owned),
             changed: false,
             outputs: outputs.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect(),

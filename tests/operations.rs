@@ -137,7 +137,7 @@ fn metric(series: &[(String, f64)], name: &str) -> f64 {
 /// action `true`; returns the series.
 async fn runs_in_metrics(sidecar: &Sidecar, admin: &str, n: f64) -> Vec<(String, f64)> {
     let action = "kube_template_actions_total{action=\"command [\\\"true\\\"]\",result=\"success\"}";
-    let renders = "kube_template_renders_total{result=\"success\"}";
+    let renders = "kube_template_renders_total{group=\"default\",result=\"success\"}";
     sidecar
         .until(&format!("{n} renders and action runs in the metrics"), || {
             let series = parse_metrics(&http_get(admin, "/metrics").1);

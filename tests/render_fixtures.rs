@@ -2,8 +2,10 @@
 //! `tests/fixtures/` holds a `config.yaml`, `manifests/`, and either
 //! `expected/` (the output tree after a successful render) or `error.txt`
 //! (lines the error message must contain; exit status on the first line as
-//! `exit: N`). An optional `previous/` tree is put in place first: after a
-//! failed render it must be exactly as it was.
+//! `exit: N`), or both (a render that failed in some groups: the error, and
+//! the tree the other groups wrote). An optional `previous/` tree is put in
+//! place first: after a failed render it must be exactly as it was, or as
+//! `expected/` says when the case has both.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -58,7 +60,8 @@ fn run_case(case: &Path) -> Option<String> {
     let result = render(&case.join("config.yaml"), &case.join("manifests"), out.path());
     let stderr = String::from_utf8_lossy(&result.stderr);
     let after = tree(out.path());
-    if case.join("expected").is_dir() {
+    let error_spec = case.join("error.txt");
+    if case.join("expected").is_dir() && !error_spec.exists() {
         if !result.status.success() {
             return Some(format!("render failed ({}):\n{stderr}", result.status));
         }
@@ -72,7 +75,7 @@ fn run_case(case: &Path) -> Option<String> {
         }
         return None;
     }
-    let spec = fs::read_to_string(case.join("error.txt")).expect("a case has expected/ or error.txt");
+    let spec = fs::read_to_string(&error_spec).expect("a case has expected/ or error.txt");
     let mut lines = spec.lines();
     let exit: i32 = lines
         .next()
@@ -89,6 +92,17 @@ fn run_case(case: &Path) -> Option<String> {
         if !stderr.contains(needle) {
             return Some(format!("the error lacks {needle:?}:\n{stderr}"));
         }
+    }
+    if case.join("expected").is_dir() {
+        let expected = tree(&case.join("expected"));
+        if after != expected {
+            return Some(format!(
+                "the groups that rendered did not write what expected/ holds.\n--- expected:\n{}\n--- actual:\n{}",
+                show(&expected),
+                show(&after)
+            ));
+        }
+        return None;
     }
     if after != before {
         return Some(format!(

@@ -65,6 +65,7 @@ fn failure(error: &str) -> RenderOutcome {
     RenderOutcome {
         at: SystemTime::now(),
         duration: Duration::from_millis(3),
+        group: "default".into(),
         error: Some(error.to_owned()),
         changed: false,
         outputs: vec![("/out/a.cfg".into(), "aa".repeat(32))],
@@ -75,6 +76,7 @@ fn success(outputs: &[(&str, &str)]) -> RenderOutcome {
     RenderOutcome {
         at: SystemTime::now(),
         duration: Duration::from_millis(3),
+        group: "default".into(),
         error: None,
         changed: true,
         outputs: outputs.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect(),

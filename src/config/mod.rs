@@ -3,6 +3,7 @@
 //! Loading validates everything it can without a cluster and reports every problem
 //! at once, each with its YAML path and position (DESIGN section 2).
 
+mod groups;
 mod humane;
 pub mod yaml;
 
@@ -18,6 +19,7 @@ use crate::index::{FieldPath, Indexer};
 use crate::source::selector::{FieldSelector, LabelSelector};
 use yaml::{Node, NodeValue, Position};
 
+pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 
 /// One problem in a config file.
@@ -74,7 +76,12 @@ pub struct Config {
     pub base_dir: PathBuf,
     pub watched_resources: BTreeMap<String, Resource>,
     pub templates: BTreeMap<String, Template>,
+    /// The default group's actions.
     pub actions: Vec<Action>,
+    /// Whether the default group's first render after the start runs its actions.
+    pub actions_on_start: ActionsOnStart,
+    /// The named groups, by name.
+    pub groups: BTreeMap<String, Group>,
     pub render: RenderSettings,
     pub admin: AdminSettings,
     /// Where to report each render's result, if anywhere.
@@ -216,6 +223,9 @@ pub struct TemplateEntry {
     /// How long `check` may run.
     #[serde(default = "default_check_timeout", with = "humane::duration")]
     pub check_timeout: Duration,
+    /// The `groups` entry it belongs to; none: the default group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// A file mode is written as a quoted string: unquoted, YAML reads `0644` as
@@ -253,6 +263,8 @@ pub struct Template {
     pub fsync: bool,
     pub check: Vec<String>,
     pub check_timeout: Duration,
+    /// Its named group; `None`: the default group.
+    pub group: Option<String>,
 }
 
 /// Where a template's text comes from.
@@ -475,12 +487,20 @@ fn longest_wait(config: &Config) -> Option<(String, Duration)> {
         .values()
         .filter(|t| !t.check.is_empty())
         .map(|t| (format!("templates.{}.check_timeout", t.name), t.check_timeout));
-    let actions = config.actions.iter().enumerate().map(|(i, action)| match action {
-        Action::Command { timeout, .. } => (format!("actions.{i}.timeout"), *timeout),
-        Action::Http(http) => (
-            format!("actions.{i}.timeout × {} attempts", http.retries + 1),
-            http.timeout * (http.retries + 1),
-        ),
+    let lists = std::iter::once(("actions".to_string(), &config.actions)).chain(
+        config
+            .groups
+            .values()
+            .map(|g| (format!("groups.{}.actions", g.name), &g.actions)),
+    );
+    let actions = lists.flat_map(|(at, list)| {
+        list.iter().enumerate().map(move |(i, action)| match action {
+            Action::Command { timeout, .. } => (format!("{at}.{i}.timeout"), *timeout),
+            Action::Http(http) => (
+                format!("{at}.{i}.timeout × {} attempts", http.retries + 1),
+                http.timeout * (http.retries + 1),
+            ),
+        })
     });
     checks.chain(actions).max_by_key(|(_, wait)| *wait)
 }
@@ -508,7 +528,16 @@ pub struct StatusSettings {
     pub namespace: Option<String>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin", "status"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "watched_resources",
+    "templates",
+    "actions",
+    "actions_on_start",
+    "groups",
+    "render",
+    "admin",
+    "status",
+];
 
 impl Config {
     /// Reads and validates a config file. Templates are not compiled here; the
@@ -602,6 +631,8 @@ impl Validator<'_> {
             watched_resources: BTreeMap::new(),
             templates: BTreeMap::new(),
             actions: Vec::new(),
+            actions_on_start: ActionsOnStart::default(),
+            groups: BTreeMap::new(),
             render: RenderSettings::default(),
             admin: AdminSettings::default(),
             status: None,
@@ -659,55 +690,14 @@ impl Validator<'_> {
         }
         self.outputs_do_not_overlap(&config.templates);
         self.outputs_spare_inputs(file, &config.templates);
-        if let Some(node) = self.tree.get("actions").cloned() {
-            match &node.value {
-                NodeValue::Sequence(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let path = vec!["actions".to_string(), i.to_string()];
-                        if let Some(entry) = self.typed::<ActionEntry>(&path, item, &["http"])
-                            && let Some(action) = self.action(&path, entry)
-                        {
-                            config.actions.push(action);
-                        }
-                    }
-                }
-                NodeValue::Null => {}
-                _ => self.issue(
-                    &["actions".into()],
-                    format!("expected a list, found {}", node.type_name()),
-                ),
-            }
-        }
+        config.actions = self.action_list(&["actions".into()]);
+        config.actions_on_start = self.actions_on_start();
+        config.groups = self.groups(&config.templates);
         if let Some(node) = self.tree.get("render").cloned()
             && !matches!(node.value, NodeValue::Null)
             && let Some(render) = self.typed::<RenderSettings>(&["render".into()], &node, &["wait"])
         {
-            for (key, length) in [("min", render.wait.min), ("max", render.wait.max)] {
-                if length > MAX_WAIT {
-                    let path = ["render".into(), "wait".into(), key.into()];
-                    let written = match &self.tree.deepest(&path).value {
-                        NodeValue::String(text) => text.clone(),
-                        _ => humantime::format_duration(length).to_string(),
-                    };
-                    self.issue(
-                        &path,
-                        format!(
-                            "`{written}` is too long: a render waits at most {}",
-                            humantime::format_duration(MAX_WAIT)
-                        ),
-                    );
-                }
-            }
-            if render.wait.min > render.wait.max {
-                self.issue(
-                    &["render".into(), "wait".into()],
-                    format!(
-                        "`min` ({}) is longer than `max` ({})",
-                        humantime::format_duration(render.wait.min),
-                        humantime::format_duration(render.wait.max)
-                    ),
-                );
-            }
+            self.check_wait(&["render".into(), "wait".into()], render.wait);
             if render.fuel == 0 {
                 self.issue(
                     &["render".into(), "fuel".into()],
@@ -773,6 +763,61 @@ impl Validator<'_> {
             }
         }
         config
+    }
+
+    /// The list of actions at `path` (`actions`, `groups.NAME.actions`):
+    /// each valid action, in order.
+    fn action_list(&mut self, path: &[String]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(node) = path.iter().try_fold(self.tree, |node, key| node.get(key)).cloned() else {
+            return actions;
+        };
+        match &node.value {
+            NodeValue::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = [path, &[i.to_string()]].concat();
+                    if let Some(entry) = self.typed::<ActionEntry>(&at, item, &["http"])
+                        && let Some(action) = self.action(&at, entry)
+                    {
+                        actions.push(action);
+                    }
+                }
+            }
+            NodeValue::Null => {}
+            _ => self.issue(path, format!("expected a list, found {}", node.type_name())),
+        }
+        actions
+    }
+
+    /// A `wait` (of `render`, or of a group) at `path`: neither bound too
+    /// long, `min` no longer than `max`.
+    fn check_wait(&mut self, path: &[String], wait: Wait) {
+        for (key, length) in [("min", wait.min), ("max", wait.max)] {
+            if length > MAX_WAIT {
+                let at = [path, &[key.to_string()]].concat();
+                let written = match &self.tree.deepest(&at).value {
+                    NodeValue::String(text) => text.clone(),
+                    _ => humantime::format_duration(length).to_string(),
+                };
+                self.issue(
+                    &at,
+                    format!(
+                        "`{written}` is too long: a render waits at most {}",
+                        humantime::format_duration(MAX_WAIT)
+                    ),
+                );
+            }
+        }
+        if wait.min > wait.max {
+            self.issue(
+                path,
+                format!(
+                    "`min` ({}) is longer than `max` ({})",
+                    humantime::format_duration(wait.min),
+                    humantime::format_duration(wait.max)
+                ),
+            );
+        }
     }
 
     /// The entries of a top-level mapping section, or none (with an issue) when it
@@ -1070,6 +1115,7 @@ impl Validator<'_> {
             fsync: spec.fsync,
             check: spec.check,
             check_timeout: spec.check_timeout,
+            group: spec.group,
         })
     }
 

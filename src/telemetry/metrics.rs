@@ -31,7 +31,9 @@ pub struct WatchLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub struct RenderLabels {
+    /// The group rendered (`default`: templates without `group:`).
+    pub group: String,
     /// `success` or `failure`.
     pub result: String,
 }
@@ -65,7 +67,7 @@ pub struct Metrics {
     pub store_objects: Family<StoreLabel, Gauge>,
     pub watch_events: Family<EventLabels, Counter>,
     pub watch_restarts: Family<WatchLabel, Counter>,
-    pub renders: Family<ResultLabel, Counter>,
+    pub renders: Family<RenderLabels, Counter>,
     pub render_duration: Histogram,
     pub files_written: Family<TemplateLabel, Counter>,
     pub actions: Family<ActionLabels, Counter>,
@@ -128,10 +130,14 @@ impl Metrics {
             "Watch failures after which the watch was restarted with backoff",
             m.watch_restarts.clone(),
         );
-        registry.register("renders", "Renders by result (success, failure)", m.renders.clone());
+        registry.register(
+            "renders",
+            "Renders by group and result (success, failure)",
+            m.renders.clone(),
+        );
         registry.register_with_unit(
             "render_duration",
-            "Time to render, check and write all templates",
+            "Time to render, check and write the templates of a group",
             Unit::Seconds,
             m.render_duration.clone(),
         );
@@ -196,10 +202,15 @@ impl Metrics {
         text
     }
 
-    /// Records a render's result and duration.
-    pub fn render_done(&self, ok: bool, duration: Duration) {
+    /// Records the result and duration of a render of `group`.
+    pub fn render_done(&self, group: &str, ok: bool, duration: Duration) {
         let result = if ok { "success" } else { "failure" };
-        self.renders.get_or_create(&ResultLabel { result: result.into() }).inc();
+        self.renders
+            .get_or_create(&RenderLabels {
+                group: group.into(),
+                result: result.into(),
+            })
+            .inc();
         self.render_duration.observe(duration.as_secs_f64());
         if ok {
             *lock(&self.last_success_at) = Instant::now();

@@ -22,7 +22,12 @@ use status::Status;
 pub struct RenderOutcome {
     pub at: SystemTime,
     pub duration: Duration,
-    /// `None` on success; the error (template, line, cause) otherwise.
+    /// The group rendered.
+    pub group: String,
+    /// `None` when every group's last render succeeded; otherwise the errors
+    /// of the groups whose last render failed, one line each (naming the
+    /// group when the config has named groups), so that a success of one
+    /// group does not hide the failure of another.
     pub error: Option<String>,
     /// Whether any file changed.
     pub changed: bool,

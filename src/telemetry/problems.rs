@@ -33,7 +33,15 @@ pub enum Problem {
     /// No render of this run succeeded, and none was on disk when it started.
     NoGoodRender,
     /// The last render failed; `since` is the first failure of this streak.
+    /// (A config without named groups: its one group.)
     RenderFailing { error: String, since: SystemTime },
+    /// The last render of one group failed; `since` is the first failure of
+    /// this streak. The other groups render on.
+    GroupFailing {
+        group: String,
+        error: String,
+        since: SystemTime,
+    },
     /// A watch is not connected to the API server: it lost its connection,
     /// or the server answers it with errors.
     WatchDisconnected {
@@ -56,7 +64,9 @@ impl Problem {
             | Problem::ListPending { .. }
             | Problem::NoGoodRender
             | Problem::Stopped { .. } => true,
-            Problem::RenderFailing { .. } | Problem::WatchDisconnected { .. } => readiness == Readiness::Strict,
+            Problem::RenderFailing { .. } | Problem::GroupFailing { .. } | Problem::WatchDisconnected { .. } => {
+                readiness == Readiness::Strict
+            }
             Problem::StaleReads => false,
         }
     }
@@ -74,6 +84,13 @@ impl fmt::Display for Problem {
             Problem::NoGoodRender => write!(f, "no good render on disk yet"),
             Problem::RenderFailing { error, since } => {
                 write!(f, "last render failed (failing since {}): {error}", time(*since))
+            }
+            Problem::GroupFailing { group, error, since } => {
+                write!(
+                    f,
+                    "group {group}: last render failed (failing since {}): {error}",
+                    time(*since)
+                )
             }
             Problem::WatchDisconnected { watch, since, error } => {
                 write!(f, "watch {watch}: not connected since {}", time(*since))?;
@@ -132,7 +149,12 @@ mod tests {
             since: SystemTime::UNIX_EPOCH,
             error: None,
         };
-        for problem in [failing, disconnected] {
+        let group = Problem::GroupFailing {
+            group: "grafana".into(),
+            error: "template `t`: boom".into(),
+            since: SystemTime::UNIX_EPOCH,
+        };
+        for problem in [failing, group, disconnected] {
             assert!(!problem.blocks(Readiness::Serving), "{problem}");
             assert!(problem.blocks(Readiness::Strict), "{problem}");
         }
@@ -159,6 +181,16 @@ mod tests {
         assert_eq!(
             line,
             "watch v1/Secret: not connected since 1970-01-01T00:00:00Z: cannot reach the API server"
+        );
+        let line = Problem::GroupFailing {
+            group: "alerts".into(),
+            error: "template `rules`: boom".into(),
+            since: SystemTime::UNIX_EPOCH,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "group alerts: last render failed (failing since 1970-01-01T00:00:00Z): template `rules`: boom"
         );
     }
 }

@@ -125,7 +125,7 @@ pub struct OutputInfo {
     pub sha256: String,
 }
 
-/// The last render.
+/// The last render (of a group).
 #[derive(Debug, Clone)]
 pub struct RenderInfo {
     pub at: SystemTime,
@@ -134,17 +134,34 @@ pub struct RenderInfo {
     pub error: Option<String>,
 }
 
+/// One group of templates, rendered, written and reloaded on its own.
+#[derive(Debug, Clone, Default)]
+pub struct GroupInfo {
+    /// Whether problems name it: false for the one group of a config
+    /// without named groups.
+    pub named: bool,
+    /// Which stores it reads (`all stores` where it cannot be known).
+    pub reads: String,
+    pub last_render: Option<RenderInfo>,
+    /// When the current streak of failed renders began.
+    pub failing_since: Option<SystemTime>,
+    /// A render of this run succeeded, or its outputs were on disk already
+    /// when the run started.
+    pub good_render: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     stores: BTreeMap<String, StoreInfo>,
     watches: Vec<WatchInfo>,
     outputs: BTreeMap<String, OutputInfo>,
+    /// The last render of any group.
     last_render: Option<RenderInfo>,
-    /// When the current streak of failed renders began.
-    failing_since: Option<SystemTime>,
-    /// A render of this run succeeded, or the outputs were on disk already
-    /// when it started (rendered by an init container or an earlier run).
-    good_render: bool,
+    /// Each group's renders, by name.
+    groups: BTreeMap<String, GroupInfo>,
+    /// Every output was on disk when the run started (rendered by an init
+    /// container or an earlier run).
+    outputs_found: bool,
     /// A stage task that died.
     dead: Option<String>,
     /// The pipeline loop's heartbeat and how long it may go without one.
@@ -237,22 +254,40 @@ impl Status {
         );
     }
 
-    pub fn render_done(&self, duration: Duration, error: Option<String>) {
+    /// Registers a group before its first render; `named`: whether problems
+    /// name it; `reads` describes the stores it reads.
+    pub fn add_group(&self, name: &str, named: bool, reads: String) {
+        let mut inner = self.lock();
+        let group = inner.groups.entry(name.to_string()).or_default();
+        group.named = named;
+        group.reads = reads;
+    }
+
+    /// A render of `group` ended, with `error` if it failed.
+    pub fn render_done(&self, group: &str, duration: Duration, error: Option<String>) {
         let mut inner = self.lock();
         let at = SystemTime::now();
+        let info = inner.groups.entry(group.to_string()).or_default();
         if error.is_none() {
-            inner.good_render = true;
-            inner.failing_since = None;
+            info.good_render = true;
+            info.failing_since = None;
         } else {
-            inner.failing_since.get_or_insert(at);
+            info.failing_since.get_or_insert(at);
         }
-        inner.last_render = Some(RenderInfo { at, duration, error });
+        let render = RenderInfo { at, duration, error };
+        info.last_render = Some(render.clone());
+        inner.last_render = Some(render);
     }
 
     /// Every output was on disk when the run started: a good render (files
     /// are only ever written whole, after a successful render).
     pub fn outputs_found(&self) {
-        self.lock().good_render = true;
+        self.lock().outputs_found = true;
+    }
+
+    /// Every output of `group` was on disk when the run started.
+    pub fn group_outputs_found(&self, group: &str) {
+        self.lock().groups.entry(group.to_string()).or_default().good_render = true;
     }
 
     /// Records why the sources are not started yet (`None`: they are).
@@ -311,14 +346,24 @@ impl Status {
         if let Some(why) = &inner.starting {
             problems.insert(0, Problem::NotStarted { why: why.clone() });
         }
-        if !inner.good_render {
+        let good = inner.outputs_found || (!inner.groups.is_empty() && inner.groups.values().all(|g| g.good_render));
+        if !good {
             problems.push(Problem::NoGoodRender);
         }
-        if let (Some(RenderInfo { error: Some(error), .. }), Some(since)) = (&inner.last_render, inner.failing_since) {
-            problems.push(Problem::RenderFailing {
-                error: error.clone(),
-                since,
-            });
+        for (name, group) in &inner.groups {
+            if let (Some(RenderInfo { error: Some(error), .. }), Some(since)) =
+                (&group.last_render, group.failing_since)
+            {
+                let error = error.clone();
+                problems.push(match group.named {
+                    false => Problem::RenderFailing { error, since },
+                    true => Problem::GroupFailing {
+                        group: name.clone(),
+                        error,
+                        since,
+                    },
+                });
+            }
         }
         problems.extend(inner.watches.iter().filter_map(|w| {
             Some(Problem::WatchDisconnected {
@@ -380,6 +425,7 @@ impl Status {
             watches: inner.watches.clone(),
             outputs: inner.outputs.clone(),
             last_render: inner.last_render.clone(),
+            groups: inner.groups.clone(),
         }
     }
 }
@@ -407,6 +453,7 @@ pub struct StatusView {
     pub watches: Vec<WatchInfo>,
     pub outputs: BTreeMap<String, OutputInfo>,
     pub last_render: Option<RenderInfo>,
+    pub groups: BTreeMap<String, GroupInfo>,
 }
 
 #[cfg(test)]
@@ -428,20 +475,20 @@ mod tests {
             ["watch v1/Secret: initial list not done", "no good render on disk yet"]
         );
         status.watch_synced(w);
-        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        status.render_done("default", Duration::from_millis(3), Some("template `t`: boom".into()));
         let verdict = status.readiness();
         assert!(!verdict.ready, "a failed first render is no good render");
         assert!(verdict.lines()[1].ends_with(": template `t`: boom"), "{verdict:?}");
-        status.render_done(Duration::from_millis(3), None);
+        status.render_done("default", Duration::from_millis(3), None);
         assert_eq!(status.readiness(), Verdict::new(vec![], Readiness::Serving));
-        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        status.render_done("default", Duration::from_millis(3), Some("template `t`: boom".into()));
         activity.failed();
         let verdict = status.readiness();
         assert!(verdict.ready, "{verdict:?}");
         assert_eq!(verdict.problems.len(), 2, "{verdict:?}");
         status.set_readiness(Readiness::Strict);
         assert!(!status.readiness().ready);
-        status.render_done(Duration::from_millis(3), None);
+        status.render_done("default", Duration::from_millis(3), None);
         activity.opened();
         assert!(status.readiness().ready);
     }
@@ -450,10 +497,39 @@ mod tests {
     async fn outputs_on_disk_at_the_start_count_as_a_good_render() {
         let status = Status::default();
         status.outputs_found();
-        status.render_done(Duration::from_millis(3), Some("template `t`: boom".into()));
+        status.render_done("default", Duration::from_millis(3), Some("template `t`: boom".into()));
         let verdict = status.readiness();
         assert!(verdict.ready, "{verdict:?}");
         assert_eq!(verdict.problems.len(), 1, "{verdict:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_group_is_named_and_the_others_keep_their_good_render() {
+        let status = Status::default();
+        status.add_group("dashboards", true, "all stores".into());
+        status.add_group("alerts", true, "rules".into());
+        status.render_done("dashboards", Duration::from_millis(3), None);
+        assert_eq!(lines(&status), ["no good render on disk yet"]);
+        status.render_done("alerts", Duration::from_millis(3), Some("template `r`: boom".into()));
+        let [no_good, failing] = lines(&status).try_into().unwrap();
+        assert_eq!(no_good, "no good render on disk yet", "alerts never rendered well");
+        assert!(failing.starts_with("group alerts: "), "{failing}");
+        assert!(status.view().groups["alerts"].failing_since.is_some());
+        status.group_outputs_found("alerts");
+        let verdict = status.readiness();
+        assert!(verdict.ready, "{verdict:?}");
+        let [line] = verdict.lines().try_into().unwrap();
+        assert!(line.starts_with("group alerts: last render failed"), "{line}");
+        assert!(line.ends_with(": template `r`: boom"), "{line}");
+        status.render_done(
+            "dashboards",
+            Duration::from_millis(3),
+            Some("template `d`: boom".into()),
+        );
+        assert_eq!(status.readiness().problems.len(), 2);
+        status.render_done("alerts", Duration::from_millis(3), None);
+        let [line] = status.readiness().lines().try_into().unwrap();
+        assert!(line.starts_with("group dashboards: "), "{line}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,183 @@
+//! Groups of templates (DESIGN 2.1): each one rendered, checked and written
+//! all or nothing, reloaded by its own actions, waiting and retrying on its
+//! own, and rendered again only when a store it reads changed.
+
+use std::collections::BTreeSet;
+
+use tokio::time::Instant;
+
+use crate::config::{self, Action, ActionsOnStart, Config};
+use crate::render::{Reads, Renderer};
+
+/// What a group is, from the config and its compiled templates.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// `default` for the templates without `group:`.
+    pub name: String,
+    /// Whether errors and problems name it: false for the one group of a
+    /// config without named groups, so that its messages read as before.
+    pub named: bool,
+    pub templates: BTreeSet<String>,
+    pub actions: Vec<Action>,
+    pub wait: config::Wait,
+    /// Whether the first render after the start runs the actions.
+    pub actions_on_start: bool,
+    /// The stores its templates read.
+    pub reads: Reads,
+}
+
+impl Group {
+    /// `message` naming the group, where errors name it.
+    pub fn label(&self, message: &str) -> String {
+        if self.named {
+            format!("group {}: {message}", self.name)
+        } else {
+            message.to_string()
+        }
+    }
+
+    /// The stores it reads, for `check` and the status page.
+    pub fn describe_reads(&self) -> String {
+        match &self.reads {
+            Reads::All { why } => format!("all stores ({why})"),
+            Reads::Stores(stores) if stores.is_empty() => "no store".into(),
+            Reads::Stores(stores) => stores.iter().cloned().collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// Every group of a config with at least one template, the default group
+/// first, then the named ones in name order.
+pub fn plan(config: &Config, renderer: &Renderer) -> Vec<Group> {
+    let named = !config.groups.is_empty();
+    let members = |group: Option<&str>| -> BTreeSet<String> {
+        config
+            .templates
+            .values()
+            .filter(|t| t.group.as_deref() == group)
+            .map(|t| t.name.clone())
+            .collect()
+    };
+    let reads = |templates: &BTreeSet<String>| {
+        templates
+            .iter()
+            .fold(Reads::Stores(BTreeSet::new()), |all, t| all.union(renderer.reads(t)))
+    };
+    let mut groups = Vec::new();
+    let default = members(None);
+    if !default.is_empty() {
+        groups.push(Group {
+            name: config::DEFAULT_GROUP.into(),
+            named,
+            reads: reads(&default),
+            templates: default,
+            actions: config.actions.clone(),
+            wait: config.render.wait,
+            actions_on_start: config.actions_on_start == ActionsOnStart::Run,
+        });
+    }
+    for (name, group) in &config.groups {
+        let templates = members(Some(name));
+        groups.push(Group {
+            name: name.clone(),
+            named,
+            reads: reads(&templates),
+            templates,
+            actions: group.actions.clone(),
+            wait: group.wait.unwrap_or(config.render.wait),
+            actions_on_start: group.actions_on_start == ActionsOnStart::Run,
+        });
+    }
+    groups
+}
+
+/// A group in a live run: when it is due, and how its last render went.
+#[derive(Debug)]
+pub(super) struct Run {
+    pub group: Group,
+    /// Events on its stores since its last render. The first render is due
+    /// once every watch listed, events or not.
+    burst: Option<Burst>,
+    /// After a failed render (or one that read stale copies): when to try
+    /// again, and how many times in a row it failed.
+    retry: Option<(Instant, u32)>,
+    /// Whether it rendered at all in this run.
+    pub rendered: bool,
+    /// The error of its last render, if that failed.
+    pub error: Option<String>,
+    /// Whether its last render read cached copies it could not refresh.
+    pub stale: bool,
+}
+
+impl Run {
+    pub fn new(group: Group, now: Instant) -> Run {
+        Run {
+            group,
+            burst: Some(Burst { first: now, last: now }),
+            retry: None,
+            rendered: false,
+            error: None,
+            stale: false,
+        }
+    }
+
+    /// When it should render next, if at all: `wait` after its last event
+    /// (bounded by `wait.max` after the first), at once for the first render,
+    /// or when its retry is due.
+    pub fn due(&self) -> Option<Instant> {
+        match &self.burst {
+            Some(burst) if !self.rendered => Some(burst.first),
+            Some(burst) => Some(burst.due(self.group.wait)),
+            None => self.retry.map(|(at, _)| at),
+        }
+    }
+
+    /// A store changed: renders again if it reads it.
+    pub fn store_changed(&mut self, store: &str, now: Instant) {
+        if self.group.reads.includes(store) {
+            self.burst.get_or_insert(Burst { first: now, last: now }).last = now;
+        }
+    }
+
+    /// Its render began: the events so far are in it.
+    pub fn render_started(&mut self) {
+        self.burst = None;
+    }
+
+    /// Its render ended: `error` if it failed, `stale` if it read copies it
+    /// could not refresh; either way it is tried again after a backoff.
+    /// Returns the backoff, if any.
+    pub fn render_ended(&mut self, error: Option<String>, stale: bool) -> Option<std::time::Duration> {
+        self.rendered = true;
+        self.stale = stale;
+        let again = error.is_some() || stale;
+        self.error = error;
+        if !again {
+            self.retry = None;
+            return None;
+        }
+        let failures = self.retry.map_or(1, |(_, n)| n + 1);
+        let delay = retry_delay(failures);
+        self.retry = Some((Instant::now() + delay, failures));
+        Some(delay)
+    }
+}
+
+/// The events since the last render: when the first and the last came.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    first: Instant,
+    last: Instant,
+}
+
+impl Burst {
+    /// `min` after the last event, but never later than `max` after the first.
+    fn due(&self, wait: config::Wait) -> Instant {
+        (self.last + wait.min).min(self.first + wait.max)
+    }
+}
+
+/// Backoff before re-rendering after failures: 1s, 2s, 4s … up to a minute.
+fn retry_delay(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(std::time::Duration::from_secs(60))
+}

@@ -1,0 +1,271 @@
+//! One turn of a live run's renders: every group due renders, one after
+//! another, from one snapshot of the stores; each is rendered off the async
+//! threads, written all or nothing, and reported (log, metrics, status,
+//! outcome), and the actions of those whose files changed are collected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::group::{self, Group};
+use super::{Error, Prepared, redactor, snapshot, stale_reads, write};
+use crate::config::Action;
+use crate::output;
+use crate::redact::Redactor;
+use crate::render::{self, StoresSnapshot};
+use crate::store::AnyStore;
+use crate::store::on_demand::BodyCache;
+use crate::telemetry::metrics::TemplateLabel;
+use crate::telemetry::{RenderOutcome, Telemetry};
+
+/// What the renders of one turn read.
+pub(super) struct Due<'a> {
+    pub prepared: &'a Arc<Prepared>,
+    pub stores: &'a BTreeMap<String, AnyStore>,
+    pub caches: &'a BTreeMap<String, Arc<BodyCache>>,
+    /// Per store, the newest resourceVersion applied to it.
+    pub seen: &'a BTreeMap<String, u64>,
+    pub telemetry: &'a Arc<Telemetry>,
+}
+
+impl Due<'_> {
+    /// Renders every group due now, one after another, from one snapshot:
+    /// what they read is of one point in time. Returns the actions to run
+    /// (of the groups whose files changed, in group order) and the Secret
+    /// values of the snapshot, kept out of what the actions print.
+    pub async fn render(
+        &self,
+        groups: &mut [group::Run],
+        checksums: &mut BTreeMap<String, String>,
+    ) -> (Vec<Action>, Arc<Redactor>) {
+        let now = Instant::now();
+        let snapshot = snapshot(self.stores);
+        let redactor = Arc::new(redactor(&self.prepared.config, &snapshot));
+        let mut to_run = Vec::new();
+        let due: Vec<usize> = (0..groups.len())
+            .filter(|&i| groups[i].due().is_some_and(|due| due <= now))
+            .collect();
+        for i in due {
+            let first = !groups[i].rendered;
+            groups[i].render_started();
+            let stale_before = stale_reads(self.caches);
+            let started = Instant::now();
+            let outcome = render_group(
+                self.prepared,
+                &groups[i].group,
+                snapshot.clone(),
+                &redactor,
+                self.seen,
+                self.telemetry,
+                checksums,
+            )
+            .await;
+            // A render that showed cached copies because GETs failed is done
+            // again, with the same backoff, until the API answers.
+            let stale = outcome.is_ok() && stale_reads(self.caches) > stale_before;
+            let changed = matches!(outcome, Ok(true));
+            let run = &mut groups[i];
+            if let Some(delay) = run.render_ended(outcome.err(), stale) {
+                let retry_in_ms = delay.as_millis() as u64;
+                if stale {
+                    tracing::warn!(group = %run.group.name, retry_in_ms, "render used cached copies of objects it could not fetch; will render again");
+                } else {
+                    tracing::warn!(group = %run.group.name, retry_in_ms, "render failed; outputs unchanged; will retry");
+                }
+            }
+            publish(self.telemetry, groups, i, started.elapsed(), changed, checksums);
+            let run = &groups[i];
+            if changed && (!first || run.group.actions_on_start) {
+                to_run.extend(run.group.actions.iter().cloned());
+            } else if changed && !run.group.actions.is_empty() {
+                tracing::info!(group = %run.group.name, "first render after the start; actions skipped (actions_on_start: skip)");
+            }
+        }
+        (to_run, redactor)
+    }
+}
+
+/// Publishes the outcome of the render of `groups[index]`: its error with
+/// those of the other groups still failing, so that reporters that show
+/// one result (the status ConfigMap) never hide a failing group behind
+/// another's success.
+fn publish(
+    telemetry: &Telemetry,
+    groups: &[group::Run],
+    index: usize,
+    duration: Duration,
+    changed: bool,
+    checksums: &BTreeMap<String, String>,
+) {
+    let errors: Vec<String> = groups
+        .iter()
+        .filter_map(|g| g.error.as_deref().map(|e| g.group.label(e)))
+        .collect();
+    telemetry.publish(RenderOutcome {
+        at: std::time::SystemTime::now(),
+        duration,
+        group: groups[index].group.name.clone(),
+        error: (!errors.is_empty()).then(|| errors.join("\n")),
+        changed,
+        outputs: checksums
+            .iter()
+            .map(|(path, sum)| (path.clone(), sum.clone()))
+            .collect(),
+    });
+}
+
+/// One render of a group in a live run: render off the async threads and
+/// write; report it all. `checksums` holds each template output's sha256
+/// between renders. `Ok(changed)`, or the error message.
+async fn render_group(
+    prepared: &Arc<Prepared>,
+    group: &Group,
+    snapshot: StoresSnapshot,
+    redactor: &Arc<Redactor>,
+    seen: &BTreeMap<String, u64>,
+    telemetry: &Telemetry,
+    checksums: &mut BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let span = tracing::info_span!("render", group = %group.name);
+    // What the snapshot holds: the newest event of each store, so that an
+    // output can be traced back to the cluster versions it was rendered from.
+    let versions = seen
+        .iter()
+        .filter(|(store, _)| group.reads.includes(store))
+        .map(|(store, rv)| format!("{store}={rv}"))
+        .collect::<Vec<_>>();
+    span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
+    let result = render_and_report(prepared, group, snapshot, redactor, telemetry, checksums)
+        .instrument(span)
+        .await;
+    let duration = started.elapsed();
+    telemetry.metrics.render_done(&group.name, result.is_ok(), duration);
+    telemetry
+        .status
+        .render_done(&group.name, duration, result.as_ref().err().cloned());
+    result
+}
+
+/// Renders, writes and logs; `Ok(changed)`, or the error message.
+async fn render_and_report(
+    prepared: &Arc<Prepared>,
+    group: &Group,
+    snapshot: StoresSnapshot,
+    redactor: &Arc<Redactor>,
+    telemetry: &Telemetry,
+    checksums: &mut BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let job = Arc::clone(prepared);
+    let redactor = Arc::clone(redactor);
+    let runtime = tokio::runtime::Handle::current();
+    let known: HashSet<String> = checksums.keys().cloned().collect();
+    let templates = group.templates.clone();
+    // Rendering, file I/O and checksums are blocking work: off the runtime's
+    // thread, so that watches and the admin server go on meanwhile. `check`
+    // commands still run on the runtime.
+    let written = tokio::task::spawn_blocking(move || {
+        let rendering = Instant::now();
+        let rendered = job
+            .renderer
+            .render_some(&snapshot, |t| templates.contains(t))
+            .map_err(Failed::Render)?;
+        let render_ms = rendering.elapsed().as_millis() as u64;
+        let report = runtime
+            .block_on(write(&job, &rendered, None, &redactor))
+            .map_err(Failed::Write)?;
+        let sums: Vec<(String, String, String)> = rendered
+            .iter()
+            .filter_map(|r| {
+                let path = job.config.templates[&r.template].output.path().display().to_string();
+                let fresh = report.changed_templates.contains(&r.template) || !known.contains(&path);
+                fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
+            })
+            .collect();
+        Ok((report, sums, render_ms))
+    })
+    .await
+    .map_err(|e| format!("the render task failed: {e}"))?;
+    let (report, sums, render_ms) = match written {
+        Ok(written) => written,
+        Err(Failed::Render(errors)) => {
+            for error in &errors {
+                tracing::error!(template = %error.template, error = %error.message, "render failed");
+            }
+            return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        }
+        Err(Failed::Write(error)) => {
+            tracing::error!(%error, "writing outputs failed; previous files kept");
+            return Err(error.to_string());
+        }
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    for (path, template, sum) in sums {
+        telemetry.status.output_written(&path, &template, sum.clone());
+        checksums.insert(path, sum);
+    }
+    for (template, count) in count_by_template(prepared, &report) {
+        telemetry
+            .metrics
+            .files_written
+            .get_or_create(&TemplateLabel { template })
+            .inc_by(count);
+    }
+    if !report.changed() {
+        tracing::info!(elapsed_ms, render_ms, "render done; outputs unchanged");
+        return Ok(false);
+    }
+    for path in &report.written {
+        tracing::info!(path = %path.display(), "file written");
+    }
+    for path in &report.removed {
+        tracing::info!(path = %path.display(), "stale file removed");
+    }
+    tracing::info!(elapsed_ms, render_ms, templates = %report.changed_templates.join(","), "render done; outputs changed");
+    Ok(true)
+}
+
+/// Why a render wrote nothing.
+enum Failed {
+    Render(Vec<render::Error>),
+    Write(Error),
+}
+
+/// Files written per template in one write.
+fn count_by_template(prepared: &Prepared, report: &output::Report) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for path in &report.written {
+        let template = prepared
+            .config
+            .templates
+            .values()
+            .find(|t| path.starts_with(t.output.path()))
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        *counts.entry(template).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The sha256 of a template's output: of the file, or of every file's name and
+/// bytes of a directory output.
+fn checksum(content: &render::Content) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    match content {
+        render::Content::File(bytes) => digest.update(bytes),
+        render::Content::Directory(files) => {
+            for (name, bytes) in files {
+                digest.update(name.as_bytes());
+                digest.update([0]);
+                digest.update((bytes.len() as u64).to_be_bytes());
+                digest.update(bytes);
+            }
+        }
+    }
+    digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
