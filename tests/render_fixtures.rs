@@ -149,7 +149,7 @@ fn every_fixture_renders_as_expected() {
 #[test]
 fn examples_render_their_expected_outputs_on_every_run() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for example in ["haproxy", "dashboards"] {
+    for example in ["haproxy", "dashboards", "grafana"] {
         let dir = root.join(example);
         let out = tempfile::tempdir().unwrap();
         for run in 1..=2 {

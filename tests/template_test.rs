@@ -1,4 +1,4 @@
-//! `kube-template test`: the template test cases of both examples pass, a
+//! `kube-template test`: the template test cases of every example pass, a
 //! changed expectation fails with a unified diff, `--update` rewrites the
 //! expectation, and broken cases or configs say what is wrong.
 
@@ -46,8 +46,8 @@ fn config(dir: &Path) -> String {
 }
 
 #[test]
-fn the_test_cases_of_both_examples_pass() {
-    for example in ["haproxy", "dashboards"] {
+fn the_test_cases_of_every_example_pass() {
+    for example in ["haproxy", "dashboards", "grafana"] {
         let output = kube_template(&["test", "-c", &config(&examples().join(example))]);
         let out = stdout(&output);
         assert!(
