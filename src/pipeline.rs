@@ -252,9 +252,12 @@ pub async fn run(
         } else {
             retry.map(|(at, _)| at)
         };
-        // A due render goes before more events: under a flood of them, the
-        // event branch is always ready and would hold it past `wait.max`.
-        let overdue = due.is_some_and(|due| due <= Instant::now());
+        // Under a flood of events the event branch is always ready: once a
+        // burst reached `wait.max`, its render goes before more events. Until
+        // then, events already queued join the burst (with `wait.min: 0`
+        // too), so a backlog read at once gives one render, not one each.
+        let overdue =
+            due.is_some() && rendered_once && burst.as_ref().is_some_and(|b| b.first + wait.max <= Instant::now());
         tokio::select! {
             biased;
             () = &mut shutdown => {
