@@ -40,6 +40,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod index;
+pub mod object;
 pub mod output;
 pub mod pipeline;
 pub mod redact;

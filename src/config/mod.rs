@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use validate::{Validator, display_path};
 use yaml::{Node, NodeValue, Position};
 
+pub use crate::index::OnMissingKey;
 pub use actions::{Action, ActionEntry, HttpAction};
 pub use humane::ByteSize;
-pub use resources::{CacheSettings, OnMissingKey, Resource, StoreKind, WatchedResource};
+pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, Readiness, RenderSettings, StatusSettings, Wait};
 pub use templates::{OutputTarget, Template, TemplateEntry, TemplateSource};
 pub use validate::sort_issues;

@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use super::humane;
 use super::validate::{Validator, api_version_shape, dns_label, kind_shape};
-use crate::index::{FieldPath, Indexer};
-use crate::source::selector::{FieldSelector, LabelSelector};
+use crate::index::{Indexer, OnMissingKey};
+use crate::object::FieldPath;
+use crate::object::selector::{FieldSelector, LabelSelector};
+use crate::store::on_demand::CacheSettings;
 
 /// A `watched_resources` entry as the user writes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +43,7 @@ pub struct WatchedResource {
     pub on_missing_key: OnMissingKey,
     /// Cache bounds of an on-demand store.
     #[serde(default)]
-    pub cache: Option<CacheSettings>,
+    pub cache: Option<CacheEntry>,
 }
 
 fn default_index_by() -> Vec<String> {
@@ -61,21 +63,10 @@ pub enum StoreKind {
     OnDemand,
 }
 
-/// What happens to an object whose `index_by` value is missing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnMissingKey {
-    /// The missing part of the key is `""`.
-    #[default]
-    Empty,
-    /// The object is not stored (and counted).
-    Skip,
-}
-
-/// Bounds of an on-demand store's cache.
+/// `cache:` of an on-demand store as the user writes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CacheSettings {
+pub struct CacheEntry {
     /// How long a fetched body may be used before it is fetched again.
     #[serde(default = "default_cache_ttl", with = "humane::duration")]
     pub ttl: Duration,
@@ -84,9 +75,9 @@ pub struct CacheSettings {
     pub max_entries: usize,
 }
 
-impl Default for CacheSettings {
+impl Default for CacheEntry {
     fn default() -> Self {
-        CacheSettings {
+        CacheEntry {
             ttl: default_cache_ttl(),
             max_entries: default_cache_entries(),
         }
@@ -182,7 +173,7 @@ impl Validator<'_> {
         if spec.store == StoreKind::OnDemand {
             // An on-demand store is fed by a metadata-only watch.
             for (i, path) in paths.iter().enumerate() {
-                if path.segments().first() != Some(&crate::index::Segment::Field("metadata".into())) {
+                if path.segments().first() != Some(&crate::object::Segment::Field("metadata".into())) {
                     self.issue(
                         &[at("index_by"), vec![i.to_string()]].concat(),
                         format!("`{path}`: an on-demand store indexes by metadata only (its watch carries no bodies)"),
@@ -239,7 +230,13 @@ impl Validator<'_> {
             ignore_fields,
             labels: labels?,
             fields: fields?,
-            cache: spec.cache.unwrap_or_default(),
+            cache: {
+                let entry = spec.cache.unwrap_or_default();
+                CacheSettings {
+                    ttl: entry.ttl,
+                    max_entries: entry.max_entries,
+                }
+            },
             spec,
         })
     }
