@@ -19,10 +19,11 @@ use validate::{Validator, display_path};
 use yaml::{Node, NodeValue, Position};
 
 pub use crate::index::OnMissingKey;
+pub use crate::report::StatusSettings;
 pub use actions::{Action, ActionEntry, HttpAction};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
-pub use settings::{AdminSettings, Readiness, RenderSettings, StatusSettings, Wait};
+pub use settings::{AdminSettings, Readiness, RenderSettings, Wait};
 pub use templates::{OutputTarget, Template, TemplateEntry, TemplateSource};
 pub use validate::sort_issues;
 

@@ -8,6 +8,7 @@ use super::humane::{self, ByteSize};
 use super::validate::{Validator, dns_label, dns_subdomain, listen_shape};
 use super::yaml::NodeValue;
 use super::{Action, Config};
+use crate::report::StatusSettings;
 
 /// `render:` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -137,17 +138,6 @@ pub enum Readiness {
     Serving,
     /// Ready only while the last render succeeded and every watch is connected.
     Strict,
-}
-
-/// `status:` — a ConfigMap whose annotations carry the last render's result.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusSettings {
-    /// Name of the ConfigMap (it must exist; only its annotations are written).
-    pub config_map: String,
-    /// Its namespace; default: the pod's (`POD_NAMESPACE`).
-    #[serde(default)]
-    pub namespace: Option<String>,
 }
 
 impl Validator<'_> {
