@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube_template::object::document::Document;
 use kube_template::pipeline::{self, RunOptions};
 use kube_template::source::{self, Event, SourceEvent, Sources};
-use kube_template::store::document::Document;
 use kube_template::telemetry::Telemetry;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
