@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::Validator;
+use super::validate::Validator;
 use super::yaml::NodeValue;
 use super::{Action, Template, Wait};
 
@@ -121,12 +121,7 @@ impl Validator<'_> {
 
     /// The top-level `actions_on_start`: the default group's.
     pub(super) fn actions_on_start(&mut self) -> ActionsOnStart {
-        let Some(node) = self
-            .tree
-            .get("actions_on_start")
-            .filter(|node| !matches!(node.value, NodeValue::Null))
-            .cloned()
-        else {
+        let Some(node) = self.section("actions_on_start") else {
             return ActionsOnStart::default();
         };
         let value = match &node.value {

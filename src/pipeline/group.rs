@@ -132,6 +132,14 @@ impl Run {
         }
     }
 
+    /// Whether events on its stores came for `wait.max` since its last
+    /// render: its render then goes before more events. Until then, events
+    /// already queued join the burst (with `wait.min: 0` too), so a backlog
+    /// read at once gives one render, not one each.
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.rendered && self.burst.is_some_and(|b| b.first + self.group.wait.max <= now)
+    }
+
     /// A store changed: renders again if it reads it.
     pub fn store_changed(&mut self, store: &str, now: Instant) {
         if self.group.reads.includes(store) {
