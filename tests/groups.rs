@@ -1,8 +1,9 @@
 //! Groups of templates end to end (DESIGN 2.1, 5.9): the real `kube-template
 //! run` binary against the fake API server. A failing group holds back no
 //! other, a store change re-renders only the groups that read it, each group
-//! runs its own actions (or skips them on the first render), and `--once`
-//! renders every group and fails if one did.
+//! runs its own actions (or skips them on the first render), Events and the
+//! status ConfigMap keep naming a failing group through another's success,
+//! and `--once` renders every group and fails if one did.
 //!
 //! Every test has an overall deadline and waits on conditions with
 //! deadlines; nothing sleeps a fixed time.
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::case::{Case, config_map, within};
+use support::case::{Case, config_map, server_until, within};
 use support::fake_api::FakeApiServer;
 use support::http::http_get;
 use support::sidecar::{Sidecar, WAIT};
@@ -145,6 +146,83 @@ async fn a_failing_group_holds_back_neither_the_renders_nor_the_reloads_of_anoth
                 (!body.contains("group keys")).then_some(())
             })
             .await;
+    })
+    .await;
+}
+
+/// The annotations of the status ConfigMap `kube-template-status`.
+fn status_annotations(server: &FakeApiServer) -> serde_json::Map<String, Value> {
+    server
+        .get_object("v1", "ConfigMap", "ops", "kube-template-status")
+        .and_then(|o| o["metadata"]["annotations"].as_object().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_the_status_config_map_name_the_failing_group_through_another_groups_success() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        // Out of the watched namespace: the status writes are no ConfigMap
+        // of the group `maps`.
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-template-status", "namespace": "ops"}}));
+        server.apply(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "default"},
+            "spec": {"containers": [{"name": "sidecar", "image": "kube-template"}]}}),
+        );
+        server.apply(config_map("a", "1"));
+        server.apply(secret("s1", Some("one")));
+        let config = two_groups("", "", "status: {config_map: kube-template-status, namespace: ops}\n").replace(
+            "cms: {api_version: v1, kind: ConfigMap}",
+            "cms: {api_version: v1, kind: ConfigMap, namespaces: [default]}",
+        );
+        let case = Case::new(&config);
+        let kubeconfig = server.kubeconfig_path().as_os_str().to_owned();
+        let sidecar = case.spawn_with_env(
+            &[std::ffi::OsStr::new("--kubeconfig"), &kubeconfig],
+            &[("POD_NAME", "web-0".as_ref()), ("POD_NAMESPACE", "default".as_ref())],
+        );
+        sidecar.until_file(&case, "keys.txt", "s1=one\n").await;
+
+        server.apply(secret("s2", None));
+        let error = |server: &FakeApiServer| {
+            status_annotations(server)
+                .get("kube-template/last-render-error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        server_until(&server, &sidecar, "the failing group in the status", |server| {
+            error(server).is_some_and(|e| e.starts_with("group keys: template `keys`"))
+        })
+        .await;
+        server_until(&server, &sidecar, "a RenderFailed event naming the group", |server| {
+            server.events().iter().any(|e| {
+                e["reason"] == "RenderFailed" && e["note"].as_str().is_some_and(|n| n.starts_with("group keys: "))
+            })
+        })
+        .await;
+
+        // A success of the other group leaves the failure in place.
+        server.apply(config_map("a", "2"));
+        sidecar.until_file(&case, "maps.txt", "a=2\n").await;
+        let maps = case.path("maps.txt").display().to_string();
+        // sha256 of `a=2\n`.
+        server_until(&server, &sidecar, "the render of maps in the status", |server| {
+            status_annotations(server)
+                .get("kube-template/checksums")
+                .and_then(Value::as_str)
+                .and_then(|c| serde_json::from_str::<Value>(c).ok())
+                .is_some_and(|sums| sums[&maps] == "e7a7672885cd4dbbdbd668c4ce816c7e47e700d56fa73ac5cfdc9e33c99e09c7")
+        })
+        .await;
+        let annotations = status_annotations(&server);
+        assert_eq!(annotations["kube-template/last-render-result"], "failure");
+        assert!(error(&server).unwrap().starts_with("group keys: "), "{annotations:?}");
+        assert!(
+            !server.events().iter().any(|e| e["reason"] == "RenderRecovered"),
+            "{:#?}",
+            server.events()
+        );
     })
     .await;
 }
