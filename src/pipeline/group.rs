@@ -189,3 +189,82 @@ impl Burst {
 fn retry_delay(failures: u32) -> std::time::Duration {
     std::time::Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(std::time::Duration::from_secs(60))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn group(name: &str, reads: &[&str], wait_ms: (u64, u64)) -> Group {
+        Group {
+            name: name.into(),
+            named: true,
+            templates: [name.to_string()].into(),
+            actions: Vec::new(),
+            wait: config::Wait {
+                min: Duration::from_millis(wait_ms.0),
+                max: Duration::from_millis(wait_ms.1),
+            },
+            actions_on_start: true,
+            reads: Reads::Stores(reads.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_group_waits_for_its_own_stores_with_its_own_wait() {
+        let start = Instant::now();
+        let mut fast = Run::new(group("fast", &["cms"], (10, 100)), start);
+        let mut slow = Run::new(group("slow", &["cms", "secrets"], (1000, 5000)), start);
+        assert_eq!(fast.due(), Some(start), "the first render is due at once");
+        for run in [&mut fast, &mut slow] {
+            run.render_started();
+            assert_eq!(run.render_ended(None, false), None);
+            assert_eq!(run.due(), None);
+        }
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        fast.store_changed("secrets", now);
+        assert_eq!(fast.due(), None, "fast does not read secrets");
+        slow.store_changed("secrets", now);
+        fast.store_changed("cms", now);
+        slow.store_changed("cms", now);
+        assert_eq!(fast.due(), Some(now + Duration::from_millis(10)));
+        assert_eq!(slow.due(), Some(now + Duration::from_millis(1000)));
+        assert!(!fast.overdue(now));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(
+            fast.overdue(Instant::now()),
+            "a burst past wait.max goes before more events"
+        );
+        assert!(!slow.overdue(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_group_backs_off_on_its_own_and_a_success_ends_it() {
+        let start = Instant::now();
+        let mut failing = Run::new(group("a", &["cms"], (10, 100)), start);
+        let mut fine = Run::new(group("b", &["cms"], (10, 100)), start);
+        let delays: Vec<_> = (0..3)
+            .map(|_| {
+                failing.render_started();
+                failing.render_ended(Some("boom".into()), false)
+            })
+            .collect();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(delays, [secs(1), secs(2), secs(4)]);
+        assert_eq!(failing.due(), Some(Instant::now() + Duration::from_secs(4)));
+        fine.render_started();
+        assert_eq!(fine.render_ended(None, false), None);
+        assert_eq!((fine.due(), fine.error.as_deref()), (None, None));
+        failing.render_started();
+        assert_eq!(
+            failing.render_ended(None, true),
+            secs(8),
+            "stale copies: again, on the streak"
+        );
+        failing.render_started();
+        assert_eq!(failing.render_ended(None, false), None);
+        assert_eq!(failing.due(), None);
+    }
+}
