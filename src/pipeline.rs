@@ -337,11 +337,11 @@ pub async fn run(
                 // ConfigMap) are stored, but render nothing: each render
                 // would otherwise cause the next.
                 let only_ours = own_writes.only_ours(event.watch, &event.event);
-                apply(&mut stores, names, event.event, &telemetry);
+                let changed = apply(&mut stores, names, event.event, &telemetry);
                 if !only_ours {
                     let now = Instant::now();
                     for group in &mut groups {
-                        for name in names {
+                        for name in &changed {
                             group.store_changed(name, now);
                         }
                     }
@@ -447,9 +447,17 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Applies one watch event to every store the watch feeds. The last store
-/// takes the event's objects; only the others get copies.
-fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event, telemetry: &Telemetry) {
+/// Applies one watch event to every store the watch feeds; returns the
+/// stores whose content changed (an object a store skips, or a delete of
+/// one it never held, changes nothing). The last store takes the event's
+/// objects; only the others get copies.
+fn apply<'a>(
+    stores: &mut BTreeMap<String, AnyStore>,
+    names: &'a [String],
+    event: Event,
+    telemetry: &Telemetry,
+) -> Vec<&'a str> {
+    let mut changed = Vec::new();
     let kind = match &event {
         Event::Applied(_) => "applied",
         Event::Deleted(_) => "deleted",
@@ -463,15 +471,17 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
         } else {
             event.clone()
         };
-        match this {
-            Some(Event::Applied(object)) => {
-                store.apply(object);
+        let content_changed = match this {
+            Some(Event::Applied(object)) => store.apply(object).changed(),
+            Some(Event::Deleted(object)) => store.delete(&object),
+            Some(Event::Listed { scope, objects }) => {
+                store.reset_scope(scope.as_deref(), objects);
+                true
             }
-            Some(Event::Deleted(object)) => {
-                store.delete(&object);
-            }
-            Some(Event::Listed { scope, objects }) => store.reset_scope(scope.as_deref(), objects),
-            None => {}
+            None => false,
+        };
+        if content_changed {
+            changed.push(name.as_str());
         }
         let label = StoreLabel { store: name.clone() };
         telemetry
@@ -489,4 +499,5 @@ fn apply(stores: &mut BTreeMap<String, AnyStore>, names: &[String], event: Event
             .inc();
         telemetry.status.store_changed(name, store.len());
     }
+    changed
 }

@@ -261,6 +261,74 @@ async fn a_store_change_re_renders_only_the_groups_that_read_it() {
     .await;
 }
 
+/// A ConfigMap `default/NAME` labelled `LABEL: "1"`.
+fn labelled(name: &str, label: &str) -> Value {
+    let mut object = config_map(name, "1");
+    object["metadata"]["labels"] = json!({ label: "1" });
+    object
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_sharing_a_watch_re_render_only_the_group_whose_store_keeps_the_object() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        // One watch of ConfigMaps feeds both stores; each keeps only the
+        // ConfigMaps with its label (keyed by it, `skip` without).
+        let case = Case::new(
+            r#"
+watched_resources:
+  dashboards:
+    api_version: v1
+    kind: ConfigMap
+    index_by: ["metadata.labels.dashboard", "metadata.name"]
+    on_missing_key: skip
+  alerts:
+    api_version: v1
+    kind: ConfigMap
+    index_by: ["metadata.labels.alert", "metadata.name"]
+    on_missing_key: skip
+templates:
+  dashboards:
+    group: dashboards
+    path: dashboards.txt
+    inline: "{% for o in resources.dashboards %}{{ o.metadata.name }}\n{% endfor %}"
+  alerts:
+    group: alerts
+    path: alerts.txt
+    inline: "{% for o in resources.alerts %}{{ o.metadata.name }}\n{% endfor %}"
+groups:
+  dashboards: {}
+  alerts: {}
+render:
+  wait: {min: 10ms, max: 100ms}
+"#,
+        );
+        let sidecar = case.spawn_against(&server, &[]);
+        let admin = sidecar.admin().await;
+        until_renders(&sidecar, &admin, "dashboards", 1.0).await;
+        until_renders(&sidecar, &admin, "alerts", 1.0).await;
+
+        server.apply(labelled("nodes", "dashboard"));
+        sidecar.until_file(&case, "dashboards.txt", "nodes\n").await;
+        server.apply(labelled("node-down", "alert"));
+        sidecar.until_file(&case, "alerts.txt", "node-down\n").await;
+        until_renders(&sidecar, &admin, "alerts", 2.0).await;
+
+        assert_eq!(
+            renders(&admin, "dashboards", "success"),
+            2.0,
+            "dashboards rendered for an alert"
+        );
+        assert_eq!(
+            renders(&admin, "alerts", "success"),
+            2.0,
+            "alerts rendered for a dashboard"
+        );
+        assert_eq!(server.open_watches("configmaps"), 1, "one watch for both stores");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_on_start_skip_holds_the_first_reload_only() {
     within_deadline(async {

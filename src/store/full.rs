@@ -106,11 +106,15 @@ mod tests {
         s.apply(obj("1", "a", "one", "web"));
         assert_eq!(
             s.apply(doc(json!({"metadata": {"uid": "1", "namespace": "a", "name": "one"}}))),
-            Applied::Skipped
+            Applied::Skipped { removed: true }
         );
-        assert_eq!((s.len(), s.skipped()), (0, 1));
+        assert_eq!(
+            s.apply(doc(json!({"metadata": {"uid": "2", "namespace": "a", "name": "two"}}))),
+            Applied::Skipped { removed: false }
+        );
+        assert_eq!((s.len(), s.skipped()), (0, 2));
         s.apply(obj("1", "a", "one", "web"));
-        assert_eq!((s.len(), s.skipped()), (1, 0));
+        assert_eq!((s.len(), s.skipped()), (1, 1));
     }
 
     #[test]

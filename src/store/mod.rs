@@ -52,7 +52,16 @@ pub enum Applied {
     /// Stored (new, changed or moved).
     Stored,
     /// Not stored: an `index_by` value is missing and `on_missing_key: skip`.
-    Skipped,
+    /// `removed`: it was stored until now.
+    Skipped { removed: bool },
+}
+
+impl Applied {
+    /// Whether the store's content changed: a skipped object that was not
+    /// stored changes nothing, and renders nothing.
+    pub fn changed(self) -> bool {
+        !matches!(self, Applied::Skipped { removed: false })
+    }
 }
 
 /// What a store keeps per object, made from the object (after
@@ -92,9 +101,9 @@ impl<E: Entry> Store<E> {
                 Applied::Stored
             }
             Prepared::Skipped(id, namespace) => {
-                self.index.remove(id);
+                let removed = self.index.remove(id);
                 self.skipped.insert(id, namespace);
-                Applied::Skipped
+                Applied::Skipped { removed }
             }
         }
     }
