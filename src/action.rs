@@ -4,6 +4,8 @@
 //! rolls files back. What an action prints is logged in full at debug level
 //! only; elsewhere as its first line, redacted (DESIGN 5.8).
 
+pub mod signal;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -436,3 +436,4 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
 mod commit;
 #[cfg(test)]
 mod tests;
+pub mod validate;
