@@ -1,0 +1,123 @@
+//! Signal actions and exec mode end to end: the real `kube-template run`
+//! binary against the fake Kubernetes API server, with small shell programs
+//! standing in for the daemon. Each records in `signals.log` when it started
+//! (with the first line of the rendered file it saw) and every signal it got.
+//!
+//! Every test has an overall deadline and waits on conditions (a file's
+//! content, the process exiting); nothing waits by sleeping a fixed time.
+
+mod support;
+
+use std::time::Duration;
+
+use support::case::{CMS_TEMPLATE, Case, config_map, within};
+use support::fake_api::FakeApiServer;
+use support::sidecar::{Sidecar, WAIT};
+
+/// Upper bound for a whole test.
+const TEST_DEADLINE: Duration = Duration::from_secs(40);
+
+/// A daemon stand-in: logs its start (with `out.txt`'s first line), HUP and
+/// USR1, and exits 3 on TERM. Run from the case directory.
+const DAEMON: &str = r#"
+trap 'echo HUP >> signals.log' HUP
+trap 'echo USR1 >> signals.log' USR1
+trap 'echo TERM >> signals.log; exit 3' TERM
+echo "started $(head -n 1 out.txt)" >> signals.log
+while :; do sleep 0.05; done
+"#;
+
+fn config(extra: &str) -> String {
+    format!(
+        "watched_resources:
+  cms: {{api_version: v1, kind: ConfigMap}}
+templates:
+  out:
+    path: out.txt
+    inline: |
+{CMS_TEMPLATE}render:
+  wait: {{min: 10ms, max: 100ms}}
+{extra}"
+    )
+}
+
+/// Starts `kube-template run` against `server` in exec mode, with
+/// [`DAEMON`] as the command.
+fn spawn_exec(case: &Case, server: &FakeApiServer) -> Sidecar {
+    case.write("daemon.sh", DAEMON);
+    case.spawn_against(server, &["--", "sh", "daemon.sh"])
+}
+
+/// The lines of `signals.log`.
+fn signals(case: &Case) -> Vec<String> {
+    case.read("signals.log")
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn until_signals(sidecar: &Sidecar, case: &Case, expected: &[&str]) {
+    sidecar
+        .until_holds(&format!("signals.log to be {expected:?}"), || signals(case) == expected)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mode_restarts_the_child_on_a_change_and_exits_with_its_status() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config(""));
+        let mut sidecar = spawn_exec(&case, &server);
+        until_signals(&sidecar, &case, &["started count=1"]).await;
+
+        server.apply(config_map("b", "2"));
+        until_signals(&sidecar, &case, &["started count=1", "TERM", "started count=2"]).await;
+
+        sidecar.signal("TERM");
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(3), "{}", sidecar.log());
+        assert_eq!(signals(&case), ["started count=1", "TERM", "started count=2", "TERM"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mode_exits_with_the_status_of_a_child_that_ends_by_itself() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config(""));
+        let mut sidecar = case.spawn_against(&server, &["--", "sh", "-c", "head -n 1 out.txt > seen.txt; exit 5"]);
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(5), "{}", sidecar.log());
+        assert_eq!(
+            case.read("seen.txt").as_deref(),
+            Some("count=1\n"),
+            "the child ran before the render"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_with_a_command_renders_then_becomes_the_command() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config(""));
+        let script = "head -n 1 out.txt > seen.txt; echo $$ > pid.txt; exit 4";
+        let mut sidecar = case.spawn_against(&server, &["--once", "--", "sh", "-c", script]);
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(4), "{}", sidecar.log());
+        assert_eq!(case.read("seen.txt").as_deref(), Some("count=1\n"));
+        let pid = sidecar.child.id().to_string();
+        assert_eq!(
+            case.read("pid.txt").as_deref().map(str::trim),
+            Some(pid.as_str()),
+            "not exec'd in place"
+        );
+    })
+    .await;
+}
