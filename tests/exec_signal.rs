@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use support::case::{CMS_TEMPLATE, Case, config_map, within};
@@ -117,6 +119,95 @@ async fn once_with_a_command_renders_then_becomes_the_command() {
             case.read("pid.txt").as_deref().map(str::trim),
             Some(pid.as_str()),
             "not exec'd in place"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mode_sends_the_reload_signal_on_a_change_and_the_kill_signal_on_shutdown() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config(
+            "exec: {reload_signal: HUP, kill_signal: USR1, kill_timeout: 500ms}\n",
+        ));
+        let mut sidecar = spawn_exec(&case, &server);
+        until_signals(&sidecar, &case, &["started count=1"]).await;
+
+        server.apply(config_map("b", "2"));
+        until_signals(&sidecar, &case, &["started count=1", "HUP"]).await;
+        sidecar.until_file(&case, "out.txt", "count=2\na=1\nb=2\n").await;
+
+        // USR1 does not stop the daemon: it is killed after kill_timeout.
+        sidecar.signal("TERM");
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(128 + 9), "{}", sidecar.log());
+        assert_eq!(signals(&case), ["started count=1", "HUP", "USR1"]);
+    })
+    .await;
+}
+
+/// A daemon stand-in started by the test as `argv0`, from the case directory;
+/// killed when dropped.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(case: &Case, argv0: &str) -> Daemon {
+        case.write("daemon.sh", DAEMON);
+        case.write("out.txt", "not yet rendered\n");
+        let child = Command::new("sh")
+            .arg0(argv0)
+            .arg("daemon.sh")
+            .current_dir(case.dir.path())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_action_reaches_every_process_of_that_name_after_a_change() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let name = format!("kt-daemon-{}", std::process::id());
+        let case = Case::new(&config(&format!("actions:\n  - {{signal: USR1, process: {name}}}\n")));
+        let _daemon = Daemon::start(&case, &name);
+        let sidecar = case.spawn_against(&server, &[]);
+        until_signals(&sidecar, &case, &["started not yet rendered"]).await;
+        sidecar.until_file(&case, "out.txt", "count=1\na=1\n").await;
+        until_signals(&sidecar, &case, &["started not yet rendered", "USR1"]).await;
+
+        server.apply(config_map("b", "2"));
+        until_signals(&sidecar, &case, &["started not yet rendered", "USR1", "USR1"]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_action_reaches_the_pid_of_its_pid_file_and_a_missing_process_is_reported() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config(
+            "actions:\n  - {signal: HUP, pid_file: daemon.pid}\n  - {signal: HUP, process: kt-no-such-daemon}\n",
+        ));
+        let daemon = Daemon::start(&case, "kt-pid-file-daemon");
+        case.write("daemon.pid", &format!("{}\n", daemon.0.id()));
+        let sidecar = case.spawn_against(&server, &[]);
+        until_signals(&sidecar, &case, &["started not yet rendered", "HUP"]).await;
+        let failed = sidecar.until_log("action failed").await;
+        assert!(
+            failed.contains("no process named `kt-no-such-daemon`"),
+            "the failure says what was looked for: {failed}"
         );
     })
     .await;

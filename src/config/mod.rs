@@ -75,6 +75,8 @@ pub struct Config {
     pub watched_resources: BTreeMap<String, Resource>,
     pub templates: BTreeMap<String, Template>,
     pub actions: Vec<Action>,
+    /// How exec mode (`run -- CMD`) reloads and stops its command.
+    pub exec: crate::exec::Settings,
     pub render: RenderSettings,
     pub admin: AdminSettings,
     /// Where to report each render's result, if anywhere.
@@ -216,6 +218,46 @@ pub struct TemplateEntry {
     /// How long `check` may run.
     #[serde(default = "default_check_timeout", with = "humane::duration")]
     pub check_timeout: Duration,
+    /// Parse the output (each file of a directory output) as `json`, `yaml`
+    /// or `toml` before it replaces the old one; `none` (the default) does not.
+    #[serde(default)]
+    pub validate: Option<String>,
+    /// Numeric `UID:GID` of the written files and of the directories a
+    /// directory output creates.
+    #[serde(default, deserialize_with = "owner_text")]
+    pub owner: Option<String>,
+    /// Delimiters of this template's own, for outputs that hold `{{ }}`.
+    #[serde(default)]
+    pub syntax: Option<SyntaxEntry>,
+}
+
+/// `syntax:` as the user writes it: each a `[start, end]` pair.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntaxEntry {
+    /// Statement delimiters; Jinja's `{%` `%}` when absent.
+    #[serde(default)]
+    pub block: Option<Vec<String>>,
+    /// Expression delimiters; Jinja's `{{` `}}` when absent.
+    #[serde(default)]
+    pub variable: Option<Vec<String>>,
+    /// Comment delimiters; Jinja's `{#` `#}` when absent.
+    #[serde(default)]
+    pub comment: Option<Vec<String>>,
+}
+
+/// An owner is `UID:GID` text; a bare number (`owner: 99`) is kept as
+/// written, for the validation to name.
+fn owner_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(Some(text)),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        serde_json::Value::Null => Ok(None),
+        other => Err(D::Error::custom(format!(
+            "bad owner {other}: expected numeric \"UID:GID\" in quotes, e.g. \"101:101\""
+        ))),
+    }
 }
 
 /// A file mode is written as a quoted string: unquoted, YAML reads `0644` as
@@ -253,6 +295,12 @@ pub struct Template {
     pub fsync: bool,
     pub check: Vec<String>,
     pub check_timeout: Duration,
+    /// The format the output must parse as, if any.
+    pub validate: Option<crate::output::validate::Format>,
+    /// The owner of written files, if set.
+    pub owner: Option<crate::output::owner::Owner>,
+    /// Custom delimiters, if set.
+    pub syntax: Option<crate::render::Syntax>,
 }
 
 /// Where a template's text comes from.
@@ -330,6 +378,15 @@ pub struct ActionEntry {
     /// An HTTP request.
     #[serde(default)]
     pub http: Option<HttpAction>,
+    /// A signal (`HUP`, `USR1`, `USR2`, `TERM`, …) sent to `process` or `pid_file`.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// With `signal`: every process whose comm or argv[0] basename is this.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// With `signal`: the file holding the pid to signal.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// How long the command may run.
     #[serde(default = "default_action_timeout", with = "humane::duration")]
     pub timeout: Duration,
@@ -363,8 +420,40 @@ fn default_http_method() -> String {
 /// A validated action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Command { argv: Vec<String>, timeout: Duration },
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
     Http(HttpAction),
+    Signal {
+        signal: nix::sys::signal::Signal,
+        target: crate::action::signal::Target,
+    },
+}
+
+/// `exec:` as the user writes it: how exec mode (`run -- CMD`) reloads and
+/// stops its command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecEntry {
+    /// Signal that reloads the command after a change; without one it is
+    /// restarted.
+    #[serde(default)]
+    pub reload_signal: Option<String>,
+    /// Signal that asks the command to stop.
+    #[serde(default = "default_kill_signal")]
+    pub kill_signal: String,
+    /// How long the command may take to stop before it is killed (SIGKILL).
+    #[serde(default = "default_kill_timeout", with = "humane::duration")]
+    pub kill_timeout: Duration,
+}
+
+fn default_kill_signal() -> String {
+    "TERM".into()
+}
+
+fn default_kill_timeout() -> Duration {
+    crate::exec::Settings::default().kill_timeout
 }
 
 /// `render:` settings.
@@ -481,6 +570,8 @@ fn longest_wait(config: &Config) -> Option<(String, Duration)> {
             format!("actions.{i}.timeout × {} attempts", http.retries + 1),
             http.timeout * (http.retries + 1),
         ),
+        // A signal is sent, not waited on.
+        Action::Signal { .. } => (format!("actions.{i}"), Duration::ZERO),
     });
     checks.chain(actions).max_by_key(|(_, wait)| *wait)
 }
@@ -508,7 +599,15 @@ pub struct StatusSettings {
     pub namespace: Option<String>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin", "status"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "watched_resources",
+    "templates",
+    "actions",
+    "exec",
+    "render",
+    "admin",
+    "status",
+];
 
 impl Config {
     /// Reads and validates a config file. Templates are not compiled here; the
@@ -602,6 +701,7 @@ impl Validator<'_> {
             watched_resources: BTreeMap::new(),
             templates: BTreeMap::new(),
             actions: Vec::new(),
+            exec: crate::exec::Settings::default(),
             render: RenderSettings::default(),
             admin: AdminSettings::default(),
             status: None,
@@ -651,7 +751,7 @@ impl Validator<'_> {
         }
         for (name, entry) in templates {
             let path = vec!["templates".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &[])
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax"])
                 && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
             {
                 config.templates.insert(name, template);
@@ -665,7 +765,7 @@ impl Validator<'_> {
                     for (i, item) in items.iter().enumerate() {
                         let path = vec!["actions".to_string(), i.to_string()];
                         if let Some(entry) = self.typed::<ActionEntry>(&path, item, &["http"])
-                            && let Some(action) = self.action(&path, entry)
+                            && let Some(action) = self.action(&path, entry, base_dir)
                         {
                             config.actions.push(action);
                         }
@@ -677,6 +777,13 @@ impl Validator<'_> {
                     format!("expected a list, found {}", node.type_name()),
                 ),
             }
+        }
+        if let Some(node) = self.tree.get("exec").cloned()
+            && !matches!(node.value, NodeValue::Null)
+            && let Some(entry) = self.typed::<ExecEntry>(&["exec".into()], &node, &[])
+            && let Some(exec) = self.exec(entry)
+        {
+            config.exec = exec;
         }
         if let Some(node) = self.tree.get("render").cloned()
             && !matches!(node.value, NodeValue::Null)
@@ -1059,6 +1166,33 @@ impl Validator<'_> {
         {
             self.issue(&[path, &["check".to_string()]].concat(), "the command is empty");
         }
+        let validate = match spec.validate.as_deref() {
+            None | Some("none") => None,
+            Some(name) => {
+                let format = crate::output::validate::Format::parse(name);
+                if format.is_none() {
+                    self.issue(
+                        &[path, &["validate".to_string()]].concat(),
+                        format!(
+                            "unknown format `{name}`: expected none, {}",
+                            crate::output::validate::Format::NAMES.join(", ")
+                        ),
+                    );
+                }
+                format
+            }
+        };
+        let owner = spec.owner.as_deref().and_then(|text| {
+            let owner = crate::output::owner::Owner::parse(text);
+            if owner.is_none() {
+                self.issue(
+                    &[path, &["owner".to_string()]].concat(),
+                    format!("`{text}` is not a numeric \"UID:GID\" such as \"101:101\" (names cannot be looked up in images without a user database)"),
+                );
+            }
+            owner
+        });
+        let syntax = spec.syntax.as_ref().and_then(|entry| self.syntax(path, entry));
         if self.issues.len() > before {
             return None;
         }
@@ -1070,7 +1204,36 @@ impl Validator<'_> {
             fsync: spec.fsync,
             check: spec.check,
             check_timeout: spec.check_timeout,
+            validate,
+            owner,
+            syntax,
         })
+    }
+
+    /// `syntax:`, each key a `[start, end]` pair, the three not colliding.
+    fn syntax(&mut self, path: &[String], entry: &SyntaxEntry) -> Option<crate::render::Syntax> {
+        let before = self.issues.len();
+        let mut pair = |key: &str, given: &Option<Vec<String>>| match given.as_deref() {
+            None => None,
+            Some([start, end]) => Some((start.clone(), end.clone())),
+            Some(other) => {
+                let at = [path, &["syntax".to_string(), key.to_string()]].concat();
+                self.issue(
+                    &at,
+                    format!("expected a pair [start, end], found {} item(s)", other.len()),
+                );
+                None
+            }
+        };
+        let syntax = crate::render::Syntax {
+            block: pair("block", &entry.block),
+            variable: pair("variable", &entry.variable),
+            comment: pair("comment", &entry.comment),
+        };
+        for problem in syntax.problems() {
+            self.issue(&[path, &["syntax".to_string()]].concat(), problem);
+        }
+        (self.issues.len() == before).then_some(syntax)
     }
 
     fn outputs_do_not_overlap(&mut self, templates: &BTreeMap<String, Template>) {
@@ -1133,7 +1296,99 @@ impl Validator<'_> {
         }
     }
 
-    fn action(&mut self, path: &[String], entry: ActionEntry) -> Option<Action> {
+    /// `exec:`, its signals known ones and its timeout not zero.
+    fn exec(&mut self, entry: ExecEntry) -> Option<crate::exec::Settings> {
+        let before = self.issues.len();
+        let mut signal = |key: &str, name: &str| {
+            let signal = crate::action::signal::parse(name);
+            if signal.is_none() {
+                self.issue(
+                    &["exec".into(), key.into()],
+                    format!("`{name}` is not a signal: expected a name such as HUP, USR1, USR2 or TERM"),
+                );
+            }
+            signal
+        };
+        let reload_signal = entry.reload_signal.as_deref().map(|name| signal("reload_signal", name));
+        let kill_signal = signal("kill_signal", &entry.kill_signal);
+        if entry.kill_timeout.is_zero() {
+            self.issue(
+                &["exec".into(), "kill_timeout".into()],
+                "must be longer than 0s: the command would get no time to stop",
+            );
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(crate::exec::Settings {
+            reload_signal: reload_signal.flatten(),
+            kill_signal: kill_signal?,
+            kill_timeout: entry.kill_timeout,
+        })
+    }
+
+    fn action(&mut self, path: &[String], entry: ActionEntry, base_dir: &Path) -> Option<Action> {
+        let at = |key: &str| [path, &[key.to_string()]].concat();
+        if entry.signal.is_none() {
+            for (key, given) in [
+                ("process", entry.process.is_some()),
+                ("pid_file", entry.pid_file.is_some()),
+            ] {
+                if given {
+                    self.issue(&at(key), format!("`{key}` only goes with `signal`"));
+                }
+            }
+        }
+        let kinds: Vec<&str> = [
+            ("command", entry.command.is_some()),
+            ("http", entry.http.is_some()),
+            ("signal", entry.signal.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, given)| given.then_some(kind))
+        .collect();
+        if kinds.len() > 1 {
+            let (last, rest) = kinds.split_last().expect("more than one");
+            let rest = rest.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            self.issue(path, format!("has both {rest} and `{last}`; give one per action"));
+            return None;
+        }
+        if let Some(name) = &entry.signal {
+            let signal = crate::action::signal::parse(name);
+            if signal.is_none() {
+                self.issue(
+                    &at("signal"),
+                    format!("`{name}` is not a signal: expected a name such as HUP, USR1, USR2 or TERM"),
+                );
+            }
+            let target = match (entry.process, entry.pid_file) {
+                (Some(process), None) if process.trim().is_empty() => {
+                    self.issue(&at("process"), "must not be empty");
+                    None
+                }
+                (Some(process), None) => Some(crate::action::signal::Target::Process(process)),
+                (None, Some(file)) if file.as_os_str().is_empty() => {
+                    self.issue(&at("pid_file"), "must not be empty");
+                    None
+                }
+                (None, Some(file)) => Some(crate::action::signal::Target::PidFile(base_dir.join(file))),
+                (Some(_), Some(_)) => {
+                    self.issue(path, "has both `process` and `pid_file`; give one");
+                    None
+                }
+                (None, None) => {
+                    self.issue(
+                        path,
+                        "`signal` needs `process` (a process name) or `pid_file` (a file holding a pid)",
+                    );
+                    None
+                }
+            };
+            return Some(Action::Signal {
+                signal: signal?,
+                target: target?,
+            });
+        }
         match (entry.command, entry.http) {
             (Some(argv), None) => {
                 if argv.first().is_none_or(|p| p.trim().is_empty()) {
@@ -1178,12 +1433,9 @@ impl Validator<'_> {
                 }
                 Some(Action::Http(http))
             }
-            (Some(_), Some(_)) => {
-                self.issue(path, "has both `command` and `http`; give one per action");
-                None
-            }
+            (Some(_), Some(_)) => unreachable!("refused above: more than one kind"),
             (None, None) => {
-                self.issue(path, "needs `command` or `http`");
+                self.issue(path, "needs `command`, `http` or `signal`");
                 None
             }
         }
