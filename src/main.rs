@@ -146,8 +146,15 @@ async fn main() -> ExitCode {
             let telemetry = Arc::new(Telemetry::default());
             // Exec mode: the child follows the renders from the first one on,
             // and its end stops the run as a signal does.
-            let mut child = (!once && !command.is_empty())
-                .then(|| Supervised::start(command.clone(), prepared.config.exec, &telemetry));
+            let mut child = (!once && !command.is_empty()).then(|| {
+                let exec = &prepared.config.exec;
+                let settings = exec::Settings {
+                    reload_signal: exec.reload_signal,
+                    kill_signal: exec.kill_signal,
+                    kill_timeout: exec.kill_timeout,
+                };
+                Supervised::start(command.clone(), settings, &telemetry)
+            });
             let child_ended = child.as_mut().and_then(|c| c.ended.take());
             let mut shutdown = std::pin::pin!(async {
                 match child_ended {

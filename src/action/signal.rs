@@ -9,23 +9,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Where a signal action sends its signal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Every process whose comm or argv[0] basename is this name.
-    Process(String),
-    /// The pid written in this file.
-    PidFile(PathBuf),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Process(name) => write!(f, "process `{name}`"),
-            Target::PidFile(path) => write!(f, "pid_file `{}`", path.display()),
-        }
-    }
-}
+pub use crate::config::SignalTarget as Target;
 
 /// Why a signal could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +50,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The signal a config names: `HUP`, `USR1`, … with or without `SIG`, in
-/// any case. `None` for a name that is no signal.
-pub fn parse(name: &str) -> Option<Signal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    // SIGSTOP would freeze the daemon with no way back from here.
-    format!("SIG{bare}").parse().ok().filter(|s| *s != Signal::SIGSTOP)
-}
 
 /// The short name of a signal, as configs write it: `HUP`.
 pub fn name(signal: Signal) -> &'static str {
@@ -208,13 +183,9 @@ mod tests {
     }
 
     #[test]
-    fn signal_names_are_read_with_or_without_sig_in_any_case() {
-        assert_eq!(parse("HUP"), Some(Signal::SIGHUP));
-        assert_eq!(parse("sigusr2"), Some(Signal::SIGUSR2));
-        assert_eq!(parse("SIGTERM"), Some(Signal::SIGTERM));
-        assert_eq!(parse("RELOAD"), None);
-        assert_eq!(parse("STOP"), None);
+    fn signals_are_named_as_configs_write_them() {
         assert_eq!(name(Signal::SIGUSR1), "USR1");
+        assert_eq!(name(Signal::SIGHUP), "HUP");
     }
 
     #[test]

@@ -19,9 +19,8 @@ use std::time::Duration;
 use tempfile::TempPath;
 
 use self::commit::Commit;
-use self::owner::Owner;
 use crate::command;
-use crate::config::{OutputTarget, Template};
+use crate::config::{OutputTarget, Owner, Template};
 use crate::redact::Redactor;
 use crate::render::Content;
 
@@ -265,7 +264,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
             Ok(old) if old == bytes => {
                 ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
                 if let Some(owner) = job.template.owner {
-                    owner.ensure(&target).map_err(io("cannot set the owner of", &target))?;
+                    owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
                 }
                 continue;
             }
@@ -299,9 +298,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
             .set_permissions(fs::Permissions::from_mode(job.template.mode))
             .map_err(io("cannot set the mode of", file.path()))?;
         if let Some(owner) = job.template.owner {
-            owner
-                .apply_to(file.as_file())
-                .map_err(io("cannot set the owner of", file.path()))?;
+            owner::apply_to(owner, file.as_file()).map_err(io("cannot set the owner of", file.path()))?;
         }
         if job.template.fsync {
             file.as_file().sync_all().map_err(io("cannot fsync", file.path()))?;
@@ -351,7 +348,7 @@ fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<()> {
         .collect();
     fs::create_dir_all(dir)?;
     for created in missing {
-        owner.ensure(created)?;
+        owner::ensure(owner, created)?;
     }
     Ok(())
 }

@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
-use crate::config::{Config, Issue, OutputTarget, TemplateSource};
+use crate::config::{Config, Issue, OutputTarget, Syntax, TemplateSource};
 pub use objects::{Resources, StoresSnapshot};
-pub use syntax::Syntax;
 
 /// Why a template could not be rendered. The message names the template, its
 /// file and line, and the cause.
@@ -85,7 +84,7 @@ impl Renderer {
                 None => {
                     let mut env = environment(&config.base_dir);
                     env.set_fuel(Some(config.render.fuel));
-                    match syntax.apply(env.syntax()) {
+                    match syntax::apply(&syntax, env.syntax()) {
                         Ok(custom) => env.set_syntax(custom),
                         Err(problem) => {
                             issues.push(config.issue_at(&["templates", name, "syntax"], problem));
