@@ -97,7 +97,7 @@ pub fn send(signal: Signal, target: &Target, proc: &Path) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// The pids under `proc` whose comm or argv[0] basename is `name`, in
+/// The pids under `proc` whose comm or `argv[0]` basename is `name`, in
 /// order, leaving out this process (a signal meant for a daemon must not stop
 /// kube-template itself).
 pub fn find(proc: &Path, name: &str) -> Result<Vec<i32>> {

@@ -23,7 +23,7 @@ pub struct ActionEntry {
     /// A signal (`HUP`, `USR1`, `USR2`, `TERM`, …) sent to `process` or `pid_file`.
     #[serde(default)]
     pub signal: Option<String>,
-    /// With `signal`: every process whose comm or argv[0] basename is this.
+    /// With `signal`: every process whose comm or `argv[0]` basename is this.
     #[serde(default)]
     pub process: Option<String>,
     /// With `signal`: the file holding the pid to signal.
@@ -70,7 +70,7 @@ pub enum Action {
 /// Where a signal action sends its signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignalTarget {
-    /// Every process whose comm or argv[0] basename is this name.
+    /// Every process whose comm or `argv[0]` basename is this name.
     Process(String),
     /// The pid written in this file.
     PidFile(PathBuf),
