@@ -212,3 +212,39 @@ async fn a_signal_action_reaches_the_pid_of_its_pid_file_and_a_missing_process_i
     })
     .await;
 }
+
+/// The owner of `path`, as `uid:gid`.
+fn owner_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.uid(), meta.gid())
+}
+
+#[test]
+fn a_rerooted_render_keeps_the_owner_of_its_files_and_a_live_one_sets_it() {
+    let case = Case::new("templates:\n  out:\n    path: out.txt\n    owner: \"4321:4322\"\n    inline: \"x\\n\"\n");
+    let own = owner_of(case.dir.path());
+    let render = |out: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kube-template"));
+        command.args(["render", "-c"]).arg(case.path("config.yaml"));
+        command.arg("--from").arg(case.path("versions"));
+        if let Some(out) = out {
+            command.arg("--out").arg(out);
+        }
+        command.output().unwrap()
+    };
+    let preview = case.path("preview");
+    let output = render(Some(&preview));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(owner_of(&preview.join("out.txt")), own, "--out is a preview: no chown");
+
+    // In place, the owner is set: as root it is 4321:4322, else the chown is refused.
+    let output = render(None);
+    if own.starts_with("0:") {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(owner_of(&case.path("out.txt")), "4321:4322");
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cannot set the owner of"), "{stderr}");
+    }
+}
