@@ -248,3 +248,20 @@ fn a_rerooted_render_keeps_the_owner_of_its_files_and_a_live_one_sets_it() {
         assert!(stderr.contains("cannot set the owner of"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_with_a_command_does_not_run_it_when_the_render_fails() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(
+            "watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\ntemplates:\n  out:\n    path: out.txt\n    inline: \"{{ resources.cms.get_one('default', 'a').data.missing }}\\n\"\n",
+        );
+        let mut sidecar = case.spawn_against(&server, &["--once", "--", "sh", "-c", "touch ran"]);
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+        assert!(case.read("ran").is_none(), "the command ran after a failed render");
+        assert!(sidecar.log().contains("the render failed"), "{}", sidecar.log());
+    })
+    .await;
+}
