@@ -3,6 +3,7 @@
 //! the `actions_on_start` of the default group.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -57,7 +58,11 @@ pub struct Group {
 impl Validator<'_> {
     /// The `groups` section, checked against the templates' `group:`: every
     /// group a template names exists, and every group has a template.
-    pub(super) fn groups(&mut self, templates: &BTreeMap<String, Template>) -> BTreeMap<String, Group> {
+    pub(super) fn groups(
+        &mut self,
+        templates: &BTreeMap<String, Template>,
+        base_dir: &Path,
+    ) -> BTreeMap<String, Group> {
         let mut groups = BTreeMap::new();
         let mut named = BTreeSet::new();
         for (name, entry) in self.named_entries("groups") {
@@ -72,7 +77,7 @@ impl Validator<'_> {
             }
             let before = self.issues.len();
             let entry = self.typed::<GroupEntry>(&path, &entry, &["wait"]);
-            let actions = self.action_list(&[path.clone(), vec!["actions".into()]].concat());
+            let actions = self.action_list(&[path.clone(), vec!["actions".into()]].concat(), base_dir);
             if let Some(wait) = entry.as_ref().and_then(|e| e.wait) {
                 self.check_wait(&[path.clone(), vec!["wait".into()]].concat(), wait);
             }

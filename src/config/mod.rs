@@ -21,12 +21,14 @@ use yaml::{Node, NodeValue, Position};
 
 pub use crate::index::OnMissingKey;
 pub use crate::report::StatusSettings;
-pub use actions::{Action, ActionEntry, HttpAction};
+pub use actions::{Action, ActionEntry, ExecEntry, ExecSettings, HttpAction, SignalTarget, parse_signal};
 pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, Readiness, RenderSettings, Wait};
-pub use templates::{OutputTarget, Template, TemplateEntry, TemplateSource};
+pub use templates::{
+    OutputTarget, Owner, Pair, Syntax, SyntaxEntry, Template, TemplateEntry, TemplateSource, ValidateFormat,
+};
 pub use validate::sort_issues;
 
 /// One problem in a config file.
@@ -89,6 +91,8 @@ pub struct Config {
     pub actions_on_start: ActionsOnStart,
     /// The named groups, by name.
     pub groups: BTreeMap<String, Group>,
+    /// How exec mode (`run -- CMD`) reloads and stops its command.
+    pub exec: ExecSettings,
     pub render: RenderSettings,
     pub admin: AdminSettings,
     /// Where to report each render's result, if anywhere.
@@ -105,6 +109,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "actions",
     "actions_on_start",
     "groups",
+    "exec",
     "render",
     "admin",
     "status",
@@ -192,6 +197,7 @@ impl Validator<'_> {
             actions: Vec::new(),
             actions_on_start: ActionsOnStart::default(),
             groups: BTreeMap::new(),
+            exec: ExecSettings::default(),
             render: RenderSettings::default(),
             admin: AdminSettings::default(),
             status: None,
@@ -229,9 +235,12 @@ impl Validator<'_> {
             });
         }
         config.templates = self.templates(file, base_dir);
-        config.actions = self.action_list(&["actions".into()]);
+        config.actions = self.action_list(&["actions".into()], base_dir);
         config.actions_on_start = self.actions_on_start();
-        config.groups = self.groups(&config.templates);
+        config.groups = self.groups(&config.templates, base_dir);
+        if let Some(exec) = self.exec_settings() {
+            config.exec = exec;
+        }
         if let Some(render) = self.render_settings() {
             config.render = render;
         }

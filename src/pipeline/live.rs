@@ -45,6 +45,7 @@ impl Due<'_> {
         let snapshot = snapshot(self.stores);
         let redactor = Arc::new(redactor(&self.prepared.config, &snapshot));
         let mut to_run = Vec::new();
+        let mut rendered = Vec::new();
         let due: Vec<usize> = (0..groups.len())
             .filter(|&i| groups[i].due().is_some_and(|due| due <= now))
             .collect();
@@ -76,13 +77,19 @@ impl Due<'_> {
                     tracing::warn!(group = %run.group.name, retry_in_ms, "render failed; outputs unchanged; will retry");
                 }
             }
-            publish(self.telemetry, groups, i, started.elapsed(), changed, checksums);
+            rendered.push((i, started.elapsed(), changed));
             let run = &groups[i];
             if changed && (!first || run.group.actions_on_start) {
                 to_run.extend(run.group.actions.iter().cloned());
             } else if changed && !run.group.actions.is_empty() {
                 tracing::info!(group = %run.group.name, "first render after the start; actions skipped (actions_on_start: skip)");
             }
+        }
+        // Published once every group of the turn rendered, each outcome with
+        // the errors of all: a follower that waits for a good render (exec
+        // mode's first start) sees every group of the first render done.
+        for (i, duration, changed) in rendered {
+            publish(self.telemetry, groups, i, duration, changed, checksums);
         }
         (to_run, redactor)
     }

@@ -45,8 +45,15 @@ impl Reads {
 }
 
 /// The stores the template `name` of `env` reads, following the templates it
-/// names in `include`, `import`, `from` and `extends`.
-pub fn of(env: &Environment<'_>, name: &str) -> Reads {
+/// names in `include`, `import`, `from` and `extends`; `block` are the
+/// environment's statement delimiters (`{%` `%}`, or a template's `syntax:`).
+pub fn of(env: &Environment<'_>, name: &str, block: (&str, &str)) -> Reads {
+    let tag = Regex::new(&format!(
+        r"{}[-+]?\s*(?:include|import|from|extends)\s+(.*?)\s*[-+]?{}",
+        regex::escape(block.0),
+        regex::escape(block.1)
+    ))
+    .expect("escaped delimiters make a valid pattern");
     let mut seen = BTreeSet::new();
     let mut pending = vec![name.to_string()];
     let mut reads = Reads::Stores(BTreeSet::new());
@@ -60,7 +67,7 @@ pub fn of(env: &Environment<'_>, name: &str) -> Reads {
             continue;
         };
         reads = reads.union(variables(&name, template.undeclared_variables(true)));
-        match referenced(&name, template.source()) {
+        match referenced(&tag, &name, template.source()) {
             Ok(names) => pending.extend(names),
             Err(why) => reads = reads.union(Reads::All { why }),
         }
@@ -91,14 +98,11 @@ fn variables(template: &str, nested: impl IntoIterator<Item = String>) -> Reads 
 /// The names of the templates `source` includes, imports or extends, joined
 /// to `parent`'s directory as the environment joins them; an error when one
 /// is computed at render time.
-fn referenced(parent: &str, source: &str) -> Result<Vec<String>, String> {
-    static TAG: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"\{%[-+]?\s*(?:include|import|from|extends)\s+(.*?)\s*[-+]?%\}").expect("the pattern is valid")
-    });
+fn referenced(tag: &Regex, parent: &str, source: &str) -> Result<Vec<String>, String> {
     static LITERAL: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r#"^(?:"([^"\\]*)"|'([^'\\]*)')"#).expect("the pattern is valid"));
     let mut names = Vec::new();
-    for tag in TAG.captures_iter(source) {
+    for tag in tag.captures_iter(source) {
         let argument = tag[1].trim();
         // `"a.j2"`, or a list of them: `["a.j2", "b.j2"]`.
         let mut rest = argument.strip_prefix('[').unwrap_or(argument).trim_start();
@@ -134,6 +138,8 @@ mod tests {
         env
     }
 
+    const JINJA: (&str, &str) = ("{%", "%}");
+
     fn stores(names: &[&str]) -> Reads {
         Reads::Stores(names.iter().map(|s| s.to_string()).collect())
     }
@@ -151,13 +157,16 @@ mod tests {
             ),
             ("t/parts/secrets.j2", "{{ resources.secrets | length }}"),
         ]);
-        assert_eq!(of(&env, "t/main.j2"), stores(&["endpoints", "secrets", "services"]));
+        assert_eq!(
+            of(&env, "t/main.j2", JINJA),
+            stores(&["endpoints", "secrets", "services"])
+        );
     }
 
     #[test]
     fn a_template_without_resources_reads_no_store() {
         let env = env(&[("a.j2", "static {{ 1 + 1 }}")]);
-        assert_eq!(of(&env, "a.j2"), stores(&[]));
+        assert_eq!(of(&env, "a.j2", JINJA), stores(&[]));
     }
 
     #[test]
@@ -168,7 +177,7 @@ mod tests {
             "{% set r = resources %}{{ r.cms }}",
         ] {
             let env = env(&[("a.j2", text)]);
-            let Reads::All { why } = of(&env, "a.j2") else {
+            let Reads::All { why } = of(&env, "a.j2", JINJA) else {
                 panic!("{text} read only some stores")
             };
             assert!(why.starts_with("a.j2 uses `resources`"), "{why}");
@@ -179,7 +188,7 @@ mod tests {
     fn a_computed_include_reads_every_store() {
         let env = env(&[("a.j2", "{{ resources.cms }}{% include name ~ '.j2' %}")]);
         assert_eq!(
-            of(&env, "a.j2"),
+            of(&env, "a.j2", JINJA),
             Reads::All {
                 why: "a.j2 names a template computed at render time (`name ~ '.j2'`)".into()
             }
@@ -193,6 +202,6 @@ mod tests {
             ("b.j2", "{{ resources.b }}{% if false %}{% include 'a.j2' %}{% endif %}"),
             ("c.j2", "{% from 'a.j2' import x %}{{ resources.c }}"),
         ]);
-        assert_eq!(of(&env, "a.j2"), stores(&["b", "c"]));
+        assert_eq!(of(&env, "a.j2", JINJA), stores(&["b", "c"]));
     }
 }

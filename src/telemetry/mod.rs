@@ -29,7 +29,8 @@ pub struct RenderOutcome {
     /// group when the config has named groups), so that a success of one
     /// group does not hide the failure of another.
     pub error: Option<String>,
-    /// Whether any file changed.
+    /// Whether this render changed a file (a failed render changes none),
+    /// while other groups may be failing.
     pub changed: bool,
     /// Every output file with its sha256, after the render.
     pub outputs: Vec<(String, String)>,
