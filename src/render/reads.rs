@@ -196,6 +196,21 @@ mod tests {
     }
 
     #[test]
+    fn includes_are_found_with_the_templates_own_block_delimiters() {
+        let mut env = env(&[]);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .block_delimiters("[%", "%]")
+                .build()
+                .unwrap(),
+        );
+        env.add_template("a.j2", "{% include 'x.j2' %}[% include 'b.j2' %]")
+            .unwrap();
+        env.add_template("b.j2", "{{ resources.cms }}").unwrap();
+        assert_eq!(of(&env, "a.j2", ("[%", "%]")), stores(&["cms"]));
+    }
+
+    #[test]
     fn a_list_of_includes_and_a_cycle_are_followed_once() {
         let env = env(&[
             ("a.j2", "{% include ['b.j2', 'c.j2'] ignore missing %}"),
