@@ -75,10 +75,11 @@ pub enum Error {
 /// memory already, so every store is a full one (`on-demand` included).
 pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, AnyStore> {
     let mut stores = empty_stores(config, &BTreeMap::new());
+    let namespaces = source::Namespaces::among(objects);
     for watch in source::plan(config) {
         let selected: Vec<Document> = objects
             .iter()
-            .filter(|o| watch.spec.selects(o))
+            .filter(|o| watch.spec.selects(o, &namespaces))
             .map(|o| watch.document(o))
             .collect();
         for name in &watch.stores {

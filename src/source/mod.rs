@@ -10,11 +10,14 @@
 pub mod kubernetes;
 pub mod manifests;
 pub mod own_writes;
+pub mod selected;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -35,6 +38,9 @@ pub struct WatchSpec {
     /// Sorted and deduplicated; empty means all namespaces.
     pub namespaces: Vec<String>,
     pub labels: LabelSelector,
+    /// Labels of the namespaces watched ([`selected`]); empty: no selection
+    /// by namespace labels.
+    pub namespace_labels: LabelSelector,
     pub fields: FieldSelector,
     /// Only metadata is watched (for on-demand stores).
     pub metadata_only: bool,
@@ -50,17 +56,19 @@ impl WatchSpec {
             kind: resource.spec.kind.clone(),
             namespaces,
             labels: resource.labels.clone(),
+            namespace_labels: resource.namespace_labels.clone(),
             fields: resource.fields.clone(),
             metadata_only: resource.spec.store == StoreKind::OnDemand,
         }
     }
 
     /// What makes two specs the same watch.
-    fn identity(&self) -> (String, String, Vec<String>, String, String, bool) {
+    fn identity(&self) -> (String, String, Vec<String>, String, String, String, bool) {
         (
             self.api_version.clone(),
             self.kind.clone(),
             self.namespaces.clone(),
+            self.namespace_labels.canonical(),
             self.labels.canonical(),
             self.fields.canonical(),
             self.metadata_only,
@@ -68,18 +76,31 @@ impl WatchSpec {
     }
 
     /// Whether `object` belongs to this watch: same apiVersion and kind, in one
-    /// of its namespaces (if any), matching its selectors. The API server does
-    /// this for real watches; manifests are filtered here the same way.
-    pub fn selects(&self, object: &Value) -> bool {
+    /// of its namespaces (if any) whose labels match its namespace selector
+    /// (if any; `namespaces` holds the Namespace objects there are), matching
+    /// its selectors. The API server and [`selected`] do this for real
+    /// watches; manifests are filtered here the same way.
+    pub fn selects(&self, object: &Value, namespaces: &Namespaces) -> bool {
         let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or_default();
         if text("apiVersion") != self.api_version || text("kind") != self.kind {
             return false;
         }
-        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
-        if !self.namespaces.is_empty() && namespace.is_some_and(|ns| !self.namespaces.iter().any(|n| n == ns)) {
+        if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !self.in_namespace(namespace, namespaces.labels(namespace))
+        {
             return false;
         }
         self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// Whether objects of `namespace` belong to this watch, the namespace's
+    /// labels being `labels` (`{"metadata": {"labels": …}}`; `None`: there
+    /// is no such namespace).
+    pub fn in_namespace(&self, namespace: &str, labels: Option<&Value>) -> bool {
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
+            return false;
+        }
+        self.namespace_labels.is_empty() || labels.is_some_and(|labels| self.namespace_labels.matches(labels))
     }
 
     /// A short description for logs: `v1/Secret in [a, b] labels=… fields=…`.
@@ -87,6 +108,9 @@ impl WatchSpec {
         let mut text = format!("{}/{}", self.api_version, self.kind);
         if !self.namespaces.is_empty() {
             text.push_str(&format!(" in [{}]", self.namespaces.join(", ")));
+        }
+        if !self.namespace_labels.is_empty() {
+            text.push_str(&format!(" in namespaces labelled {}", self.namespace_labels.as_str()));
         }
         if !self.labels.is_empty() {
             text.push_str(&format!(" labels={}", self.labels.as_str()));
@@ -178,6 +202,40 @@ fn same_fields(a: &[FieldPath], b: &[FieldPath]) -> bool {
     within(a, b) && within(b, a)
 }
 
+/// The namespaces there are, by name, each as `{"metadata": {"labels": …}}`:
+/// what a namespace selector is matched against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Namespaces(BTreeMap<String, Value>);
+
+impl Namespaces {
+    /// The `v1` Namespace objects among `objects` (offline: the manifests).
+    pub fn among<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Namespaces {
+        Namespaces(
+            objects
+                .into_iter()
+                .filter(|o| {
+                    o.get("apiVersion") == Some(&Value::from("v1")) && o.get("kind") == Some(&Value::from("Namespace"))
+                })
+                .filter_map(|o| {
+                    let name = o.pointer("/metadata/name")?.as_str()?;
+                    Some((name.to_string(), Namespaces::labels_of(o)))
+                })
+                .collect(),
+        )
+    }
+
+    /// What of a Namespace object a selector needs: its labels.
+    fn labels_of(object: &Value) -> Value {
+        let labels = object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
+        serde_json::json!({ "metadata": { "labels": labels } })
+    }
+
+    /// The labels of `namespace`, if there is such a namespace.
+    pub fn labels(&self, namespace: &str) -> Option<&Value> {
+        self.0.get(namespace)
+    }
+}
+
 /// The part of a watch's objects a listing replaces: one namespace, or all.
 pub type Scope = Option<String>;
 
@@ -265,6 +323,11 @@ pub async fn start_kubernetes(
     let mut expected = Vec::new();
     let mut caches = BTreeMap::new();
     let lists = Arc::new(kubernetes::ListMode::default());
+    let (publish, namespaces) = tokio::sync::watch::channel(None);
+    if watches.iter().any(|w| !w.spec.namespace_labels.is_empty()) {
+        let task = namespace_task(&client_config, options, &lists, telemetry, publish)?;
+        tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
+    }
     for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
         let fetch = watch.spec.metadata_only.then(|| {
             let fetch = Arc::new(kubernetes::ApiFetch::pending(client.clone()));
@@ -288,7 +351,7 @@ pub async fn start_kubernetes(
         // Scopes of a kind not served yet: as if namespaced (see `WatchStreams`).
         let scopes = match &resolved {
             Ok(resolved) => kubernetes::scopes(watch, resolved),
-            Err(_) if watch.spec.namespaces.is_empty() => vec![None],
+            Err(_) if watch.spec.namespaces.is_empty() || !watch.spec.namespace_labels.is_empty() => vec![None],
             Err(_) => watch.spec.namespaces.iter().cloned().map(Some).collect(),
         };
         let mut streams = Vec::new();
@@ -315,11 +378,12 @@ pub async fn start_kubernetes(
             lists: Arc::clone(&lists),
             telemetry: Arc::clone(telemetry),
             tx: tx.clone(),
+            namespaces: namespaces.clone(),
         };
         match resolved {
             Ok(resolved) => {
                 for task in streams.tasks(&resolved)? {
-                    tasks.spawn(async move { task.run().await.map_err(|e| e.to_string()) });
+                    tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
                 }
             }
             Err(unknown) => {
@@ -334,6 +398,42 @@ pub async fn start_kubernetes(
         tasks,
         caches,
     })
+}
+
+/// The one watch of Namespaces that every namespace selector follows
+/// ([`selected`]), publishing to `publish`; on the status page as a watch of
+/// its own, and not waited for by the pipeline: the selectors' watches wait
+/// for it.
+fn namespace_task(
+    client_config: &kube::Config,
+    options: kubernetes::WatchOptions,
+    lists: &Arc<kubernetes::ListMode>,
+    telemetry: &Arc<Telemetry>,
+    publish: tokio::sync::watch::Sender<Option<Arc<Namespaces>>>,
+) -> kubernetes::Result<BoxFuture<'static, kubernetes::Result<()>>> {
+    let watch = selected::namespace_watch();
+    let activity = telemetry.status.activity();
+    let index = telemetry.status.add_watch(
+        format!("{} for namespace_selector", watch.spec.describe()),
+        Arc::clone(&activity),
+        Some(options.silence_limit()),
+    );
+    let (tx, events) = mpsc::channel(QUEUE);
+    let task = kubernetes::WatchTask {
+        client: kubernetes::watched_client(client_config, activity)?,
+        id: 0,
+        watch,
+        resolved: selected::namespaces_resolved(),
+        scope: None,
+        options,
+        lists: Arc::clone(lists),
+        reporting: kubernetes::Reporting {
+            telemetry: Arc::clone(telemetry),
+            index,
+        },
+        tx,
+    };
+    Ok(selected::follow_namespaces(task, events, publish).boxed())
 }
 
 /// One watch stream's place in the status.
@@ -359,13 +459,36 @@ struct WatchStreams {
     lists: Arc<kubernetes::ListMode>,
     telemetry: Arc<Telemetry>,
     tx: mpsc::Sender<SourceEvent>,
+    /// The Namespaces there are, for a namespace selector.
+    namespaces: selected::Following,
 }
 
 impl WatchStreams {
     /// The watch tasks of a resolved kind.
-    fn tasks(&self, resolved: &kubernetes::Resolved) -> kubernetes::Result<Vec<kubernetes::WatchTask>> {
+    fn tasks(
+        &self,
+        resolved: &kubernetes::Resolved,
+    ) -> kubernetes::Result<Vec<BoxFuture<'static, kubernetes::Result<()>>>> {
         if let Some(fetch) = &self.fetch {
             fetch.resolve(resolved);
+        }
+        if resolved.namespaced && !self.watch.spec.namespace_labels.is_empty() {
+            let stream = &self.streams[0];
+            let selected = selected::SelectedWatch {
+                client_config: self.client_config.clone(),
+                id: self.id,
+                watch: self.watch.clone(),
+                resolved: resolved.clone(),
+                options: self.options,
+                lists: Arc::clone(&self.lists),
+                reporting: kubernetes::Reporting {
+                    telemetry: Arc::clone(&self.telemetry),
+                    index: stream.index,
+                },
+                activity: Arc::clone(&stream.activity),
+                tx: self.tx.clone(),
+            };
+            return Ok(vec![selected.run(self.namespaces.clone())]);
         }
         let scopes = kubernetes::scopes(&self.watch, resolved);
         let mut tasks = Vec::new();
@@ -379,20 +502,24 @@ impl WatchStreams {
                 self.telemetry.status.watch_synced(stream.index);
                 continue;
             };
-            tasks.push(kubernetes::WatchTask {
-                client: kubernetes::watched_client(&self.client_config, Arc::clone(&stream.activity))?,
-                id: self.id,
-                watch: self.watch.clone(),
-                resolved: resolved.clone(),
-                scope,
-                options: self.options,
-                lists: Arc::clone(&self.lists),
-                reporting: kubernetes::Reporting {
-                    telemetry: Arc::clone(&self.telemetry),
-                    index: stream.index,
-                },
-                tx: self.tx.clone(),
-            });
+            tasks.push(
+                kubernetes::WatchTask {
+                    client: kubernetes::watched_client(&self.client_config, Arc::clone(&stream.activity))?,
+                    id: self.id,
+                    watch: self.watch.clone(),
+                    resolved: resolved.clone(),
+                    scope,
+                    options: self.options,
+                    lists: Arc::clone(&self.lists),
+                    reporting: kubernetes::Reporting {
+                        telemetry: Arc::clone(&self.telemetry),
+                        index: stream.index,
+                    },
+                    tx: self.tx.clone(),
+                }
+                .run()
+                .boxed(),
+            );
         }
         Ok(tasks)
     }
@@ -431,7 +558,7 @@ impl WatchStreams {
             self.telemetry.status.watch_error(stream.index, None);
         }
         let tasks = self.tasks(&resolved)?;
-        futures::future::try_join_all(tasks.into_iter().map(kubernetes::WatchTask::run)).await?;
+        futures::future::try_join_all(tasks).await?;
         Ok(())
     }
 }
