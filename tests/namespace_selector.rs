@@ -188,7 +188,10 @@ fn render_from_manifests_selects_by_the_namespaces_given() {
     assert_eq!(case.read("rendered/out.txt").as_deref(), Some("count=1\npay-a/one\n"));
 
     // No Namespace objects given: no namespace matches, nothing is selected.
-    case.write("objects.yaml", &serde_json::to_string(&config_map("pay-a", "one")).unwrap());
+    case.write(
+        "objects.yaml",
+        &serde_json::to_string(&config_map("pay-a", "one")).unwrap(),
+    );
     let output = run("objects.yaml");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(case.read("rendered/out.txt").as_deref(), Some("count=0\n"));
