@@ -12,6 +12,8 @@ pub mod manifests;
 pub mod own_writes;
 pub mod selected;
 
+pub use selected::Namespaces;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,40 +204,6 @@ fn same_fields(a: &[FieldPath], b: &[FieldPath]) -> bool {
     within(a, b) && within(b, a)
 }
 
-/// The namespaces there are, by name, each as `{"metadata": {"labels": …}}`:
-/// what a namespace selector is matched against.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Namespaces(BTreeMap<String, Value>);
-
-impl Namespaces {
-    /// The `v1` Namespace objects among `objects` (offline: the manifests).
-    pub fn among<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Namespaces {
-        Namespaces(
-            objects
-                .into_iter()
-                .filter(|o| {
-                    o.get("apiVersion") == Some(&Value::from("v1")) && o.get("kind") == Some(&Value::from("Namespace"))
-                })
-                .filter_map(|o| {
-                    let name = o.pointer("/metadata/name")?.as_str()?;
-                    Some((name.to_string(), Namespaces::labels_of(o)))
-                })
-                .collect(),
-        )
-    }
-
-    /// What of a Namespace object a selector needs: its labels.
-    fn labels_of(object: &Value) -> Value {
-        let labels = object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
-        serde_json::json!({ "metadata": { "labels": labels } })
-    }
-
-    /// The labels of `namespace`, if there is such a namespace.
-    pub fn labels(&self, namespace: &str) -> Option<&Value> {
-        self.0.get(namespace)
-    }
-}
-
 /// The part of a watch's objects a listing replaces: one namespace, or all.
 pub type Scope = Option<String>;
 
@@ -325,7 +293,7 @@ pub async fn start_kubernetes(
     let lists = Arc::new(kubernetes::ListMode::default());
     let (publish, namespaces) = tokio::sync::watch::channel(None);
     if watches.iter().any(|w| !w.spec.namespace_labels.is_empty()) {
-        let task = namespace_task(&client_config, options, &lists, telemetry, publish)?;
+        let task = selected::namespace_task(&client_config, options, &lists, telemetry, publish)?;
         tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
     }
     for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
@@ -398,42 +366,6 @@ pub async fn start_kubernetes(
         tasks,
         caches,
     })
-}
-
-/// The one watch of Namespaces that every namespace selector follows
-/// ([`selected`]), publishing to `publish`; on the status page as a watch of
-/// its own, and not waited for by the pipeline: the selectors' watches wait
-/// for it.
-fn namespace_task(
-    client_config: &kube::Config,
-    options: kubernetes::WatchOptions,
-    lists: &Arc<kubernetes::ListMode>,
-    telemetry: &Arc<Telemetry>,
-    publish: tokio::sync::watch::Sender<Option<Arc<Namespaces>>>,
-) -> kubernetes::Result<BoxFuture<'static, kubernetes::Result<()>>> {
-    let watch = selected::namespace_watch();
-    let activity = telemetry.status.activity();
-    let index = telemetry.status.add_watch(
-        format!("{} for namespace_selector", watch.spec.describe()),
-        Arc::clone(&activity),
-        Some(options.silence_limit()),
-    );
-    let (tx, events) = mpsc::channel(QUEUE);
-    let task = kubernetes::WatchTask {
-        client: kubernetes::watched_client(client_config, activity)?,
-        id: 0,
-        watch,
-        resolved: selected::namespaces_resolved(),
-        scope: None,
-        options,
-        lists: Arc::clone(lists),
-        reporting: kubernetes::Reporting {
-            telemetry: Arc::clone(telemetry),
-            index,
-        },
-        tx,
-    };
-    Ok(selected::follow_namespaces(task, events, publish).boxed())
 }
 
 /// One watch stream's place in the status.

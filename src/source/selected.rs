@@ -35,14 +35,86 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::api::ApiResource;
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::kubernetes::{self, ListMode, Reporting, Resolved, WatchOptions, WatchTask};
-use super::{Event, Namespaces, SourceEvent, Watch, WatchSpec};
+use super::{Event, SourceEvent, Watch, WatchSpec};
 use crate::object::document::Document;
 use crate::object::{Meta, ObjectId};
+use crate::telemetry::Telemetry;
 use crate::telemetry::status::Activity;
+
+/// The namespaces there are, by name, each as `{"metadata": {"labels": …}}`:
+/// what a namespace selector is matched against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Namespaces(BTreeMap<String, Value>);
+
+impl Namespaces {
+    /// The `v1` Namespace objects among `objects` (offline: the manifests).
+    pub fn among<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Namespaces {
+        Namespaces(
+            objects
+                .into_iter()
+                .filter(|o| {
+                    o.get("apiVersion") == Some(&Value::from("v1")) && o.get("kind") == Some(&Value::from("Namespace"))
+                })
+                .filter_map(|o| {
+                    let name = o.pointer("/metadata/name")?.as_str()?;
+                    Some((name.to_string(), Namespaces::labels_of(o)))
+                })
+                .collect(),
+        )
+    }
+
+    /// What of a Namespace object a selector needs: its labels.
+    fn labels_of(object: &Value) -> Value {
+        let labels = object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
+        serde_json::json!({ "metadata": { "labels": labels } })
+    }
+
+    /// The labels of `namespace`, if there is such a namespace.
+    pub fn labels(&self, namespace: &str) -> Option<&Value> {
+        self.0.get(namespace)
+    }
+}
+
+/// The one watch of Namespaces that every namespace selector follows
+/// publishing to `publish`; on the status page as a watch of
+/// its own, and not waited for by the pipeline: the selectors' watches wait
+/// for it.
+pub fn namespace_task(
+    client_config: &kube::Config,
+    options: WatchOptions,
+    lists: &Arc<ListMode>,
+    telemetry: &Arc<Telemetry>,
+    publish: tokio::sync::watch::Sender<Option<Arc<Namespaces>>>,
+) -> kubernetes::Result<BoxFuture<'static, kubernetes::Result<()>>> {
+    let watch = namespace_watch();
+    let activity = telemetry.status.activity();
+    let index = telemetry.status.add_watch(
+        format!("{} for namespace_selector", watch.spec.describe()),
+        Arc::clone(&activity),
+        Some(options.silence_limit()),
+    );
+    let (tx, events) = mpsc::channel(super::QUEUE);
+    let task = WatchTask {
+        client: kubernetes::watched_client(client_config, activity)?,
+        id: 0,
+        watch,
+        resolved: namespaces_resolved(),
+        scope: None,
+        options,
+        lists: Arc::clone(lists),
+        reporting: Reporting {
+            telemetry: Arc::clone(telemetry),
+            index,
+        },
+        tx,
+    };
+    Ok(follow_namespaces(task, events, publish).boxed())
+}
 
 /// The Namespaces there are, once the namespace watch listed them.
 pub type Following = watch::Receiver<Option<Arc<Namespaces>>>;
