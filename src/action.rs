@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -223,7 +223,8 @@ fn backoff(attempt: u32) -> Duration {
 const MAX_BODY: usize = 4096;
 
 async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = Bytes::from(http.body.clone().unwrap_or_default());
     let name = format!("{} {}", http.method, http.url);
     let attempts = http.retries + 1;
     let mut last = String::new();
@@ -231,11 +232,14 @@ async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(http.method.as_str())
             .uri(http.url.as_str())
-            .header("user-agent", concat!("kube-template/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new());
+            .header("user-agent", concat!("kube-template/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in &http.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Full::new(body.clone()));
         let request = match request {
             Ok(request) => request,
             Err(e) => {
@@ -418,6 +422,8 @@ mod tests {
             method: "POST".into(),
             timeout: Duration::from_secs(5),
             retries,
+            headers: Default::default(),
+            body: None,
         })
     }
 

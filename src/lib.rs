@@ -29,6 +29,8 @@
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
 //! - [`report`] — render outcomes as Events on the pod and a status ConfigMap.
+//! - [`k8s_sidecar`] — `kube-template k8s-sidecar`: kiwigrid/k8s-sidecar's
+//!   environment turned into a config for the same pipeline.
 //! - [`template_tests`] — `kube-template test`: template test cases kept beside
 //!   the config, rendered and diffed.
 // `deny`, not `forbid`: `telemetry::resident` makes two system calls that
@@ -40,6 +42,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod index;
+pub mod k8s_sidecar;
 pub mod output;
 pub mod pipeline;
 pub mod redact;

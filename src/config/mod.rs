@@ -354,6 +354,12 @@ pub struct HttpAction {
     /// Further attempts after a failure, with backoff.
     #[serde(default)]
     pub retries: u32,
+    /// Request headers, e.g. `Authorization` or `Content-Type`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body; none when absent.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 fn default_http_method() -> String {

@@ -45,7 +45,9 @@ fn humane_values_are_understood() {
                 url: "http://127.0.0.1:1/reload".into(),
                 method: "POST".into(),
                 timeout: Duration::from_secs(30),
-                retries: 3
+                retries: 3,
+                headers: Default::default(),
+                body: None,
             })
         ]
     );
