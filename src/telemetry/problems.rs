@@ -52,9 +52,10 @@ impl Problem {
     /// Whether this problem makes `/readyz` answer 503 under `readiness`.
     pub fn blocks(&self, readiness: Readiness) -> bool {
         match self {
-            Problem::NotStarted { .. } | Problem::ListPending { .. } | Problem::NoGoodRender | Problem::Stopped { .. } => {
-                true
-            }
+            Problem::NotStarted { .. }
+            | Problem::ListPending { .. }
+            | Problem::NoGoodRender
+            | Problem::Stopped { .. } => true,
             Problem::RenderFailing { .. } | Problem::WatchDisconnected { .. } => readiness == Readiness::Strict,
             Problem::StaleReads => false,
         }
@@ -135,10 +136,13 @@ mod tests {
             assert!(!problem.blocks(Readiness::Serving), "{problem}");
             assert!(problem.blocks(Readiness::Strict), "{problem}");
         }
-        for problem in [Problem::ListPending {
+        for problem in [
+            Problem::ListPending {
                 watch: "w".into(),
                 error: None,
-            }, Problem::NoGoodRender] {
+            },
+            Problem::NoGoodRender,
+        ] {
             assert!(problem.blocks(Readiness::Serving), "{problem}");
         }
         assert!(!Problem::StaleReads.blocks(Readiness::Strict));

@@ -385,11 +385,18 @@ impl Status {
 }
 
 fn sync_problems(inner: &Inner) -> Vec<String> {
-    let starting = inner.starting.iter().map(|why| Problem::NotStarted { why: why.clone() });
-    let pending = inner.watches.iter().filter(|w| !w.synced).map(|w| Problem::ListPending {
-        watch: w.name.clone(),
-        error: w.error.clone(),
-    });
+    let starting = inner
+        .starting
+        .iter()
+        .map(|why| Problem::NotStarted { why: why.clone() });
+    let pending = inner
+        .watches
+        .iter()
+        .filter(|w| !w.synced)
+        .map(|w| Problem::ListPending {
+            watch: w.name.clone(),
+            error: w.error.clone(),
+        });
     starting.chain(pending).map(|p| p.to_string()).collect()
 }
 
