@@ -20,9 +20,7 @@ use support::fake_api::{FakeApiServer, Fault, Verb};
 use support::sidecar::{POLL, Sidecar};
 use tokio::time::{Instant, sleep, timeout};
 
-#[path = "support/http.rs"]
-mod http;
-use http::http_get;
+use support::http::http_get;
 
 /// Upper bound for a whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);

@@ -11,13 +11,9 @@
 //! Every test works in a namespace of its own and waits on conditions with
 //! deadlines. Tests that restart the API server hold it alone.
 
-#[path = "support/files.rs"]
-mod files;
-#[path = "support/http.rs"]
-mod http_get;
-#[path = "support/real_api.rs"]
-mod real;
 mod support;
+
+use support::{files, http as http_get, real_api as real};
 
 use std::ffi::OsStr;
 use std::fs;

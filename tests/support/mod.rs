@@ -5,6 +5,9 @@
 pub mod case;
 pub mod fake_api;
 #[allow(dead_code)]
+pub mod files;
+#[allow(dead_code)]
 pub mod http;
+pub mod real_api;
 #[allow(dead_code)]
 pub mod sidecar;
