@@ -2,6 +2,7 @@
 # The kube-template image (examples/deploy/ runs it as a sidecar):
 #
 #   docker build -t kube-template .
+#   docker build --target k8s-sidecar -t kube-template:k8s-sidecar .   # drop-in for kiwigrid/k8s-sidecar
 #
 # The runtime stage is debian-slim, not distroless: actions are commands, and
 # the reload action of examples/deploy/ needs /bin/sh and pgrep (procps). For
@@ -21,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
     && cp target/release/kube-template /usr/local/bin/kube-template
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates procps \
     && rm -rf /var/lib/apt/lists/* \
@@ -34,3 +35,12 @@ USER 10001:10001
 # The admin server: /healthz, /readyz, /metrics.
 EXPOSE 9090
 ENTRYPOINT ["kube-template"]
+
+# A drop-in for kiwigrid/k8s-sidecar: configured by its environment variables,
+# its health endpoint on 8080, so that charts need only the image changed.
+FROM runtime AS k8s-sidecar
+EXPOSE 8080
+ENTRYPOINT ["kube-template", "k8s-sidecar"]
+
+# The default image (the last stage).
+FROM runtime

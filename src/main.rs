@@ -137,7 +137,11 @@ async fn main() -> ExitCode {
                 req_username_file,
                 req_password_file,
             };
-            let settings = match k8s_sidecar::Settings::from_env(&std::env::vars().collect(), &flags) {
+            // Not `env::vars`, which panics on a variable that is not UTF-8.
+            let vars = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let settings = match k8s_sidecar::Settings::from_env(&vars, &flags) {
                 Ok(settings) => settings,
                 Err(errors) => {
                     for e in errors {
