@@ -223,7 +223,18 @@ fn backoff(attempt: u32) -> Duration {
 const MAX_BODY: usize = 4096;
 
 async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let connector = match tls::connector(http) {
+        Ok(connector) => connector,
+        Err(e) => {
+            return Err(Error::Http {
+                method: http.method.clone(),
+                url: http.url.clone(),
+                attempts: 0,
+                last: e,
+            });
+        }
+    };
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let body = Bytes::from(http.body.clone().unwrap_or_default());
     let name = format!("{} {}", http.method, http.url);
     let attempts = http.retries + 1;
@@ -295,6 +306,8 @@ async fn body_start(mut body: Incoming) -> Vec<u8> {
     }
     kept
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests {
@@ -424,6 +437,7 @@ mod tests {
             retries,
             headers: Default::default(),
             body: None,
+            insecure_skip_tls_verify: false,
         })
     }
 

@@ -3,8 +3,6 @@
 //! environment and manifests to a rendered tree; live tests run against the
 //! fake API server.
 
-#[path = "support/files.rs"]
-mod files;
 mod support;
 
 use std::collections::BTreeMap;
@@ -14,12 +12,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use files::tree;
 use serde_json::{Value, json};
 use support::fake_api::FakeApiServer;
+use support::files::tree;
 use support::http::http_get;
 use support::sidecar::Sidecar;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-template");
@@ -174,58 +172,115 @@ struct Received {
     body: String,
 }
 
-/// A local HTTP server answering 200 to everything and keeping what it got.
-async fn reload_server() -> (String, Arc<Mutex<Vec<Received>>>) {
+/// A local HTTP server answering 200 to everything and keeping what it got;
+/// with `tls`, an HTTPS one with the self-signed certificate of
+/// `tests/support/tls/`.
+async fn reload_server_with(tls: bool) -> (String, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheme = if tls { "https" } else { "http" };
     let url = format!(
-        "http://{}/api/admin/provisioning/dashboards/reload",
+        "{scheme}://{}/api/admin/provisioning/dashboards/reload",
         listener.local_addr().unwrap()
     );
+    let acceptor = tls.then(tls_acceptor);
     let received = Arc::new(Mutex::new(Vec::new()));
     let keep = Arc::clone(&received);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let keep = Arc::clone(&keep);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 4096];
-                let (head, body) = loop {
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&data).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break (head.to_string(), body.to_string());
+                match acceptor {
+                    // A client that refuses the certificate ends the handshake.
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            answer(stream, keep).await;
                         }
                     }
-                };
-                let (request_line, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
-                keep.lock().unwrap().push(Received {
-                    request_line: request_line.to_string(),
-                    headers: headers.to_ascii_lowercase(),
-                    body,
-                });
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                    .await;
+                    None => answer(stream, keep).await,
+                }
             });
         }
     });
     (url, received)
+}
+
+async fn reload_server() -> (String, Arc<Mutex<Vec<Received>>>) {
+    reload_server_with(false).await
+}
+
+/// Reads one request from `stream`, keeps it, and answers 200.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, keep: Arc<Mutex<Vec<Received>>>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head, body) = loop {
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                break (head.to_string(), body.to_string());
+            }
+        }
+    };
+    let (request_line, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    keep.lock().unwrap().push(Received {
+        request_line: request_line.to_string(),
+        headers: headers.to_ascii_lowercase(),
+        body,
+    });
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// The DER blocks of a PEM file.
+fn pem_blocks(path: &Path) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let text = fs::read_to_string(path).unwrap();
+    text.split("-----BEGIN ")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect();
+            base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+        })
+        .collect()
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tls");
+    let certs = pem_blocks(&dir.join("cert.pem"))
+        .into_iter()
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(pem_blocks(&dir.join("key.pem")).remove(0));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key.into())
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// The Grafana chart's dashboard sidecar environment as the chart sets it by
@@ -387,4 +442,43 @@ async fn script_runs_after_each_batch_and_req_payload_is_posted_as_json() {
     sidecar
         .until_holds("the script after the change", || count() == 2)
         .await;
+}
+
+#[tokio::test]
+async fn an_https_req_url_is_called_and_its_certificate_checked_unless_req_skip_tls_verify() {
+    let server = FakeApiServer::start().await;
+    server.create(dashboard("a", json!({"a.json": "1"}))).unwrap();
+    let kubeconfig = server.kubeconfig_path().display().to_string();
+    for skip in [true, false] {
+        let (url, received) = reload_server_with(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("LABEL", "grafana_dashboard".to_string()),
+            ("FOLDER", dir.path().join("out").display().to_string()),
+            ("REQ_URL", url),
+            ("REQ_RETRY_TOTAL", "0".into()),
+            ("HEALTH_PORT", "0".into()),
+            ("LOG_FORMAT", "LOGFMT".into()),
+        ];
+        if skip {
+            env.push(("REQ_SKIP_TLS_VERIFY", "true".into()));
+        }
+        let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+        if skip {
+            sidecar
+                .until_holds("the request", || received.lock().unwrap().len() == 1)
+                .await;
+        } else {
+            // The self-signed certificate is refused: no request arrives.
+            sidecar
+                .until_holds("the refused certificate", || {
+                    sidecar
+                        .log()
+                        .lines()
+                        .any(|l| l.contains("action failed") && l.contains("certificate"))
+                })
+                .await;
+            assert!(received.lock().unwrap().is_empty());
+        }
+    }
 }

@@ -360,6 +360,9 @@ pub struct HttpAction {
     /// Request body; none when absent.
     #[serde(default)]
     pub body: Option<String>,
+    /// With an `https://` URL: accept any certificate (a daemon's self-signed one).
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 fn default_http_method() -> String {
@@ -1152,22 +1155,12 @@ impl Validator<'_> {
                 })
             }
             (None, Some(http)) => {
-                if !http.url.starts_with("http://") {
+                let Some(rest) = http.url.strip_prefix("http://").or(http.url.strip_prefix("https://")) else {
                     let at = [path, &["http".to_string(), "url".to_string()]].concat();
-                    self.issue(
-                        &at,
-                        format!(
-                            "`{}` is not an http:// URL (reload endpoints are local; https is not supported)",
-                            http.url
-                        ),
-                    );
+                    self.issue(&at, format!("`{}` is not an http:// or https:// URL", http.url));
                     return None;
-                }
-                if http.url["http://".len()..]
-                    .split(['/', '?', '#'])
-                    .next()
-                    .is_none_or(str::is_empty)
-                {
+                };
+                if rest.split(['/', '?', '#']).next().is_none_or(str::is_empty) {
                     let at = [path, &["http".to_string(), "url".to_string()]].concat();
                     self.issue(&at, format!("`{}` has no host", http.url));
                     return None;

@@ -48,6 +48,7 @@ fn humane_values_are_understood() {
                 retries: 3,
                 headers: Default::default(),
                 body: None,
+                insecure_skip_tls_verify: false,
             })
         ]
     );

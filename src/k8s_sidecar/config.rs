@@ -58,6 +58,7 @@ pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>) -> Result<S
             "method": request.method,
             "timeout": millis(request.timeout),
             "retries": request.retries,
+            "insecure_skip_tls_verify": request.skip_tls_verify,
         });
         let mut headers = serde_json::Map::new();
         if let Some(authorization) = &request.authorization {

@@ -377,20 +377,14 @@ fn request(r: &mut Reader<'_>, flags: &Flags) -> Option<Request> {
     r.number::<u32>("REQ_RETRY_READ", 5, 0, "a whole number");
     r.number::<f64>("REQ_RETRY_BACKOFF_FACTOR", 1.1, 0.0, "a number of seconds");
     let timeout = r.number::<f64>("REQ_TIMEOUT", 10.0, 0.001, "a positive number of seconds");
-    r.bool("REQ_SKIP_TLS_VERIFY");
+    let skip_tls_verify = r.bool("REQ_SKIP_TLS_VERIFY");
     let url = r.get("REQ_URL")?.to_string();
-    if url.starts_with("https://") {
-        r.errors.push(Error::Unsupported {
-            var: "REQ_URL".into(),
-            why: format!("{url:?}: https:// is not supported yet; call the daemon over http:// in the pod"),
-        });
-        return None;
-    }
     let host = url
         .strip_prefix("http://")
+        .or(url.strip_prefix("https://"))
         .and_then(|rest| rest.split(['/', '?', '#']).next());
     if host.is_none_or(str::is_empty) {
-        r.invalid("REQ_URL", &url, "expected an http:// URL with a host");
+        r.invalid("REQ_URL", &url, "expected an http:// or https:// URL with a host");
         return None;
     }
     Some(Request {
@@ -401,6 +395,7 @@ fn request(r: &mut Reader<'_>, flags: &Flags) -> Option<Request> {
         authorization,
         retries,
         timeout: Duration::from_secs_f64(timeout),
+        skip_tls_verify,
     })
 }
 

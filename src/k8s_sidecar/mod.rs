@@ -148,6 +148,8 @@ pub struct Request {
     pub retries: u32,
     /// `REQ_TIMEOUT`.
     pub timeout: Duration,
+    /// `REQ_SKIP_TLS_VERIFY`: an `https://` URL's certificate is not verified.
+    pub skip_tls_verify: bool,
 }
 
 /// Files named by command-line flags rather than variables.
