@@ -18,10 +18,10 @@ use std::path::Path;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use kube_template::config::Config;
+use kube_template::object::document::Document;
 use kube_template::pipeline;
 use kube_template::render::Renderer;
 use kube_template::store::AnyStore;
-use kube_template::store::document::Document;
 use kube_template::store::full::FullStore;
 use kube_template::store::on_demand::OnDemandStore;
 use serde_json::{Value, json};
@@ -146,7 +146,10 @@ fn index_and_apply(c: &mut Criterion) {
             b.iter_batched(
                 || documents.clone(),
                 |documents| {
-                    let mut store = FullStore::for_resource(&config.watched_resources[store]);
+                    let mut store = FullStore::new(
+                        config.watched_resources[store].indexer.clone(),
+                        config.watched_resources[store].ignore_fields.clone(),
+                    );
                     for document in documents {
                         store.apply(document);
                     }
@@ -230,7 +233,7 @@ fn on_demand(c: &mut Criterion) {
 
     let documents: Vec<Document> = (0..MEASURED).map(secret_metadata).collect();
     let region = Region::new(GLOBAL);
-    let mut store = OnDemandStore::for_resource(resource);
+    let mut store = OnDemandStore::new(resource.indexer.clone(), resource.ignore_fields.clone());
     for document in documents.iter().cloned() {
         store.apply(document);
     }
@@ -249,7 +252,7 @@ fn on_demand(c: &mut Criterion) {
         b.iter_batched(
             || documents.to_vec(),
             |documents| {
-                let mut store = OnDemandStore::for_resource(resource);
+                let mut store = OnDemandStore::new(resource.indexer.clone(), resource.ignore_fields.clone());
                 for document in documents {
                     store.apply(document);
                 }

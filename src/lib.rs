@@ -12,13 +12,22 @@
 //!                    admin: /healthz /readyz /metrics, status page (telemetry)
 //! ```
 //!
-//! - [`config`] — the YAML config, validated with every problem reported at once.
+//! Imports point one way, down the pipeline: [`config`] (what the user
+//! wrote) builds the plain domain types the stages take, [`pipeline`] and
+//! [`source`] convert, and nothing below `config` imports it (except the
+//! debts named in `tests/architecture.rs`, which keeps the directions).
+//!
+//! - [`object`] — the object representation every stage shares: one compact
+//!   [`object::Document`] per object (about its JSON size), field paths into
+//!   it, its identity, label and field selectors.
+//! - [`config`] — the YAML config, one file per section, validated with every
+//!   problem reported at once.
 //! - [`source`] — where objects come from: Kubernetes watches (one per distinct
-//!   resource) or a manifests directory; selectors.
-//! - [`index`] — `index_by` expressions and composite keys.
-//! - [`store`] — ordered, non-unique, snapshot-able stores: whole objects (each
-//!   one compact [`store::document::Document`], about its JSON size), or
-//!   references with bodies fetched on demand through a bounded cache.
+//!   resource) or a manifests directory.
+//! - [`index`] — `index_by` keys and what a missing value does.
+//! - [`store`] — ordered, non-unique, snapshot-able stores built from an
+//!   indexer: whole objects, or references with bodies fetched on demand
+//!   through a bounded cache.
 //! - [`render`] — the template environment, filters and the `resources` view.
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
 //! - [`action`] — commands and HTTP calls after a render that changed a file.
@@ -28,7 +37,8 @@
 //!   quiescence, snapshot renders.
 //! - [`admin`] — the HTTP server for probes, metrics and the status page.
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
-//! - [`report`] — render outcomes as Events on the pod and a status ConfigMap.
+//! - [`report`] — render outcomes told to Kubernetes: one file per reporter
+//!   (Events on the pod, the status ConfigMap) and the Events' rate limiter.
 //! - [`k8s_sidecar`] — `kube-template k8s-sidecar`: kiwigrid/k8s-sidecar's
 //!   environment turned into a config for the same pipeline.
 //! - [`template_tests`] — `kube-template test`: template test cases kept beside
@@ -43,6 +53,7 @@ pub mod command;
 pub mod config;
 pub mod index;
 pub mod k8s_sidecar;
+pub mod object;
 pub mod output;
 pub mod pipeline;
 pub mod redact;

@@ -14,15 +14,16 @@ use tracing::Instrument;
 
 use crate::action;
 use crate::config::{self, Config, OutputTarget};
+use crate::object::Meta;
+use crate::object::document::Document;
 use crate::output::{self, Job};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::own_writes::OwnWrites;
 use crate::source::{self, Event, Scope, Sources};
-use crate::store::document::Document;
+use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
-use crate::store::{AnyStore, Meta};
 use crate::telemetry::metrics::{EventLabels, StoreLabel, TemplateLabel};
 use crate::telemetry::problems::{Problem, Readiness};
 use crate::telemetry::status::Activity;
@@ -104,8 +105,11 @@ pub fn empty_stores(config: &Config, caches: &BTreeMap<String, Arc<BodyCache>>) 
         .iter()
         .map(|(name, resource)| {
             let store = match caches.get(name) {
-                Some(cache) => AnyStore::OnDemand(OnDemandStore::for_resource(resource), Arc::clone(cache)),
-                None => AnyStore::Full(FullStore::for_resource(resource)),
+                Some(cache) => AnyStore::OnDemand(
+                    OnDemandStore::new(resource.indexer.clone(), resource.ignore_fields.clone()),
+                    Arc::clone(cache),
+                ),
+                None => AnyStore::Full(FullStore::new(resource.indexer.clone(), resource.ignore_fields.clone())),
             };
             (name.clone(), store)
         })
@@ -259,9 +263,12 @@ pub async fn run(
         } else {
             retry.map(|(at, _)| at)
         };
-        // A due render goes before more events: under a flood of them, the
-        // event branch is always ready and would hold it past `wait.max`.
-        let overdue = due.is_some_and(|due| due <= Instant::now());
+        // Under a flood of events the event branch is always ready: once a
+        // burst reached `wait.max`, its render goes before more events. Until
+        // then, events already queued join the burst (with `wait.min: 0`
+        // too), so a backlog read at once gives one render, not one each.
+        let overdue =
+            due.is_some() && rendered_once && burst.as_ref().is_some_and(|b| b.first + wait.max <= Instant::now());
         tokio::select! {
             biased;
             () = &mut shutdown => {

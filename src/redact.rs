@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 
+use crate::object::document::{Document, Json};
 use crate::store::StoreSnapshot;
-use crate::store::document::{Document, Json};
 
 /// What a Secret's value is replaced by.
 pub const REDACTED: &str = "<redacted>";
@@ -121,8 +121,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::OnMissingKey;
-    use crate::index::{FieldPath, Indexer};
+    use crate::index::Indexer;
+    use crate::index::OnMissingKey;
+    use crate::object::FieldPath;
     use crate::store::AnyStore;
     use crate::store::full::FullStore;
 

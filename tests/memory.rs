@@ -5,8 +5,9 @@
 
 use std::alloc::System;
 
-use kube_template::config::OnMissingKey;
-use kube_template::index::{FieldPath, Indexer};
+use kube_template::index::Indexer;
+use kube_template::index::OnMissingKey;
+use kube_template::object::FieldPath;
 use kube_template::store::on_demand::OnDemandStore;
 use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_template::config::CacheSettings;
+use kube_template::object::ObjectId;
 use kube_template::pipeline::{self, RunOptions};
 use kube_template::source::{self, kubernetes};
-use kube_template::store::ObjectId;
+use kube_template::store::on_demand::CacheSettings;
 use kube_template::store::on_demand::{BodyCache, Version, Wanted};
 use kube_template::telemetry::Telemetry;
 use serde_json::{Value, json};

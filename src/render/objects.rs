@@ -8,8 +8,8 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectExt, ObjectRepr, Value, ValueKind};
 use minijinja::{Error, ErrorKind, State};
 
+use crate::object::document::Document;
 use crate::render::value::document;
-use crate::store::document::Document;
 use crate::store::on_demand::{BodyCache, CONCURRENT_GETS, Reference, Wanted};
 use crate::store::{Slot, Snapshot, StoreSnapshot};
 
@@ -130,6 +130,7 @@ impl StoreView {
         })?;
         runtime
             .block_on(cache.read_all(&wanted))
+            .map(|bodies| bodies.iter().map(document).collect())
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
     }
 
@@ -310,9 +311,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::CacheSettings;
-    use crate::index::{FieldPath, Indexer};
-    use crate::store::on_demand::{Fetch, OnDemandStore};
+    use crate::index::Indexer;
+    use crate::object::FieldPath;
+    use crate::store::on_demand::{CacheSettings, Fetch, OnDemandStore};
 
     /// Answers every GET with a small body, counting them; fails once `failing`.
     #[derive(Default)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use serde_json::Value as Json;
 
-use crate::store::document::{self, Document, Table};
+use crate::object::document::{self, Document, Table};
 
 /// The template value of a whole document.
 pub fn document(doc: &Document) -> Value {

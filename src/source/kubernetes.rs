@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 mod watch_errors;
 
 use super::{Event, Scope, SourceEvent, Watch};
-use crate::store::document::Document;
+use crate::object::document::Document;
 use crate::store::on_demand::Fetch;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;

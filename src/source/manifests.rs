@@ -10,8 +10,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Event, SourceEvent, Watch};
-use crate::store::document::Document;
-use crate::store::{Meta, ObjectId};
+use crate::object::document::Document;
+use crate::object::{Meta, ObjectId};
 
 /// Why manifests could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,6 @@
 pub mod kubernetes;
 pub mod manifests;
 pub mod own_writes;
-pub mod selector;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,12 +20,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, Issue, Resource, StoreKind};
-use crate::index::FieldPath;
-use crate::store::document::Document;
+use crate::object::FieldPath;
+use crate::object::document::Document;
+use crate::object::selector::{FieldSelector, LabelSelector};
 use crate::store::on_demand::BodyCache;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::CacheMetrics;
-use selector::{FieldSelector, LabelSelector};
 
 /// What one watch is about; entries with equal specs share a watch.
 #[derive(Debug, Clone)]

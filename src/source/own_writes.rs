@@ -22,8 +22,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use serde_json::Value;
 
 use super::{Event, Scope};
-use crate::store::document::{Document, Json};
-use crate::store::{Meta, ObjectId};
+use crate::object::document::{Document, Json};
+use crate::object::{Meta, ObjectId};
 
 /// Annotations under this prefix are kube-template's own (its status writer's).
 pub const OWN_ANNOTATIONS: &str = "kube-template/";

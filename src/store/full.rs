@@ -1,8 +1,8 @@
 //! The full store: whole objects (after `ignore_fields`), shared immutably with
 //! renders.
 
-use super::document::Document;
 use super::{Entry, Store};
+use crate::object::Document;
 
 /// Whole objects of one watched resource, indexed by its `index_by` keys;
 /// each object is shared by every render (templates read it in place).
@@ -22,8 +22,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::OnMissingKey;
-    use crate::index::{FieldPath, Indexer};
+    use crate::index::Indexer;
+    use crate::index::OnMissingKey;
+    use crate::object::FieldPath;
     use crate::store::{Applied, Meta, ObjectId, Snapshot};
 
     fn store(exprs: &[&str], on_missing: OnMissingKey) -> FullStore {

@@ -24,11 +24,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::document::Document;
-use super::{Entry, Meta, ObjectId, Store};
-use crate::config::CacheSettings;
-use crate::index::FieldPath;
-use crate::render::value::document;
+use super::{Entry, Store};
+use crate::object::{Document, FieldPath, Meta, ObjectId};
 use crate::telemetry::metrics::CacheMetrics;
 
 /// What an on-demand store keeps per object besides its position: the
@@ -48,6 +45,15 @@ impl Entry for Reference {
 
 /// References of one watched resource, indexed by its `index_by` keys.
 pub type OnDemandStore = Store<Reference>;
+
+/// Bounds of an on-demand store's body cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long a fetched body may be used before it is fetched again.
+    pub ttl: Duration,
+    /// How many bodies the cache holds at most (least recently used go first).
+    pub max_entries: usize,
+}
 
 /// A resourceVersion, kept small: the number itself when it is one (as
 /// Kubernetes makes them), else a digest. Only compared for equality.
@@ -169,19 +175,19 @@ impl BodyCache {
 
     /// The bodies of `wanted`, in order, fetched concurrently where needed;
     /// objects that no longer exist are left out.
-    pub async fn read_all(&self, wanted: &[Wanted]) -> Result<Vec<minijinja::Value>, FetchError> {
+    pub async fn read_all(&self, wanted: &[Wanted]) -> Result<Vec<Document>, FetchError> {
         let bodies = futures::future::join_all(wanted.iter().map(|w| self.read(w))).await;
         bodies.into_iter().filter_map(Result::transpose).collect()
     }
 
     /// The body of one object, or `None` when it no longer exists.
-    pub async fn read(&self, wanted: &Wanted) -> Result<Option<minijinja::Value>, FetchError> {
+    pub async fn read(&self, wanted: &Wanted) -> Result<Option<Document>, FetchError> {
         if let Some(cached) = lock(&self.entries).get(&wanted.id)
             && cached.version == wanted.version
             && cached.fetched.elapsed() < self.ttl
         {
             self.stats.hits.inc();
-            return Ok(Some(document(&cached.body)));
+            return Ok(Some(cached.body.clone()));
         }
         self.stats.misses.inc();
         let (flight, started_it) = self.flight(wanted);
@@ -211,7 +217,7 @@ impl BodyCache {
                     },
                 );
                 lock(&self.stale_logged).remove(&wanted.id);
-                Ok(Some(document(&body)))
+                Ok(Some(body))
             }
             Ok(None) => {
                 lock(&self.entries).pop(&wanted.id);
@@ -238,7 +244,7 @@ impl BodyCache {
                         "fetch failed; using the cached copy"
                     );
                 }
-                Ok(Some(document(&copy.body)))
+                Ok(Some(copy.body))
             }
         }
     }
@@ -337,8 +343,15 @@ mod tests {
         }
     }
 
-    fn data(body: &minijinja::Value) -> String {
-        body.get_attr("data").unwrap().get_attr("v").unwrap().to_string()
+    fn data(body: &Document) -> String {
+        body.root()
+            .get("data")
+            .unwrap()
+            .get("v")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[tokio::test]
@@ -348,13 +361,7 @@ mod tests {
         let cache = cache(&fetch, 10, Duration::from_secs(60));
         let body = cache.read(&wanted("a", 1)).await.unwrap().unwrap();
         assert_eq!(data(&body), "one");
-        assert!(
-            body.get_attr("metadata")
-                .unwrap()
-                .get_attr("managedFields")
-                .unwrap()
-                .is_undefined()
-        );
+        assert!(body.root().get("metadata").unwrap().get("managedFields").is_none());
         cache.read(&wanted("a", 1)).await.unwrap();
         assert_eq!(fetch.gets.load(Ordering::SeqCst), 1);
         assert_eq!(cache.stats.hits.get(), 1);
@@ -363,7 +370,10 @@ mod tests {
         let registered = BodyCache::new(
             "secrets",
             Arc::new(Arc::clone(&fetch)),
-            CacheSettings::default(),
+            CacheSettings {
+                ttl: Duration::from_secs(120),
+                max_entries: 512,
+            },
             Vec::new(),
             CacheMetrics::registered(&metrics, "secrets"),
         );

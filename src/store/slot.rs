@@ -4,8 +4,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{Layout, Meta, ObjectId};
+use super::Layout;
 use crate::index::Key;
+use crate::object::{Meta, ObjectId};
 
 /// Where an object sits in a store.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
-use crate::index::{FieldPath, Segment};
+use crate::object::{FieldPath, Segment};
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::index::FieldPath;
+use crate::object::FieldPath;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum LabelRequirement {

@@ -1,0 +1,332 @@
+//! `templates`: what to render, and where each output goes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::humane;
+use super::validate::Validator;
+
+/// A `templates` entry as the user writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateEntry {
+    /// Template file, relative to the config file.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// Template text given in the config itself.
+    #[serde(default)]
+    pub inline: Option<String>,
+    /// Single-file output.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Directory output: the files the template emits with `file(name, content)`.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// File mode of written files, octal (`"0644"`).
+    #[serde(default, deserialize_with = "mode_text")]
+    pub mode: Option<String>,
+    /// fsync each staged file and the directory before renaming (durable writes).
+    #[serde(default)]
+    pub fsync: bool,
+    /// Command that validates a staged file; `{file}` is replaced by its path.
+    #[serde(default)]
+    pub check: Vec<String>,
+    /// How long `check` may run.
+    #[serde(default = "default_check_timeout", with = "humane::duration")]
+    pub check_timeout: Duration,
+}
+
+/// A file mode is written as a quoted string: unquoted, YAML reads `0644` as
+/// the decimal number 644.
+fn mode_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(Some(text)),
+        serde_json::Value::Null => Ok(None),
+        // YAML may read `0644` as a float; show it as written.
+        serde_json::Value::Number(n) => Err(D::Error::custom(format!(
+            "bad file mode {}: quote it, e.g. \"0644\" (unquoted, YAML reads 0644 as the decimal number 644)",
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0)
+                .map_or(n.to_string(), |f| format!("{f:.0}"))
+        ))),
+        other => Err(D::Error::custom(format!(
+            "bad file mode {other}: expected octal in quotes such as \"0644\""
+        ))),
+    }
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A validated template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub source: TemplateSource,
+    pub output: OutputTarget,
+    /// File mode, e.g. `0o644`.
+    pub mode: u32,
+    pub fsync: bool,
+    pub check: Vec<String>,
+    pub check_timeout: Duration,
+}
+
+/// Where a template's text comes from.
+#[derive(Debug, Clone)]
+pub enum TemplateSource {
+    /// A file; the name is its path relative to the config directory.
+    File { name: String, path: PathBuf },
+    /// Text from the config.
+    Inline { name: String, text: String },
+}
+
+impl TemplateSource {
+    /// The name the template has in the environment and in error messages.
+    pub fn name(&self) -> &str {
+        match self {
+            TemplateSource::File { name, .. } | TemplateSource::Inline { name, .. } => name,
+        }
+    }
+}
+
+/// Where a template's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// One file. `written` is the path as the config has it (for `--out`).
+    File { path: PathBuf, written: PathBuf },
+    /// A directory holding exactly the files the render emitted.
+    Directory { path: PathBuf, written: PathBuf },
+}
+
+impl OutputTarget {
+    pub fn path(&self) -> &Path {
+        match self {
+            OutputTarget::File { path, .. } | OutputTarget::Directory { path, .. } => path,
+        }
+    }
+
+    /// The same target moved under `root`, as `render --out` does: an absolute
+    /// `/etc/x` becomes `root/etc/x`, a relative `out/x` becomes `root/out/x`,
+    /// and `../x` becomes `root/x`.
+    pub fn rerooted(&self, root: &Path) -> OutputTarget {
+        // `..` climbs no higher than `root`: every output stays below it.
+        let move_under = |written: &Path| {
+            let mut relative = PathBuf::new();
+            for part in written.components() {
+                match part {
+                    std::path::Component::Normal(name) => relative.push(name),
+                    std::path::Component::ParentDir => {
+                        relative.pop();
+                    }
+                    _ => {}
+                }
+            }
+            root.join(relative)
+        };
+        match self {
+            OutputTarget::File { written, .. } => OutputTarget::File {
+                path: move_under(written),
+                written: written.clone(),
+            },
+            OutputTarget::Directory { written, .. } => OutputTarget::Directory {
+                path: move_under(written),
+                written: written.clone(),
+            },
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// The `templates` section: each valid entry by name, outputs checked
+    /// against each other and against the inputs.
+    pub(super) fn templates(&mut self, file: &Path, base_dir: &Path) -> BTreeMap<String, Template> {
+        let mut templates = BTreeMap::new();
+        let entries = self.named_entries("templates");
+        if entries.is_empty() && !self.issues.iter().any(|i| i.path.starts_with("templates")) {
+            self.issue(&["templates".into()], "at least one template is required");
+        }
+        for (name, entry) in entries {
+            let path = vec!["templates".to_string(), name.clone()];
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &[])
+                && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
+            {
+                templates.insert(name, template);
+            }
+        }
+        self.outputs_do_not_overlap(&templates);
+        self.outputs_spare_inputs(file, &templates);
+        templates
+    }
+
+    fn template(&mut self, path: &[String], name: String, spec: TemplateEntry, base_dir: &Path) -> Option<Template> {
+        let before = self.issues.len();
+        let source = match (&spec.source, &spec.inline) {
+            (Some(file), None) => Some(TemplateSource::File {
+                name: file.to_string_lossy().replace('\\', "/"),
+                path: base_dir.join(file),
+            }),
+            (None, Some(text)) => Some(TemplateSource::Inline {
+                name: format!("templates.{name}.inline"),
+                text: text.clone(),
+            }),
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `source` and `inline`; give one");
+                None
+            }
+            (None, None) => {
+                self.issue(path, "needs `source` (a template file) or `inline` (template text)");
+                None
+            }
+        };
+        let output = match (&spec.path, &spec.directory) {
+            (Some(file), None) => Some(OutputTarget::File {
+                path: base_dir.join(file),
+                written: file.clone(),
+            }),
+            (None, Some(dir)) => Some(OutputTarget::Directory {
+                path: base_dir.join(dir),
+                written: dir.clone(),
+            }),
+            (Some(_), Some(_)) => {
+                self.issue(path, "has both `path` and `directory`; give one");
+                None
+            }
+            (None, None) => {
+                self.issue(
+                    path,
+                    "needs `path` (one output file) or `directory` (files emitted with file())",
+                );
+                None
+            }
+        };
+        if let Some(file) = &spec.path {
+            let at = [path, &["path".to_string()]].concat();
+            let text = file.to_string_lossy();
+            if text.trim().is_empty() {
+                self.issue(&at, "must not be empty");
+            } else if text.ends_with('/') {
+                self.issue(
+                    &at,
+                    format!(
+                        "`{text}` names a directory: give a file name, or use `directory` for files emitted with file()"
+                    ),
+                );
+            }
+        }
+        if let Some(dir) = &spec.directory
+            && dir.to_string_lossy().trim().is_empty()
+        {
+            self.issue(&[path, &["directory".to_string()]].concat(), "must not be empty");
+        }
+        let mode = match &spec.mode {
+            None => Some(0o644),
+            Some(text) => match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+                Ok(mode) if mode <= 0o7777 => Some(mode),
+                _ => {
+                    let at = [path, &["mode".to_string()]].concat();
+                    self.issue(&at, format!("bad file mode `{text}`: expected octal such as \"0644\""));
+                    None
+                }
+            },
+        };
+        if let Some(first) = spec.check.first()
+            && first.trim().is_empty()
+        {
+            self.issue(&[path, &["check".to_string()]].concat(), "the command is empty");
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(Template {
+            name,
+            source: source?,
+            output: output?,
+            mode: mode?,
+            fsync: spec.fsync,
+            check: spec.check,
+            check_timeout: spec.check_timeout,
+        })
+    }
+
+    fn outputs_do_not_overlap(&mut self, templates: &BTreeMap<String, Template>) {
+        let all: Vec<_> = templates.values().collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                // `out/x`, `./out/x` and `out/../out/x` are one file.
+                let (pa, pb) = (lexical(a.output.path()), lexical(b.output.path()));
+                let clash = pa == pb
+                    || matches!(a.output, OutputTarget::Directory { .. }) && pb.starts_with(&pa)
+                    || matches!(b.output, OutputTarget::Directory { .. }) && pa.starts_with(&pb);
+                if clash {
+                    let field = match b.output {
+                        OutputTarget::File { .. } => "path",
+                        OutputTarget::Directory { .. } => "directory",
+                    };
+                    self.issue(
+                        &["templates".into(), b.name.clone(), field.into()],
+                        format!(
+                            "output {} overlaps the output of template `{}` ({})",
+                            b.output.path().display(),
+                            a.name,
+                            a.output.path().display()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// No output may replace the config file or a template, and no directory
+    /// output may hold them: it removes every file it did not render.
+    fn outputs_spare_inputs(&mut self, file: &Path, templates: &BTreeMap<String, Template>) {
+        let absolute = |p: &Path| lexical(&std::path::absolute(p).unwrap_or_else(|_| p.to_owned()));
+        let mut inputs = vec![("the config file".to_string(), absolute(file))];
+        for t in templates.values() {
+            if let TemplateSource::File { name, path } = &t.source {
+                inputs.push((format!("template `{name}`"), absolute(path)));
+            }
+        }
+        for t in templates.values() {
+            let out = absolute(t.output.path());
+            let (field, hit) = match t.output {
+                OutputTarget::File { .. } => ("path", inputs.iter().find(|(_, input)| *input == out)),
+                OutputTarget::Directory { .. } => {
+                    ("directory", inputs.iter().find(|(_, input)| input.starts_with(&out)))
+                }
+            };
+            if let Some((what, input)) = hit {
+                let message = match t.output {
+                    OutputTarget::File { .. } => format!("output {} would replace {what}", out.display()),
+                    OutputTarget::Directory { .. } => format!(
+                        "directory output {} holds {what} ({}), which it would remove as a stale file",
+                        out.display(),
+                        input.display()
+                    ),
+                };
+                self.issue(&["templates".into(), t.name.clone(), field.into()], message);
+            }
+        }
+    }
+}
+
+/// `path` with `.` dropped and `..` applied to the parts before it, without
+/// looking at the file system (outputs need not exist yet).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
