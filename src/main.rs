@@ -218,6 +218,13 @@ async fn main() -> ExitCode {
             } else {
                 match start_admin(&prepared.config.admin.listen, &telemetry, healthz, admin_stopped).await {
                     Ok(task) => Some(task),
+                    // Charts run several k8s-sidecars in one pod, all on the
+                    // default HEALTH_PORT: k8s-sidecar goes on without its
+                    // health server then, and so does this mode.
+                    Err(error) if healthz == admin::Healthz::K8sSidecar => {
+                        tracing::warn!(%error, "running without the health server (HEALTH_HOST, HEALTH_PORT)");
+                        None
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::FAILURE;

@@ -482,3 +482,37 @@ async fn an_https_req_url_is_called_and_its_certificate_checked_unless_req_skip_
         }
     }
 }
+
+#[tokio::test]
+async fn a_health_port_in_use_leaves_the_sidecar_running_without_it() {
+    // Charts run a dashboards and a datasources sidecar in one pod, both on
+    // the default HEALTH_PORT; k8s-sidecar goes on without its health server.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let server = FakeApiServer::start().await;
+    server.create(dashboard("a", json!({"a.json": "1"}))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("out");
+    let env = [
+        ("LABEL", "grafana_dashboard".to_string()),
+        ("FOLDER", folder.display().to_string()),
+        ("HEALTH_HOST", "127.0.0.1".into()),
+        ("HEALTH_PORT", port),
+        ("LOG_FORMAT", "LOGFMT".into()),
+    ];
+    let kubeconfig = server.kubeconfig_path().display().to_string();
+    let mut sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    sidecar
+        .until_holds("the warning", || {
+            sidecar.log().contains("running without the health server")
+        })
+        .await;
+    sidecar.until_holds("the file", || folder.join("a.json").exists()).await;
+    server.update(dashboard("a", json!({"a.json": "2"}))).unwrap();
+    sidecar
+        .until_holds("the change", || {
+            fs::read_to_string(folder.join("a.json")).ok().as_deref() == Some("2")
+        })
+        .await;
+    assert!(sidecar.is_running());
+}
