@@ -516,3 +516,35 @@ async fn a_health_port_in_use_leaves_the_sidecar_running_without_it() {
         .await;
     assert!(sidecar.is_running());
 }
+
+#[tokio::test]
+async fn method_sleep_follows_changes_without_waiting_sleep_time() {
+    let server = FakeApiServer::start().await;
+    server.create(dashboard("a", json!({"a.json": "1"}))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("out");
+    let env = [
+        ("LABEL", "grafana_dashboard".to_string()),
+        ("FOLDER", folder.display().to_string()),
+        ("METHOD", "SLEEP".into()),
+        ("SLEEP_TIME", "3600".into()),
+        ("HEALTH_PORT", "0".into()),
+        ("LOG_FORMAT", "LOGFMT".into()),
+    ];
+    let kubeconfig = server.kubeconfig_path().display().to_string();
+    let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    let file = || fs::read_to_string(folder.join("a.json")).ok();
+    sidecar
+        .until_holds("the first file", || file().as_deref() == Some("1"))
+        .await;
+    assert!(
+        sidecar.log().contains("METHOD=SLEEP watches instead of polling"),
+        "{}",
+        sidecar.log()
+    );
+    // Well within the test's deadline, far from an hour's sleep.
+    server.update(dashboard("a", json!({"a.json": "2"}))).unwrap();
+    sidecar
+        .until_holds("the change", || file().as_deref() == Some("2"))
+        .await;
+}
