@@ -525,7 +525,12 @@ async fn k8s_sidecar_run(
     } else {
         None
     };
-    let text = match settings.config_yaml(own_namespace.as_deref()) {
+    let text = if print_config {
+        settings.printed_config_yaml(own_namespace.as_deref())
+    } else {
+        settings.config_yaml(own_namespace.as_deref())
+    };
+    let text = match text {
         Ok(text) => text,
         Err(e) => {
             eprintln!("error: {e}");

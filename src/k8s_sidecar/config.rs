@@ -13,7 +13,8 @@ const FILES: &str = include_str!("files.j2");
 /// How long `SCRIPT` may run (k8s-sidecar waits without a limit).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>) -> Result<String> {
+/// With `printed`, credentials are left out (the text is for people to read).
+pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>, printed: bool) -> Result<String> {
     let namespaces: Vec<String> = match (&settings.namespaces, own_namespace) {
         (Namespaces::Only(list), _) => list.clone(),
         (Namespaces::Own, Some(own)) => vec![own.to_string()],
@@ -62,7 +63,12 @@ pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>) -> Result<S
         });
         let mut headers = serde_json::Map::new();
         if let Some(authorization) = &request.authorization {
-            headers.insert("Authorization".into(), authorization.clone().into());
+            let value = if printed {
+                "Basic <from REQ_USERNAME and REQ_PASSWORD>"
+            } else {
+                authorization
+            };
+            headers.insert("Authorization".into(), value.into());
         }
         if let Some(payload) = &request.payload {
             headers.insert("Content-Type".into(), "application/json".into());

@@ -177,7 +177,13 @@ impl Settings {
     /// pod's namespace, for an absent `NAMESPACE`; without one, every
     /// namespace is read (manifests given with `--from`).
     pub fn config_yaml(&self, own_namespace: Option<&str>) -> Result<String> {
-        config::yaml(self, own_namespace)
+        config::yaml(self, own_namespace, false)
+    }
+
+    /// [`Settings::config_yaml`] to show (`--print-config`): without the
+    /// credentials of `REQ_USERNAME` and `REQ_PASSWORD`.
+    pub fn printed_config_yaml(&self, own_namespace: Option<&str>) -> Result<String> {
+        config::yaml(self, own_namespace, true)
     }
 }
 

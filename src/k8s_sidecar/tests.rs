@@ -313,3 +313,25 @@ fn the_label_selector_and_namespaces_follow_label_value_and_namespace() {
         ["monitoring"]
     );
 }
+
+#[test]
+fn the_printed_config_leaves_the_credentials_out() {
+    let mut env = BASE.to_vec();
+    env.extend([
+        ("REQ_URL", "http://localhost/r"),
+        ("REQ_USERNAME", "admin"),
+        ("REQ_PASSWORD", "hunter2"),
+    ]);
+    let s = settings(&env);
+    let credentials = STANDARD.encode("admin:hunter2");
+    assert!(s.config_yaml(None).unwrap().contains(&credentials));
+    let printed = s.printed_config_yaml(None).unwrap();
+    assert!(
+        !printed.contains(&credentials) && !printed.contains("hunter2"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("Basic <from REQ_USERNAME and REQ_PASSWORD>"),
+        "{printed}"
+    );
+}
