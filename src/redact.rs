@@ -60,7 +60,7 @@ impl Redactor {
     }
 
     /// What errors and logs may show of a program's output: its first
-    /// non-blank line, redacted, at most [`SUMMARY_CHARS`] characters.
+    /// non-blank line, redacted, at most `SUMMARY_CHARS` (240) characters.
     /// Redaction comes first, so that a cut never leaves part of a value.
     pub fn summary(&self, output: &str) -> String {
         let redacted = self.redact(output);

@@ -6,7 +6,7 @@
 //! on its staged files, then — only if every check passed — rename them into
 //! place and remove stale files of directory outputs. A failure at any step
 //! before the renames leaves every previous file untouched; a failed rename
-//! puts back the files already replaced ([`commit`]), and stale files are
+//! puts back the files already replaced (`commit`), and stale files are
 //! removed only after every rename succeeded.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,7 @@
 //!
 //! Myers' O((N+M)·D) algorithm on the lines between the common prefix and
 //! suffix. Expected outputs usually differ in a few lines, so D is small; past
-//! [`MAX_EDITS`] the middle is shown as one replacement rather than spending
+//! `MAX_EDITS` the middle is shown as one replacement rather than spending
 //! quadratic time and memory on a minimal script.
 
 use std::fmt::Write;
