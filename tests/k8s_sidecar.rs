@@ -548,3 +548,34 @@ async fn method_sleep_follows_changes_without_waiting_sleep_time() {
         .until_holds("the change", || file().as_deref() == Some("2"))
         .await;
 }
+
+#[tokio::test]
+async fn a_burst_of_changes_makes_one_reload_call() {
+    // k8s-sidecar calls REQ_URL once per event: a Helm release with 20
+    // dashboards makes 20 calls. Here the burst is one render, one call.
+    let server = FakeApiServer::start().await;
+    server.create(dashboard("first", json!({"first.json": "1"}))).unwrap();
+    let (url, received) = reload_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("dashboards");
+    let mut env = grafana_chart_env(&folder, &url);
+    env.push(("LOG_FORMAT", "LOGFMT".into()));
+    let kubeconfig = server.kubeconfig_path().display().to_string();
+    let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    let actions_done = || sidecar.log().matches("\"action done\"").count();
+    sidecar.until_holds("the first reload", || actions_done() == 1).await;
+    for i in 0..20 {
+        server
+            .create(dashboard(&format!("d{i}"), json!({format!("d{i}.json"): "x"})))
+            .unwrap();
+    }
+    sidecar
+        .until_holds("the burst's files", || {
+            (0..20).all(|i| folder.join(format!("d{i}.json")).exists())
+        })
+        .await;
+    sidecar.until_holds("the burst's reload", || actions_done() == 2).await;
+    let renders = sidecar.log().matches("render done; outputs changed").count();
+    assert_eq!(renders, 2, "{}", sidecar.log());
+    assert_eq!(received.lock().unwrap().len(), 2);
+}
