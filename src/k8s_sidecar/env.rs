@@ -180,10 +180,16 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
         );
     }
     let folder = r.required("FOLDER", "the directory the files are written to");
-    let folder = match folder.trim_end_matches('/') {
-        "" if folder.starts_with('/') => "/".to_string(),
-        trimmed => trimmed.to_string(),
-    };
+    let trimmed = folder.trim_end_matches('/').to_string();
+    if trimmed.is_empty() && !folder.is_empty() {
+        // Files in FOLDER that no object provides are removed.
+        r.invalid(
+            "FOLDER",
+            &folder,
+            "the root directory cannot be the folder: files no ConfigMap or Secret provides are removed from it; give a directory of its own",
+        );
+    }
+    let folder = trimmed;
     let folder_annotation = r
         .get("FOLDER_ANNOTATION")
         .unwrap_or("k8s-sidecar-target-directory")

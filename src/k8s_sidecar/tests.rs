@@ -101,11 +101,12 @@ fn every_problem_is_reported_at_once_naming_its_variable() {
         ("REQ_METOD", "POST"),
         ("HEALTH_PORT", "80800"),
         ("UNIQUE_FILENAMES", "yes"),
+        ("FOLDER", "//"),
     ]);
     let text = errors.join("\n");
     for expected in [
         "LABEL is not set",
-        "FOLDER is not set",
+        "FOLDER=\"//\": the root directory cannot be the folder",
         "METHOD=\"POLL\": expected one of WATCH, LIST, SLEEP",
         "DEFAULT_FILE_MODE=\"0x644\"",
         "\"Bad_NS\" is not a namespace name",
