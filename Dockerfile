@@ -4,10 +4,13 @@
 #   docker build -t kube-template .
 #   docker build --target k8s-sidecar -t kube-template:k8s-sidecar .   # drop-in for kiwigrid/k8s-sidecar
 #
-# The runtime stage is debian-slim, not distroless: actions are commands, and
-# the reload action of examples/deploy/ needs /bin/sh and pgrep (procps). For
-# a config whose actions are HTTP only, gcr.io/distroless/cc-debian12:nonroot
-# runs the same binary.
+# The runtime stage is distroless: no shell, no package manager, no `kill`
+# or `pgrep`. It can be now because nothing kube-template does needs one:
+# reloads are `signal` actions (processes found through /proc, with
+# shareProcessNamespace in the pod) or HTTP calls, `validate:` parses
+# JSON/YAML/TOML outputs in-process, and `owner:` takes numeric ids. A config
+# whose `command` actions or `check`s call a shell or another program needs a
+# runtime image that has them (debian:bookworm-slim, say).
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -22,13 +25,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
     && cp target/release/kube-template /usr/local/bin/kube-template
 
-FROM debian:bookworm-slim AS runtime
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates procps \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 kube-template \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin kube-template
+# glibc and libgcc for the binary, CA certificates; nothing else. Its own
+# `nonroot` user is 65532; this image runs as 10001, the UID of
+# examples/deploy/.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /usr/local/bin/kube-template /usr/local/bin/kube-template
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
@@ -38,7 +38,13 @@ ENTRYPOINT ["kube-template"]
 
 # A drop-in for kiwigrid/k8s-sidecar: configured by its environment variables,
 # its health endpoint on 8080, so that charts need only the image changed.
-FROM runtime AS k8s-sidecar
+# Debian-slim, not distroless: k8s-sidecar runs SCRIPT with sh.
+FROM debian:bookworm-slim AS k8s-sidecar
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/bin/kube-template /usr/local/bin/kube-template
+USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["kube-template", "k8s-sidecar"]
 

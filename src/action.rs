@@ -1,8 +1,10 @@
 //! Actions: what runs, in order, after a render that changed at least one
-//! file — a command (argv, no shell unless the user writes one) or an HTTP
-//! request. A failing action is logged and reported, never fatal, and never
+//! file — a command (argv, no shell unless the user writes one), an HTTP
+//! request, or a signal to a process ([`signal`]). A failing action is logged and reported, never fatal, and never
 //! rolls files back. What an action prints is logged in full at debug level
 //! only; elsewhere as its first line, redacted (DESIGN 5.8).
+
+pub mod signal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,13 @@ pub enum Error {
     /// The command ran past its timeout and was killed.
     #[error("command {argv:?} did not finish within {}; killed", humantime::format_duration(*timeout))]
     Timeout { argv: Vec<String>, timeout: Duration },
+    /// The signal could not be sent; says what was looked for.
+    #[error("signal {}: {source}", signal::name(*sig))]
+    Signal {
+        sig: nix::sys::signal::Signal,
+        #[source]
+        source: signal::Error,
+    },
     /// The HTTP request failed on every attempt.
     #[error("{method} {url} failed after {attempts} attempt(s): {last}")]
     Http {
@@ -80,6 +89,7 @@ impl Action {
         match self {
             Action::Command { argv, .. } => format!("command {argv:?}"),
             Action::Http(http) => format!("{} {}", http.method, http.url),
+            Action::Signal { signal, target } => format!("signal {} to {target}", signal::name(*signal)),
         }
     }
 }
@@ -94,6 +104,7 @@ pub async fn run_all(actions: &[Action], metrics: &Metrics, redactor: &Redactor)
         let result = match action {
             Action::Command { argv, timeout } => run_command(argv, *timeout, redactor).await,
             Action::Http(http) => run_http(http, redactor).await,
+            Action::Signal { signal, target } => run_signal(*signal, target),
         };
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
@@ -212,6 +223,13 @@ async fn run_command(argv: &[String], timeout: Duration, redactor: &Redactor) ->
             })
         }
     }
+}
+
+fn run_signal(sig: nix::sys::signal::Signal, target: &signal::Target) -> Result<(), Error> {
+    let pids =
+        signal::send(sig, target, std::path::Path::new("/proc")).map_err(|source| Error::Signal { sig, source })?;
+    tracing::debug!(signal = signal::name(sig), %target, ?pids, "signal sent");
+    Ok(())
 }
 
 /// Backoff before attempt `n` (1-based) of an HTTP action.

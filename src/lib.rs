@@ -31,6 +31,8 @@
 //! - [`render`] — the template environment, filters and the `resources` view.
 //! - [`output`] — atomic, change-only writes of files and directories, with `check`.
 //! - [`action`] — commands and HTTP calls after a render that changed a file.
+//! - [`exec`] — exec mode: the command kube-template starts, reloads and
+//!   stops as its child.
 //! - [`command`] — running external programs with a timeout (checks, actions).
 //! - [`redact`] — Secret values kept out of what checks and actions print.
 //! - [`pipeline`] — ties the stages together: the initial-sync barrier,
@@ -51,6 +53,7 @@ pub mod action;
 pub mod admin;
 pub mod command;
 pub mod config;
+pub mod exec;
 pub mod index;
 pub mod k8s_sidecar;
 pub mod object;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use kube_template::admin;
 use kube_template::config;
+use kube_template::exec;
 use kube_template::k8s_sidecar;
 use kube_template::pipeline::{self, Prepared, Stopped};
 use kube_template::report;
@@ -68,6 +69,10 @@ enum Command {
         /// such as 403 Forbidden, or an API server that cannot be reached).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         sync_timeout: std::time::Duration,
+        /// Exec mode: after the first good render, run this command as a child, reload it on
+        /// changes and exit with its status (with --once: replace kube-template with it).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Validate the config and compile its templates; exit 64 listing every problem.
     Check {
@@ -180,6 +185,7 @@ async fn main() -> ExitCode {
             streaming_lists,
             watch_timeout,
             sync_timeout,
+            command,
         } => {
             let sync_deadline = once.then(|| tokio::time::Instant::now() + sync_timeout);
             let (prepared, healthz, skip_tls_verify) = match preset.take() {
@@ -208,8 +214,28 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut shutdown = std::pin::pin!(signals.first());
             let telemetry = Arc::new(Telemetry::default());
+            // Exec mode: the child follows the renders from the first one on,
+            // and its end stops the run as a signal does.
+            let mut child = (!once && !command.is_empty()).then(|| {
+                let exec = &prepared.config.exec;
+                let settings = exec::Settings {
+                    reload_signal: exec.reload_signal,
+                    kill_signal: exec.kill_signal,
+                    kill_timeout: exec.kill_timeout,
+                };
+                Supervised::start(command.clone(), settings, &telemetry)
+            });
+            let child_ended = child.as_mut().and_then(|c| c.ended.take());
+            let mut shutdown = std::pin::pin!(async {
+                match child_ended {
+                    Some(ended) => tokio::select! {
+                        () = signals.first() => {}
+                        _ = ended => {}
+                    },
+                    None => signals.first().await,
+                }
+            });
             // The admin server serves probes and metrics for the whole run (not
             // in init-container mode, which exits after one render).
             let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -299,13 +325,29 @@ async fn main() -> ExitCode {
             if let Some(reporters) = reporters {
                 reporters.stop().await;
             }
+            let child_status = match child {
+                Some(child) => Some(child.stop().await),
+                None => None,
+            };
             let _ = admin_stop.send(());
             if let Some(admin) = admin {
                 let _ = admin.await;
             }
+            if let Some(status) = child_status {
+                if let Err(e) = &result {
+                    eprintln!("error: {e}");
+                }
+                return status;
+            }
             match result {
                 // With --once a render returns: a shutdown came before it.
                 Ok(Stopped::Shutdown) => stopped_early(once),
+                Ok(Stopped::Rendered) if !command.is_empty() => {
+                    // Only returns when the exec failed.
+                    let error = exec::exec(&command);
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
                 Ok(Stopped::Rendered) => ExitCode::SUCCESS,
                 Ok(Stopped::RenderFailed) => {
                     eprintln!("error: the render failed (see the log)");
@@ -448,6 +490,58 @@ impl Drop for Signals {
     }
 }
 
+/// The child of exec mode, run by [`exec::supervise`] on a task of its own.
+struct Supervised {
+    task: JoinHandle<exec::Result<Option<std::process::ExitStatus>>>,
+    stop: oneshot::Sender<()>,
+    /// Resolves (with an error) when the child has ended, or could not be
+    /// started; taken by the run's shutdown.
+    ended: Option<oneshot::Receiver<()>>,
+}
+
+impl Supervised {
+    fn start(argv: Vec<String>, settings: exec::Settings, telemetry: &Telemetry) -> Supervised {
+        let renders = telemetry.outcomes();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ended_tx, ended) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let result = exec::supervise(&argv, settings, renders, async {
+                let _ = stopped.await;
+            })
+            .await;
+            // Dropped on any end, also a failure to start: the run stops.
+            drop(ended_tx);
+            result
+        });
+        Supervised {
+            task,
+            stop,
+            ended: Some(ended),
+        }
+    }
+
+    /// Stops the child (if it still runs) and gives the exit code that
+    /// passes its status on.
+    async fn stop(self) -> ExitCode {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(Some(status))) => ExitCode::from(exec::exit_code(status)),
+            Ok(Ok(None)) => {
+                eprintln!("error: stopped before the first good render; the command never ran");
+                ExitCode::FAILURE
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: the exec task failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// After the first successful render, gives back the memory that only the
 /// start needed (`telemetry::resident`). Aborted when the run ends.
 fn trim_after_first_render(telemetry: &Telemetry) -> JoinHandle<()> {
@@ -552,6 +646,7 @@ async fn k8s_sidecar_run(
         streaming_lists: false,
         watch_timeout: settings.watch_timeout.unwrap_or(std::time::Duration::from_secs(290)),
         sync_timeout: std::time::Duration::from_secs(60),
+        command: Vec::new(),
     };
     let preset = Preset {
         prepared,

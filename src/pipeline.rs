@@ -1,6 +1,7 @@
 //! The pipeline that ties the stages together: sources → indexer → stores →
 //! snapshot → renderer → outputs (→ actions).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::action;
-use crate::config::{self, Config, OutputTarget};
+use crate::config::{self, Config, OutputTarget, Template};
 use crate::object::Meta;
 use crate::object::document::Document;
 use crate::output::{self, Job};
@@ -170,11 +171,27 @@ pub async fn write(
             }
         })
         .collect();
+    // A re-rooted render (`render --out`, template tests) is a preview, often
+    // made without the privileges `owner:` needs: it keeps the files' owner.
+    let templates: Vec<Cow<'_, Template>> = rendered
+        .iter()
+        .map(|r| {
+            let template = &prepared.config.templates[&r.template];
+            match (out_root, template.owner) {
+                (Some(_), Some(_)) => Cow::Owned(Template {
+                    owner: None,
+                    ..template.clone()
+                }),
+                _ => Cow::Borrowed(template),
+            }
+        })
+        .collect();
     let jobs: Vec<Job<'_>> = rendered
         .iter()
         .zip(&targets)
-        .map(|(r, target)| Job {
-            template: &prepared.config.templates[&r.template],
+        .zip(&templates)
+        .map(|((r, target), template)| Job {
+            template,
             target,
             content: &r.content,
         })

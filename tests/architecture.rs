@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("render", &["object", "index", "store", "config"]),
     ("output", &["render", "command", "redact", "telemetry", "config"]),
     ("action", &["command", "redact", "telemetry", "config"]),
+    ("exec", &["action", "telemetry"]),
     ("report", &["telemetry"]),
     ("admin", &["telemetry"]),
     ("config", &["object", "index", "store", "report"]),

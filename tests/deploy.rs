@@ -370,8 +370,26 @@ fn pod_is_hardened_and_wired_to_its_config() {
     let haproxy = container(&pod["containers"], "haproxy");
     assert_eq!(mount_path(haproxy, token_volume), None, "haproxy needs no API token");
 
+    // The reload: SIGUSR2 to the pid HAProxy writes into a volume both see;
+    // no `command`, so the image needs no shell.
+    let actions = config["actions"].as_array().unwrap();
+    assert!(
+        actions.iter().all(|a| a.get("command").is_none()),
+        "the image has no shell: {actions:?}"
+    );
+    let [signal] = &actions[..] else {
+        panic!("one action expected: {actions:?}")
+    };
+    assert_eq!(signal["signal"], "USR2");
+    let pid_file = signal["pid_file"].as_str().expect("the signal goes to a pid_file");
+    let pid_dir = Path::new(pid_file).parent().unwrap().to_str().unwrap();
+    let run_volume = volume_named(pod, |v| {
+        v.get("emptyDir").is_some() && mount_path(sidecar, v["name"].as_str().unwrap()) == Some(pid_dir)
+    });
+    assert_eq!(mount_path(haproxy, run_volume), Some(pid_dir));
+
     // Outputs land in the volume HAProxy reads, at the paths it is told.
-    let shared = volume_named(pod, |v| v.get("emptyDir").is_some());
+    let shared = volume_named(pod, |v| v.get("emptyDir").is_some() && v["name"] != run_volume);
     let written = mount_path(sidecar, shared).unwrap();
     assert_eq!(mount_path(init, shared), Some(written));
     let read = mount_path(haproxy, shared).unwrap();
@@ -386,7 +404,12 @@ fn pod_is_hardened_and_wired_to_its_config() {
     assert_eq!(command[..3], ["haproxy", "-W", "-db"]);
     assert_eq!(
         command[3..],
-        ["-f", haproxy_view(&config["templates"]["haproxy"]["path"]).as_str()]
+        [
+            "-p",
+            pid_file,
+            "-f",
+            haproxy_view(&config["templates"]["haproxy"]["path"]).as_str()
+        ]
     );
     let template = config_map(&docs)["data"]["haproxy.cfg.j2"].as_str().unwrap();
     let crt = format!(" crt {}/ ", haproxy_view(&config["templates"]["certs"]["directory"]));

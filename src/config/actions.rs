@@ -1,8 +1,10 @@
 //! `actions`: what runs after a render that changed a file.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use super::humane;
@@ -19,6 +21,15 @@ pub struct ActionEntry {
     /// An HTTP request.
     #[serde(default)]
     pub http: Option<HttpAction>,
+    /// A signal (`HUP`, `USR1`, `USR2`, `TERM`, …) sent to `process` or `pid_file`.
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// With `signal`: every process whose comm or `argv[0]` basename is this.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// With `signal`: the file holding the pid to signal.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
     /// How long the command may run.
     #[serde(default = "default_action_timeout", with = "humane::duration")]
     pub timeout: Duration,
@@ -63,11 +74,87 @@ fn default_http_method() -> String {
 pub enum Action {
     Command { argv: Vec<String>, timeout: Duration },
     Http(HttpAction),
+    Signal { signal: Signal, target: SignalTarget },
+}
+
+/// Where a signal action sends its signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// Every process whose comm or `argv[0]` basename is this name.
+    Process(String),
+    /// The pid written in this file.
+    PidFile(PathBuf),
+}
+
+impl std::fmt::Display for SignalTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalTarget::Process(name) => write!(f, "process `{name}`"),
+            SignalTarget::PidFile(path) => write!(f, "pid_file `{}`", path.display()),
+        }
+    }
+}
+
+/// The signal a config names: `HUP`, `USR1`, … with or without `SIG`, in
+/// any case. `None` for a name that is no signal.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    // SIGSTOP would freeze the process with no way back from here.
+    format!("SIG{bare}").parse().ok().filter(|s| *s != Signal::SIGSTOP)
+}
+
+/// `exec:` as the user writes it: how exec mode (`run -- CMD`) reloads and
+/// stops its command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecEntry {
+    /// Signal that reloads the command after a change; without one it is
+    /// restarted.
+    #[serde(default)]
+    pub reload_signal: Option<String>,
+    /// Signal that asks the command to stop.
+    #[serde(default = "default_kill_signal")]
+    pub kill_signal: String,
+    /// How long the command may take to stop before it is killed (SIGKILL).
+    #[serde(default = "default_kill_timeout", with = "humane::duration")]
+    pub kill_timeout: Duration,
+}
+
+fn default_kill_signal() -> String {
+    "TERM".into()
+}
+
+/// Below Kubernetes' default grace period of 30s, so that the command's own
+/// exit status, not the kubelet's SIGKILL, ends the pod.
+fn default_kill_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// A validated `exec:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// Sent on a change; `None` restarts the command instead.
+    pub reload_signal: Option<Signal>,
+    /// Sent to stop the command.
+    pub kill_signal: Signal,
+    /// How long a stopping command may take before it is killed.
+    pub kill_timeout: Duration,
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        ExecSettings {
+            reload_signal: None,
+            kill_signal: Signal::SIGTERM,
+            kill_timeout: default_kill_timeout(),
+        }
+    }
 }
 
 impl Validator<'_> {
     /// The `actions` section: each valid action, in order.
-    pub(super) fn actions(&mut self) -> Vec<Action> {
+    pub(super) fn actions(&mut self, base_dir: &Path) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(node) = self.tree.get("actions").cloned() {
             match &node.value {
@@ -75,7 +162,7 @@ impl Validator<'_> {
                     for (i, item) in items.iter().enumerate() {
                         let path = vec!["actions".to_string(), i.to_string()];
                         if let Some(entry) = self.typed::<ActionEntry>(&path, item, &["http"])
-                            && let Some(action) = self.action(&path, entry)
+                            && let Some(action) = self.action(&path, entry, base_dir)
                         {
                             actions.push(action);
                         }
@@ -91,7 +178,105 @@ impl Validator<'_> {
         actions
     }
 
-    fn action(&mut self, path: &[String], entry: ActionEntry) -> Option<Action> {
+    /// The `exec` section; its signals known ones, its timeout not zero.
+    pub(super) fn exec_settings(&mut self) -> Option<ExecSettings> {
+        let node = self.tree.get("exec").cloned()?;
+        if matches!(node.value, NodeValue::Null) {
+            return None;
+        }
+        let entry = self.typed::<ExecEntry>(&["exec".into()], &node, &[])?;
+        let before = self.issues.len();
+        let mut signal = |key: &str, name: &str| {
+            let signal = parse_signal(name);
+            if signal.is_none() {
+                self.issue(
+                    &["exec".into(), key.into()],
+                    format!("`{name}` is not a signal: expected a name such as HUP, USR1, USR2 or TERM"),
+                );
+            }
+            signal
+        };
+        let reload_signal = entry.reload_signal.as_deref().map(|name| signal("reload_signal", name));
+        let kill_signal = signal("kill_signal", &entry.kill_signal);
+        if entry.kill_timeout.is_zero() {
+            self.issue(
+                &["exec".into(), "kill_timeout".into()],
+                "must be longer than 0s: the command would get no time to stop",
+            );
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(ExecSettings {
+            reload_signal: reload_signal.flatten(),
+            kill_signal: kill_signal?,
+            kill_timeout: entry.kill_timeout,
+        })
+    }
+
+    fn action(&mut self, path: &[String], entry: ActionEntry, base_dir: &Path) -> Option<Action> {
+        let at = |key: &str| [path, &[key.to_string()]].concat();
+        if entry.signal.is_none() {
+            for (key, given) in [
+                ("process", entry.process.is_some()),
+                ("pid_file", entry.pid_file.is_some()),
+            ] {
+                if given {
+                    self.issue(&at(key), format!("`{key}` only goes with `signal`"));
+                }
+            }
+        }
+        let kinds: Vec<&str> = [
+            ("command", entry.command.is_some()),
+            ("http", entry.http.is_some()),
+            ("signal", entry.signal.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, given)| given.then_some(kind))
+        .collect();
+        if let Some((last, rest)) = kinds.split_last()
+            && !rest.is_empty()
+        {
+            let rest = rest.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            self.issue(path, format!("has both {rest} and `{last}`; give one per action"));
+            return None;
+        }
+        if let Some(name) = &entry.signal {
+            let signal = parse_signal(name);
+            if signal.is_none() {
+                self.issue(
+                    &at("signal"),
+                    format!("`{name}` is not a signal: expected a name such as HUP, USR1, USR2 or TERM"),
+                );
+            }
+            let target = match (entry.process, entry.pid_file) {
+                (Some(process), None) if process.trim().is_empty() => {
+                    self.issue(&at("process"), "must not be empty");
+                    None
+                }
+                (Some(process), None) => Some(SignalTarget::Process(process)),
+                (None, Some(file)) if file.as_os_str().is_empty() => {
+                    self.issue(&at("pid_file"), "must not be empty");
+                    None
+                }
+                (None, Some(file)) => Some(SignalTarget::PidFile(base_dir.join(file))),
+                (Some(_), Some(_)) => {
+                    self.issue(path, "has both `process` and `pid_file`; give one");
+                    None
+                }
+                (None, None) => {
+                    self.issue(
+                        path,
+                        "`signal` needs `process` (a process name) or `pid_file` (a file holding a pid)",
+                    );
+                    None
+                }
+            };
+            return Some(Action::Signal {
+                signal: signal?,
+                target: target?,
+            });
+        }
         match (entry.command, entry.http) {
             (Some(argv), None) => {
                 if argv.first().is_none_or(|p| p.trim().is_empty()) {
@@ -126,12 +311,9 @@ impl Validator<'_> {
                 }
                 Some(Action::Http(http))
             }
-            (Some(_), Some(_)) => {
-                self.issue(path, "has both `command` and `http`; give one per action");
-                None
-            }
+            (Some(_), Some(_)) => unreachable!("refused above: more than one kind"),
             (None, None) => {
-                self.issue(path, "needs `command` or `http`");
+                self.issue(path, "needs `command`, `http` or `signal`");
                 None
             }
         }

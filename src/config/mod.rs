@@ -20,11 +20,13 @@ use yaml::{Node, NodeValue, Position};
 
 pub use crate::index::OnMissingKey;
 pub use crate::report::StatusSettings;
-pub use actions::{Action, ActionEntry, HttpAction};
+pub use actions::{Action, ActionEntry, ExecEntry, ExecSettings, HttpAction, SignalTarget, parse_signal};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, Readiness, RenderSettings, Wait};
-pub use templates::{OutputTarget, Template, TemplateEntry, TemplateSource};
+pub use templates::{
+    OutputTarget, Owner, Pair, Syntax, SyntaxEntry, Template, TemplateEntry, TemplateSource, ValidateFormat,
+};
 pub use validate::sort_issues;
 
 /// One problem in a config file.
@@ -82,6 +84,8 @@ pub struct Config {
     pub watched_resources: BTreeMap<String, Resource>,
     pub templates: BTreeMap<String, Template>,
     pub actions: Vec<Action>,
+    /// How exec mode (`run -- CMD`) reloads and stops its command.
+    pub exec: ExecSettings,
     pub render: RenderSettings,
     pub admin: AdminSettings,
     /// Where to report each render's result, if anywhere.
@@ -92,7 +96,15 @@ pub struct Config {
 }
 
 /// The sections a config may have.
-const TOP_LEVEL_KEYS: &[&str] = &["watched_resources", "templates", "actions", "render", "admin", "status"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "watched_resources",
+    "templates",
+    "actions",
+    "exec",
+    "render",
+    "admin",
+    "status",
+];
 
 impl Config {
     /// Reads and validates a config file. Templates are not compiled here; the
@@ -174,6 +186,7 @@ impl Validator<'_> {
             watched_resources: BTreeMap::new(),
             templates: BTreeMap::new(),
             actions: Vec::new(),
+            exec: ExecSettings::default(),
             render: RenderSettings::default(),
             admin: AdminSettings::default(),
             status: None,
@@ -211,7 +224,10 @@ impl Validator<'_> {
             });
         }
         config.templates = self.templates(file, base_dir);
-        config.actions = self.actions();
+        config.actions = self.actions(base_dir);
+        if let Some(exec) = self.exec_settings() {
+            config.exec = exec;
+        }
         if let Some(render) = self.render_settings() {
             config.render = render;
         }

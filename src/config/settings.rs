@@ -124,6 +124,8 @@ fn longest_wait(config: &Config) -> Option<(String, Duration)> {
             format!("actions.{i}.timeout × {} attempts", http.retries + 1),
             http.timeout * (http.retries + 1),
         ),
+        // A signal is sent, not waited on.
+        Action::Signal { .. } => (format!("actions.{i}"), Duration::ZERO),
     });
     checks.chain(actions).max_by_key(|(_, wait)| *wait)
 }

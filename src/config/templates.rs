@@ -37,6 +37,46 @@ pub struct TemplateEntry {
     /// How long `check` may run.
     #[serde(default = "default_check_timeout", with = "humane::duration")]
     pub check_timeout: Duration,
+    /// Parse the output (each file of a directory output) as `json`, `yaml`
+    /// or `toml` before it replaces the old one; `none` (the default) does not.
+    #[serde(default)]
+    pub validate: Option<String>,
+    /// Numeric `UID:GID` of the written files and of the directories created
+    /// for them.
+    #[serde(default, deserialize_with = "owner_text")]
+    pub owner: Option<String>,
+    /// Delimiters of this template's own, for outputs that hold `{{ }}`.
+    #[serde(default)]
+    pub syntax: Option<SyntaxEntry>,
+}
+
+/// `syntax:` as the user writes it: each a `[start, end]` pair.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntaxEntry {
+    /// Statement delimiters; Jinja's `{%` `%}` when absent.
+    #[serde(default)]
+    pub block: Option<Vec<String>>,
+    /// Expression delimiters; Jinja's `{{` `}}` when absent.
+    #[serde(default)]
+    pub variable: Option<Vec<String>>,
+    /// Comment delimiters; Jinja's `{#` `#}` when absent.
+    #[serde(default)]
+    pub comment: Option<Vec<String>>,
+}
+
+/// An owner is `UID:GID` text; a bare number (`owner: 99`) is kept as
+/// written, for the validation to name.
+fn owner_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(Some(text)),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        serde_json::Value::Null => Ok(None),
+        other => Err(D::Error::custom(format!(
+            "bad owner {other}: expected numeric \"UID:GID\" in quotes, e.g. \"101:101\""
+        ))),
+    }
 }
 
 /// A file mode is written as a quoted string: unquoted, YAML reads `0644` as
@@ -74,6 +114,127 @@ pub struct Template {
     pub fsync: bool,
     pub check: Vec<String>,
     pub check_timeout: Duration,
+    /// The format the output must parse as, if any.
+    pub validate: Option<ValidateFormat>,
+    /// The owner of written files, if set.
+    pub owner: Option<Owner>,
+    /// Custom delimiters, if set.
+    pub syntax: Option<Syntax>,
+}
+
+/// A format rendered outputs are parsed as (`validate:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidateFormat {
+    Json,
+    Yaml,
+    Toml,
+}
+
+impl ValidateFormat {
+    /// The names a config may write.
+    pub const NAMES: &'static [&'static str] = &["json", "yaml", "toml"];
+
+    /// The format a config names; `None` for an unknown name.
+    pub fn parse(name: &str) -> Option<ValidateFormat> {
+        match name {
+            "json" => Some(ValidateFormat::Json),
+            "yaml" => Some(ValidateFormat::Yaml),
+            "toml" => Some(ValidateFormat::Toml),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ValidateFormat::Json => "json",
+            ValidateFormat::Yaml => "yaml",
+            ValidateFormat::Toml => "toml",
+        }
+    }
+}
+
+/// The numeric user and group of written files (`owner:`). Numeric only:
+/// names need a user database, which distroless images do not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// Reads `UID:GID`, both numeric; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Owner> {
+        let (uid, gid) = text.split_once(':')?;
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        Some(Owner {
+            uid: number(uid)?,
+            gid: number(gid)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// A start and an end delimiter.
+pub type Pair = (String, String);
+
+/// The delimiters a template sets (`syntax:`); the ones it leaves out stay
+/// Jinja's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Syntax {
+    pub block: Option<Pair>,
+    pub variable: Option<Pair>,
+    pub comment: Option<Pair>,
+}
+
+impl Syntax {
+    /// Every delimiter pair, Jinja's where none is set, with its key:
+    /// block, variable, comment.
+    pub fn all(&self) -> [(&'static str, (&str, &str)); 3] {
+        fn or<'a>(pair: &'a Option<Pair>, default: (&'static str, &'static str)) -> (&'a str, &'a str) {
+            pair.as_ref().map_or(default, |(s, e)| (s.as_str(), e.as_str()))
+        }
+        [
+            ("block", or(&self.block, ("{%", "%}"))),
+            ("variable", or(&self.variable, ("{{", "}}"))),
+            ("comment", or(&self.comment, ("{#", "#}"))),
+        ]
+    }
+
+    /// Why these delimiters cannot work together, naming them; one message
+    /// per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let all = self.all();
+        for (key, (start, end)) in all {
+            if start.trim().is_empty() || end.trim().is_empty() {
+                problems.push(format!("`{key}` delimiters must not be empty or blank"));
+            }
+        }
+        // The start decides what a tag is: one start that begins another
+        // would read every tag of the other as its own.
+        for (i, (a, (start_a, _))) in all.iter().enumerate() {
+            for (b, (start_b, _)) in &all[i + 1..] {
+                if start_a.trim().is_empty() || start_b.trim().is_empty() {
+                    continue;
+                }
+                if start_a.starts_with(start_b) || start_b.starts_with(start_a) {
+                    problems.push(format!(
+                        "`{a}` starts with `{start_a}` and `{b}` with `{start_b}`: they collide; give each its own start"
+                    ));
+                }
+            }
+        }
+        problems
+    }
 }
 
 /// Where a template's text comes from.
@@ -152,7 +313,7 @@ impl Validator<'_> {
         }
         for (name, entry) in entries {
             let path = vec!["templates".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &[])
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax"])
                 && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
             {
                 templates.insert(name, template);
@@ -239,6 +400,33 @@ impl Validator<'_> {
         {
             self.issue(&[path, &["check".to_string()]].concat(), "the command is empty");
         }
+        let validate = match spec.validate.as_deref() {
+            None | Some("none") => None,
+            Some(name) => {
+                let format = ValidateFormat::parse(name);
+                if format.is_none() {
+                    self.issue(
+                        &[path, &["validate".to_string()]].concat(),
+                        format!(
+                            "unknown format `{name}`: expected none, {}",
+                            ValidateFormat::NAMES.join(", ")
+                        ),
+                    );
+                }
+                format
+            }
+        };
+        let owner = spec.owner.as_deref().and_then(|text| {
+            let owner = Owner::parse(text);
+            if owner.is_none() {
+                self.issue(
+                    &[path, &["owner".to_string()]].concat(),
+                    format!("`{text}` is not a numeric \"UID:GID\" such as \"101:101\" (names cannot be looked up in images without a user database)"),
+                );
+            }
+            owner
+        });
+        let syntax = spec.syntax.as_ref().and_then(|entry| self.syntax(path, entry));
         if self.issues.len() > before {
             return None;
         }
@@ -250,7 +438,36 @@ impl Validator<'_> {
             fsync: spec.fsync,
             check: spec.check,
             check_timeout: spec.check_timeout,
+            validate,
+            owner,
+            syntax,
         })
+    }
+
+    /// `syntax:`, each key a `[start, end]` pair, the three not colliding.
+    fn syntax(&mut self, path: &[String], entry: &SyntaxEntry) -> Option<Syntax> {
+        let before = self.issues.len();
+        let mut pair = |key: &str, given: &Option<Vec<String>>| match given.as_deref() {
+            None => None,
+            Some([start, end]) => Some((start.clone(), end.clone())),
+            Some(other) => {
+                let at = [path, &["syntax".to_string(), key.to_string()]].concat();
+                self.issue(
+                    &at,
+                    format!("expected a pair [start, end], found {} item(s)", other.len()),
+                );
+                None
+            }
+        };
+        let syntax = Syntax {
+            block: pair("block", &entry.block),
+            variable: pair("variable", &entry.variable),
+            comment: pair("comment", &entry.comment),
+        };
+        for problem in syntax.problems() {
+            self.issue(&[path, &["syntax".to_string()]].concat(), problem);
+        }
+        (self.issues.len() == before).then_some(syntax)
     }
 
     fn outputs_do_not_overlap(&mut self, templates: &BTreeMap<String, Template>) {

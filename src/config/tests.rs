@@ -240,3 +240,71 @@ fn an_absurd_wait_is_a_config_error_naming_it() {
     assert!(issues[0].message.contains("`584942417355y`"), "{}", issues[0]);
     assert!(parse(&format!("{MINIMAL}render:\n  wait: {{min: 1s, max: 1day}}\n")).is_ok());
 }
+
+#[test]
+fn signal_names_are_read_with_or_without_sig_in_any_case() {
+    use nix::sys::signal::Signal;
+    assert_eq!(parse_signal("HUP"), Some(Signal::SIGHUP));
+    assert_eq!(parse_signal("sigusr2"), Some(Signal::SIGUSR2));
+    assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+    assert_eq!(parse_signal("RELOAD"), None);
+    assert_eq!(parse_signal("STOP"), None);
+}
+
+#[test]
+fn only_numeric_uid_gid_pairs_are_owners() {
+    assert_eq!(Owner::parse("99:100"), Some(Owner { uid: 99, gid: 100 }));
+    assert_eq!(Owner::parse("0:0").map(|o| o.to_string()).as_deref(), Some("0:0"));
+    for bad in [
+        "haproxy:haproxy",
+        "99",
+        "99:",
+        ":99",
+        "-1:5",
+        "+1:5",
+        "1:2:3",
+        " 1:2",
+        "99999999999:1",
+    ] {
+        assert_eq!(Owner::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn validate_formats_are_named_in_lowercase() {
+    for name in ValidateFormat::NAMES {
+        assert_eq!(ValidateFormat::parse(name).unwrap().name(), *name);
+    }
+    assert_eq!(ValidateFormat::parse("xml"), None);
+    assert_eq!(ValidateFormat::parse("JSON"), None);
+}
+
+#[test]
+fn colliding_and_empty_delimiters_are_named() {
+    let pair = |s: &str, e: &str| Some((s.to_string(), e.to_string()));
+    let distinct = Syntax {
+        variable: pair("[[", "]]"),
+        block: pair("[%", "%]"),
+        comment: None,
+    };
+    assert!(distinct.problems().is_empty());
+    let same = Syntax {
+        variable: pair("{%", "%}"),
+        ..Syntax::default()
+    };
+    assert_eq!(
+        same.problems(),
+        ["`block` starts with `{%` and `variable` with `{%`: they collide; give each its own start"]
+    );
+    let prefix = Syntax {
+        variable: pair("[", "]"),
+        block: pair("[%", "%]"),
+        ..Syntax::default()
+    };
+    assert_eq!(prefix.problems().len(), 1, "{:?}", prefix.problems());
+    let empty = Syntax {
+        comment: pair("", "#]"),
+        ..Syntax::default()
+    };
+    assert_eq!(empty.problems(), ["`comment` delimiters must not be empty or blank"]);
+}

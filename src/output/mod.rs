@@ -20,7 +20,7 @@ use tempfile::TempPath;
 
 use self::commit::Commit;
 use crate::command;
-use crate::config::{OutputTarget, Template};
+use crate::config::{OutputTarget, Owner, Template};
 use crate::redact::Redactor;
 use crate::render::Content;
 
@@ -50,6 +50,15 @@ pub enum Error {
         file: PathBuf,
         status: String,
         first_line: String,
+    },
+    /// The new version of `file` does not parse as the template's
+    /// `validate:` format; `reason` is the parser's, without the content.
+    #[error("template `{template}`: the new {} is not valid {format}: {reason}", file.display())]
+    Invalid {
+        template: String,
+        file: PathBuf,
+        format: &'static str,
+        reason: String,
     },
     /// A directory output's render emitted `file` and a file inside it.
     #[error("template `{template}`: {} is emitted both as a file and as the directory of {}", file.display(), inner.display())]
@@ -126,6 +135,9 @@ struct Staged {
 /// Writes all outputs of one render, or none of them. `redactor` holds the
 /// Secret values of the render, kept out of what a failing check printed.
 pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> {
+    for job in jobs {
+        validate(job)?;
+    }
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
@@ -211,7 +223,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
     let wanted: BTreeMap<PathBuf, &[u8]> = match (job.target, job.content) {
         (OutputTarget::File { path, .. }, Content::File(bytes)) => [(path.clone(), bytes.as_slice())].into(),
         (OutputTarget::Directory { path, .. }, Content::Directory(files)) => {
-            fs::create_dir_all(path).map_err(io("cannot create directory", path))?;
+            create_dirs(path, job.template.owner).map_err(io("cannot create directory", path))?;
             made_dirs.insert(
                 path.clone(),
                 std::path::absolute(path).map_err(io("cannot resolve", path))?,
@@ -251,6 +263,9 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         match old {
             Ok(old) if old == bytes => {
                 ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
+                if let Some(owner) = job.template.owner {
+                    owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
+                }
                 continue;
             }
             Ok(_) => {}
@@ -259,7 +274,7 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         let dir = target.parent().unwrap_or(Path::new("."));
         if !made_dirs.contains_key(dir) {
-            let stage_in = match fs::create_dir_all(dir) {
+            let stage_in = match create_dirs(dir, job.template.owner) {
                 Ok(()) => dir.to_owned(),
                 // A file of the last render stands where this one needs a
                 // directory (`a`, now `a/b`): the commit moves it aside;
@@ -282,6 +297,9 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         file.as_file()
             .set_permissions(fs::Permissions::from_mode(job.template.mode))
             .map_err(io("cannot set the mode of", file.path()))?;
+        if let Some(owner) = job.template.owner {
+            owner::apply_to(owner, file.as_file()).map_err(io("cannot set the owner of", file.path()))?;
+        }
         if job.template.fsync {
             file.as_file().sync_all().map_err(io("cannot fsync", file.path()))?;
             staged.fsync_dirs.insert(dir.to_owned());
@@ -291,6 +309,48 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         staged.files.push((file.into_temp_path(), target));
     }
     Ok(staged)
+}
+
+/// Checks a job's files against its template's `validate:` format.
+fn validate(job: &Job<'_>) -> Result<()> {
+    let Some(format) = job.template.validate else {
+        return Ok(());
+    };
+    let files: Vec<(PathBuf, &[u8])> = match (job.target, job.content) {
+        (OutputTarget::File { path, .. }, Content::File(bytes)) => vec![(path.clone(), bytes)],
+        (OutputTarget::Directory { path, .. }, Content::Directory(files)) => files
+            .iter()
+            .map(|(name, bytes)| (path.join(name), bytes.as_slice()))
+            .collect(),
+        _ => unreachable!("a template's content always matches its output kind"),
+    };
+    for (file, bytes) in files {
+        if let Err(e) = validate::check(format, bytes) {
+            return Err(Error::Invalid {
+                template: job.template.name.clone(),
+                file,
+                format: format.name(),
+                reason: e.reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `create_dir_all`, giving the directories it creates `owner`.
+fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<()> {
+    let Some(owner) = owner else {
+        return fs::create_dir_all(dir);
+    };
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    fs::create_dir_all(dir)?;
+    for created in missing {
+        owner::ensure(owner, created)?;
+    }
+    Ok(())
 }
 
 /// The nearest ancestor of `dir` inside `root` that is a directory.
@@ -434,5 +494,7 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
 }
 
 mod commit;
+pub mod owner;
 #[cfg(test)]
 mod tests;
+pub mod validate;

@@ -282,3 +282,74 @@ async fn a_file_and_a_file_inside_it_in_one_render_is_an_error() {
         "{error}"
     );
 }
+
+/// An owner the test may give files: another one when running as root (so
+/// that a missing chown shows), else the test's own.
+fn some_owner() -> (u32, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = fs::metadata(dir.path()).unwrap();
+    if meta.uid() == 0 {
+        (4321, 4322)
+    } else {
+        (meta.uid(), meta.gid())
+    }
+}
+
+#[tokio::test]
+async fn owner_is_given_to_written_files_and_the_directories_created_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, gid) = some_owner();
+    let t = template(
+        dir.path(),
+        &format!("    directory: out/certs\n    owner: \"{uid}:{gid}\"\n"),
+    );
+    write(&t, files(&[("a.pem", "a"), ("sub/b.pem", "b")])).await.unwrap();
+    let owner = |rel: &str| {
+        let meta = fs::metadata(dir.path().join(rel)).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    for rel in [
+        "out",
+        "out/certs",
+        "out/certs/sub",
+        "out/certs/a.pem",
+        "out/certs/sub/b.pem",
+    ] {
+        assert_eq!(owner(rel), (uid, gid), "{rel}");
+    }
+    if uid != fs::metadata(dir.path()).unwrap().uid() {
+        assert_ne!(owner(""), (uid, gid), "the directory that was there is left alone");
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_file_gets_its_owner_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, gid) = some_owner();
+    let plain = template(dir.path(), "    path: a.txt\n");
+    write(&plain, Content::File(b"same".to_vec())).await.unwrap();
+    let owned = template(dir.path(), &format!("    path: a.txt\n    owner: \"{uid}:{gid}\"\n"));
+    let report = write(&owned, Content::File(b"same".to_vec())).await.unwrap();
+    assert!(!report.changed(), "{report:?}");
+    let meta = fs::metadata(dir.path().join("a.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+}
+
+#[tokio::test]
+async fn an_output_that_does_not_validate_changes_nothing_and_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = template(dir.path(), "    directory: out\n    validate: json\n");
+    write(&t, files(&[("a.json", "{}"), ("b.json", "[1]")])).await.unwrap();
+    let error = write(&t, files(&[("a.json", "{\"new\": 1}"), ("b.json", "[1,")]))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "template `t`: the new {} is not valid json: ",
+            dir.path().join("out/b.json").display()
+        )),
+        "{text}"
+    );
+    assert_eq!(fs::read_to_string(dir.path().join("out/a.json")).unwrap(), "{}");
+}

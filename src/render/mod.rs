@@ -7,6 +7,7 @@
 
 mod filters;
 pub mod objects;
+pub mod syntax;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
-use crate::config::{Config, Issue, OutputTarget, TemplateSource};
+use crate::config::{Config, Issue, OutputTarget, Syntax, TemplateSource};
 pub use objects::{Resources, StoresSnapshot};
 
 /// Why a template could not be rendered. The message names the template, its
@@ -52,12 +53,16 @@ struct Job {
     name: String,
     source: String,
     directory: bool,
+    /// Its environment in [`Renderer::envs`].
+    env: usize,
 }
 
 /// Compiled templates, ready to render snapshots.
 #[derive(Debug)]
 pub struct Renderer {
-    env: Environment<'static>,
+    /// One environment per distinct `syntax:`, Jinja's first: delimiters are
+    /// an environment's, and what a template includes is read with its own.
+    envs: Vec<(Syntax, Environment<'static>)>,
     jobs: Vec<Job>,
     fuel: u64,
     max_output: u64,
@@ -69,9 +74,28 @@ impl Renderer {
     pub fn new(config: &Config) -> Result<Renderer, Vec<Issue>> {
         let mut env = environment(&config.base_dir);
         env.set_fuel(Some(config.render.fuel));
+        let mut envs = vec![(Syntax::default(), env)];
         let mut issues = Vec::new();
         let mut jobs = Vec::new();
         for (name, template) in &config.templates {
+            let syntax = template.syntax.clone().unwrap_or_default();
+            let index = match envs.iter().position(|(s, _)| *s == syntax) {
+                Some(index) => index,
+                None => {
+                    let mut env = environment(&config.base_dir);
+                    env.set_fuel(Some(config.render.fuel));
+                    match syntax::apply(&syntax, env.syntax()) {
+                        Ok(custom) => env.set_syntax(custom),
+                        Err(problem) => {
+                            issues.push(config.issue_at(&["templates", name, "syntax"], problem));
+                            continue;
+                        }
+                    }
+                    envs.push((syntax, env));
+                    envs.len() - 1
+                }
+            };
+            let env = &mut envs[index].1;
             let field = match &template.source {
                 TemplateSource::File { .. } => "source",
                 TemplateSource::Inline { name: source, text } => {
@@ -92,13 +116,14 @@ impl Renderer {
                 name: name.clone(),
                 source,
                 directory: matches!(template.output, OutputTarget::Directory { .. }),
+                env: index,
             });
         }
         if !issues.is_empty() {
             return Err(issues);
         }
         Ok(Renderer {
-            env,
+            envs,
             jobs,
             fuel: config.render.fuel,
             max_output: config.render.max_output_bytes.0,
@@ -165,7 +190,10 @@ impl Renderer {
     }
 
     fn render_one(&self, job: &Job, resources: &Value) -> Result<Content, String> {
-        let template = self.env.get_template(&job.source).map_err(|e| describe(&e))?;
+        let template = self.envs[job.env]
+            .1
+            .get_template(&job.source)
+            .map_err(|e| describe(&e))?;
         let budget = Arc::new(Budget::new(self.max_output));
         let sink = Arc::new(FileSink {
             directory: job.directory,
