@@ -2,6 +2,7 @@
 # The kube-template image (examples/deploy/ runs it as a sidecar):
 #
 #   docker build -t kube-template .
+#   docker build --target k8s-sidecar -t kube-template:k8s-sidecar .   # drop-in for kiwigrid/k8s-sidecar
 #
 # The runtime stage is distroless: no shell, no package manager, no `kill`
 # or `pgrep`. It can be now because nothing kube-template does needs one:
@@ -27,10 +28,25 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # glibc and libgcc for the binary, CA certificates; nothing else. Its own
 # `nonroot` user is 65532; this image runs as 10001, the UID of
 # examples/deploy/.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /usr/local/bin/kube-template /usr/local/bin/kube-template
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 # The admin server: /healthz, /readyz, /metrics.
 EXPOSE 9090
 ENTRYPOINT ["kube-template"]
+
+# A drop-in for kiwigrid/k8s-sidecar: configured by its environment variables,
+# its health endpoint on 8080, so that charts need only the image changed.
+# Debian-slim, not distroless: k8s-sidecar runs SCRIPT with sh.
+FROM debian:bookworm-slim AS k8s-sidecar
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/bin/kube-template /usr/local/bin/kube-template
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["kube-template", "k8s-sidecar"]
+
+# The default image (the last stage).
+FROM runtime

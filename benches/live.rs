@@ -143,10 +143,31 @@ fn rss(pid: u32) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// `kube-template k8s-sidecar` with k8s-sidecar's variables `env`, writing
+/// to `dir/out` (`METHOD=LIST` when `once`).
+fn k8s_sidecar(server: &FakeApiServer, dir: &Path, env: &[(&str, &str)], once: bool) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        .arg("k8s-sidecar")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig_path())
+        .envs(env.iter().copied())
+        .env("FOLDER", dir.join("out"))
+        .env("METHOD", if once { "LIST" } else { "WATCH" })
+        .env("HEALTH_PORT", "0")
+        .env("LOG_LEVEL", "WARN")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Starts `run` in watch mode, waits until `ready` holds for its scratch
 /// directory, lets it idle for `settle`, then reads its resident memory.
 fn idle_rss(server: &FakeApiServer, dir: &Path, ready: impl Fn(&Path) -> bool, settle: Duration) -> (u64, u64, u64) {
-    let mut child = sidecar(server, dir, false);
+    idle_rss_of(sidecar(server, dir, false), dir, ready, settle)
+}
+
+/// [`idle_rss`] of a started `child`.
+fn idle_rss_of(mut child: Child, dir: &Path, ready: impl Fn(&Path) -> bool, settle: Duration) -> (u64, u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready(dir) {
         assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
@@ -163,7 +184,11 @@ fn idle_rss(server: &FakeApiServer, dir: &Path, ready: impl Fn(&Path) -> bool, s
 /// Runs `run --once` to the end: wall time and peak RSS.
 fn run_once(server: &FakeApiServer, dir: &Path) -> (Duration, u64) {
     let started = Instant::now();
-    let mut child = sidecar(server, dir, true);
+    run_once_of(sidecar(server, dir, true), started)
+}
+
+/// [`run_once`] of a `child` started at `started`.
+fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
     let mut peak = 0;
     loop {
         // VmHWM only grows, so the last reading before the exit is the peak
@@ -437,6 +462,40 @@ fn main() {
         );
         let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
         let idle = idle_rss(&server, dir.path(), ready, Duration::from_secs(3));
+        rows.push(Row {
+            scenario,
+            objects: 50,
+            json_bytes,
+            first_render: None,
+            peak_rss: None,
+            latency: None,
+            idle: Some(idle),
+        });
+    }
+    // The same two jobs through `kube-template k8s-sidecar`, configured as
+    // kiwigrid/k8s-sidecar is (for comparison with it: README, Replacing k8s-sidecar).
+    let scenario = "k8s-sidecar: 10k ConfigMaps → 10k files, METHOD=LIST".to_string();
+    if wanted(&scenario) {
+        let count = 10_000;
+        let (server, json_bytes) = server_with(&runtime, count);
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("LABEL", "tier"), ("NAMESPACE", "ALL"), ("UNIQUE_FILENAMES", "true")];
+        let started = Instant::now();
+        let measured = run_once_of(k8s_sidecar(&server, dir.path(), &env, true), started);
+        assert_eq!(std::fs::read_dir(dir.path().join("out")).unwrap().count(), 2 * count);
+        rows.push(Row::once(scenario, count, json_bytes, measured));
+    }
+    let scenario = "k8s-sidecar: idle, WATCH 50 ConfigMaps of 8 KB".to_string();
+    if wanted(&scenario) {
+        let server = runtime.block_on(FakeApiServer::start());
+        let json_bytes = (0..50)
+            .map(|i| serde_json::to_vec(&server.apply(dashboard(i, 8 * 1024))).unwrap().len() as u64)
+            .sum();
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("LABEL", "grafana_dashboard"), ("NAMESPACE", "monitoring")];
+        let child = k8s_sidecar(&server, dir.path(), &env, false);
+        let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
+        let idle = idle_rss_of(child, dir.path(), ready, Duration::from_secs(3));
         rows.push(Row {
             scenario,
             objects: 50,

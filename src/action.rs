@@ -9,7 +9,7 @@ pub mod signal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -241,7 +241,19 @@ fn backoff(attempt: u32) -> Duration {
 const MAX_BODY: usize = 4096;
 
 async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let connector = match tls::connector(http) {
+        Ok(connector) => connector,
+        Err(e) => {
+            return Err(Error::Http {
+                method: http.method.clone(),
+                url: http.url.clone(),
+                attempts: 0,
+                last: e,
+            });
+        }
+    };
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let body = Bytes::from(http.body.clone().unwrap_or_default());
     let name = format!("{} {}", http.method, http.url);
     let attempts = http.retries + 1;
     let mut last = String::new();
@@ -249,11 +261,14 @@ async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(http.method.as_str())
             .uri(http.url.as_str())
-            .header("user-agent", concat!("kube-template/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new());
+            .header("user-agent", concat!("kube-template/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in &http.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Full::new(body.clone()));
         let request = match request {
             Ok(request) => request,
             Err(e) => {
@@ -309,6 +324,8 @@ async fn body_start(mut body: Incoming) -> Vec<u8> {
     }
     kept
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests {
@@ -436,6 +453,9 @@ mod tests {
             method: "POST".into(),
             timeout: Duration::from_secs(5),
             retries,
+            headers: Default::default(),
+            body: None,
+            insecure_skip_tls_verify: false,
         })
     }
 

@@ -15,14 +15,42 @@ use tokio::net::TcpListener;
 
 use crate::telemetry::Telemetry;
 
+/// What `/healthz` answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Healthz {
+    /// Liveness only (DESIGN section 7).
+    #[default]
+    Liveness,
+    /// As kiwigrid/k8s-sidecar's does, which its users' probes expect: 503
+    /// `NOT READY` until the first render is on disk, then 200 `OK` while
+    /// live, 503 `NOT LIVE (…)` when not.
+    K8sSidecar,
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     telemetry: Arc<Telemetry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, telemetry, Healthz::Liveness, shutdown).await
+}
+
+/// [`serve`], with `/healthz` answering as `healthz` says.
+pub async fn serve_with(
+    listener: TcpListener,
+    telemetry: Arc<Telemetry>,
+    healthz: Healthz,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(healthz))
+        .route(
+            "/healthz",
+            match healthz {
+                Healthz::Liveness => get(self::healthz),
+                Healthz::K8sSidecar => get(k8s_sidecar_healthz),
+            },
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(page))
@@ -39,6 +67,20 @@ fn verdict(result: Result<(), Vec<String>>) -> Response {
 
 async fn healthz(State(telemetry): State<Arc<Telemetry>>) -> Response {
     verdict(telemetry.status.health())
+}
+
+async fn k8s_sidecar_healthz(State(telemetry): State<Arc<Telemetry>>) -> Response {
+    let (code, body) = if !telemetry.status.readiness().ready {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT READY".to_string())
+    } else if let Err(reasons) = telemetry.status.health() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("NOT LIVE ({})", reasons.join("; ")),
+        )
+    } else {
+        (StatusCode::OK, "OK".to_string())
+    };
+    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 /// 200 or 503 by the readiness verdict. A 503 lists every current problem;

@@ -41,6 +41,8 @@
 //! - [`telemetry`] — logs, metrics, live status and render outcomes.
 //! - [`report`] — render outcomes told to Kubernetes: one file per reporter
 //!   (Events on the pod, the status ConfigMap) and the Events' rate limiter.
+//! - [`k8s_sidecar`] — `kube-template k8s-sidecar`: kiwigrid/k8s-sidecar's
+//!   environment turned into a config for the same pipeline.
 //! - [`template_tests`] — `kube-template test`: template test cases kept beside
 //!   the config, rendered and diffed.
 // `deny`, not `forbid`: `telemetry::resident` makes two system calls that
@@ -53,6 +55,7 @@ pub mod command;
 pub mod config;
 pub mod exec;
 pub mod index;
+pub mod k8s_sidecar;
 pub mod object;
 pub mod output;
 pub mod pipeline;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kube_template::admin;
 use kube_template::config;
 use kube_template::exec;
+use kube_template::k8s_sidecar;
 use kube_template::pipeline::{self, Prepared, Stopped};
 use kube_template::report;
 use kube_template::source::{self, kubernetes, manifests};
@@ -91,6 +92,27 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A drop-in for kiwigrid/k8s-sidecar: configured by its environment variables (LABEL, FOLDER, …).
+    K8sSidecar {
+        /// Use manifest files or directories instead of a cluster.
+        #[arg(long, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// File holding the username for REQ_URL (overrides REQ_USERNAME).
+        #[arg(long)]
+        req_username_file: Option<PathBuf>,
+        /// File holding the password for REQ_URL (overrides REQ_PASSWORD).
+        #[arg(long)]
+        req_password_file: Option<PathBuf>,
+        /// Print the config made from the environment and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// Run the template tests beside the config (tests/NAME/manifests + expect/ or expect_error).
     Test {
         /// The config file.
@@ -107,8 +129,53 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, cli.log_level.as_deref());
-    match cli.command {
+    let (command, mut preset) = match cli.command {
+        Command::K8sSidecar {
+            from,
+            kubeconfig,
+            context,
+            req_username_file,
+            req_password_file,
+            print_config,
+        } => {
+            let flags = k8s_sidecar::Flags {
+                req_username_file,
+                req_password_file,
+            };
+            // Not `env::vars`, which panics on a variable that is not UTF-8.
+            let vars = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let settings = match k8s_sidecar::Settings::from_env(&vars, &flags) {
+                Ok(settings) => settings,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let format = if settings.log_json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
+            telemetry::init(format, Some(cli.log_level.as_deref().unwrap_or(settings.log_level)));
+            for note in &settings.notes {
+                tracing::info!(%note, "k8s-sidecar variable");
+            }
+            match k8s_sidecar_run(settings, from, kubeconfig, context, print_config).await {
+                Ok(Some(started)) => started,
+                Ok(None) => return ExitCode::SUCCESS,
+                Err(code) => return code,
+            }
+        }
+        command => {
+            telemetry::init(cli.log_format, cli.log_level.as_deref());
+            (command, None)
+        }
+    };
+    match command {
         Command::Run {
             config,
             from,
@@ -121,7 +188,11 @@ async fn main() -> ExitCode {
             command,
         } => {
             let sync_deadline = once.then(|| tokio::time::Instant::now() + sync_timeout);
-            let prepared = match pipeline::prepare(&config) {
+            let (prepared, healthz, skip_tls_verify) = match preset.take() {
+                Some(preset) => (Ok(preset.prepared), preset.healthz, preset.skip_tls_verify),
+                None => (pipeline::prepare(&config), admin::Healthz::default(), false),
+            };
+            let prepared = match prepared {
                 Ok(p) => Arc::new(p),
                 Err(e) => return config_failure(&e),
             };
@@ -171,8 +242,15 @@ async fn main() -> ExitCode {
             let admin = if once {
                 None
             } else {
-                match start_admin(&prepared.config.admin.listen, &telemetry, admin_stopped).await {
+                match start_admin(&prepared.config.admin.listen, &telemetry, healthz, admin_stopped).await {
                     Ok(task) => Some(task),
+                    // Charts run several k8s-sidecars in one pod, all on the
+                    // default HEALTH_PORT: k8s-sidecar goes on without its
+                    // health server then, and so does this mode.
+                    Err(error) if healthz == admin::Healthz::K8sSidecar => {
+                        tracing::warn!(%error, "running without the health server (HEALTH_HOST, HEALTH_PORT)");
+                        None
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::FAILURE;
@@ -189,7 +267,8 @@ async fn main() -> ExitCode {
                         streaming_lists,
                         timeout: watch_timeout,
                     };
-                    let client_config = kubernetes::client_config(&connect).await.map_err(|e| e.to_string())?;
+                    let mut client_config = kubernetes::client_config(&connect).await.map_err(|e| e.to_string())?;
+                    client_config.accept_invalid_certs |= skip_tls_verify;
                     let client = kube::Client::try_from(client_config.clone()).map_err(|e| e.to_string())?;
                     let sources = source::start_kubernetes(&prepared.config, client_config, options, &telemetry)
                         .await
@@ -299,6 +378,7 @@ async fn main() -> ExitCode {
             };
             render(&prepared, &from, out.as_deref()).await
         }
+        Command::K8sSidecar { .. } => unreachable!("k8s-sidecar becomes a run above"),
         Command::Test { config, update, names } => {
             let prepared = match pipeline::prepare(&config) {
                 Ok(p) => p,
@@ -487,6 +567,7 @@ fn trim_after_first_render(telemetry: &Telemetry) -> JoinHandle<()> {
 async fn start_admin(
     listen: &str,
     telemetry: &Arc<Telemetry>,
+    healthz: admin::Healthz,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -499,10 +580,80 @@ async fn start_admin(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(error) = admin::serve(listener, telemetry, shutdown).await {
+        if let Err(error) = admin::serve_with(listener, telemetry, healthz, shutdown).await {
             tracing::error!(%error, "admin server failed");
         }
     }))
+}
+
+/// What `run` takes from `k8s-sidecar` besides its arguments.
+struct Preset {
+    prepared: Prepared,
+    healthz: admin::Healthz,
+    skip_tls_verify: bool,
+}
+
+/// Turns k8s-sidecar's settings into a `run` and what it needs; `None` when
+/// there is nothing to run (`--print-config`).
+async fn k8s_sidecar_run(
+    settings: k8s_sidecar::Settings,
+    from: Vec<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    print_config: bool,
+) -> Result<Option<(Command, Option<Preset>)>, ExitCode> {
+    // k8s-sidecar's default is the pod's namespace, which kube's in-cluster
+    // config reads too; outside a pod, the kubeconfig context's.
+    let own_namespace = if settings.namespaces == k8s_sidecar::Namespaces::Own && from.is_empty() {
+        let connect = kubernetes::Connect {
+            kubeconfig: kubeconfig.as_deref(),
+            context: context.as_deref(),
+        };
+        match kubernetes::client_config(&connect).await {
+            Ok(config) => Some(config.default_namespace),
+            Err(e) => {
+                eprintln!("error: NAMESPACE is not set and the default namespace is unknown: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    let text = if print_config {
+        settings.printed_config_yaml(own_namespace.as_deref())
+    } else {
+        settings.config_yaml(own_namespace.as_deref())
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if print_config {
+        print!("{text}");
+        return Ok(None);
+    }
+    let name = PathBuf::from("k8s-sidecar");
+    let prepared = pipeline::prepare_text(&text, &name, std::path::Path::new("")).map_err(|e| config_failure(&e))?;
+    let run = Command::Run {
+        config: name,
+        from,
+        once: settings.once(),
+        kubeconfig,
+        context,
+        streaming_lists: false,
+        watch_timeout: settings.watch_timeout.unwrap_or(std::time::Duration::from_secs(290)),
+        sync_timeout: std::time::Duration::from_secs(60),
+        command: Vec::new(),
+    };
+    let preset = Preset {
+        prepared,
+        healthz: admin::Healthz::K8sSidecar,
+        skip_tls_verify: settings.skip_tls_verify,
+    };
+    Ok(Some((run, Some(preset))))
 }
 
 fn config_failure(e: &config::Error) -> ExitCode {

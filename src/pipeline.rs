@@ -42,11 +42,18 @@ pub struct Prepared {
 /// at once.
 pub fn prepare(path: &Path) -> config::Result<Prepared> {
     let (text, base_dir) = Config::read(path)?;
+    prepare_text(&text, path, &base_dir)
+}
+
+/// [`prepare`] for config text that is not read from a file (a config made
+/// from something else, such as `k8s-sidecar`'s environment): `path` names
+/// it in errors, `base_dir` anchors its relative paths.
+pub fn prepare_text(text: &str, path: &Path, base_dir: &Path) -> config::Result<Prepared> {
     let invalid = |issues| config::Error::Invalid {
         path: path.to_owned(),
         issues,
     };
-    let (config, mut issues) = Config::parse_lenient(&text, path, &base_dir).map_err(invalid)?;
+    let (config, mut issues) = Config::parse_lenient(text, path, base_dir).map_err(invalid)?;
     issues.extend(source::shared_watch_issues(&config));
     config::sort_issues(&mut issues);
     match Renderer::new(&config) {
@@ -76,10 +83,11 @@ pub enum Error {
 /// memory already, so every store is a full one (`on-demand` included).
 pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, AnyStore> {
     let mut stores = empty_stores(config, &BTreeMap::new());
+    let namespaces = source::Namespaces::among(objects);
     for watch in source::plan(config) {
         let selected: Vec<Document> = objects
             .iter()
-            .filter(|o| watch.spec.selects(o))
+            .filter(|o| watch.spec.selects(o, &namespaces))
             .map(|o| watch.document(o))
             .collect();
         for name in &watch.stores {

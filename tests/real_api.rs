@@ -1258,3 +1258,104 @@ async fn on_demand_secrets_are_fetched_once_per_version_however_often_templates_
     })
     .await;
 }
+
+// --- namespace_selector: namespaces followed by label, with least RBAC ---
+
+/// Applies a role of `kind` (ClusterRole, or Role in `namespace`) with
+/// `rules`, named `name`, bound to `user`.
+async fn grant_rules(client: &kube::Client, namespace: &str, kind: &str, name: &str, user: &str, rules: Value) {
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "rules": rules,
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": format!("{kind}Binding"),
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    });
+    for object in [role, binding] {
+        let kind = object["kind"].as_str().unwrap().to_string();
+        let ar = gvk_resource(
+            "rbac.authorization.k8s.io",
+            "v1",
+            &kind,
+            &format!("{}s", kind.to_lowercase()),
+        );
+        let api: Api<DynamicObject> = if kind.starts_with("Cluster") {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), namespace, &ar)
+        };
+        api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+    }
+}
+
+/// Sets the label `kube-template.test/team` of the namespace `name`.
+async fn label_namespace(client: &kube::Client, name: &str, team: &str) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &gvk_resource("", "v1", "Namespace", "namespaces"));
+    let patch = json!({"metadata": {"labels": {"kube-template.test/team": team}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("label namespace {name}: {e}"));
+}
+
+#[tokio::test]
+async fn a_namespace_selector_follows_relabelled_namespaces_with_only_namespaced_rbac_on_the_kind() {
+    let Some(api) = RealApi::get().await else { return };
+    let _turn = api.shared().await;
+    within_deadline(async {
+        let client = api.client(Who::Admin).await;
+        let a = api.namespace("nssel-a").await;
+        let b = api.namespace("nssel-b").await;
+        let c = api.namespace("nssel-c").await;
+        // A team name of this run only: the server outlives a test.
+        let team = a.clone();
+        label_namespace(&client, &a, &team).await;
+        label_namespace(&client, &c, "other").await;
+        for (ns, name) in [(&a, "one"), (&b, "two"), (&c, "three")] {
+            apply(&client, ns, &config_maps(), config_map(name, json!({"app": "web"}), json!({}))).await;
+        }
+        // Namespaces cluster-wide; ConfigMaps only where the team is.
+        let user = real::RBAC_USER;
+        let read = json!(["get", "list", "watch"]);
+        grant_rules(&client, &a, "ClusterRole", &format!("{a}-namespaces"), user,
+            json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}])).await;
+        for ns in [&a, &b] {
+            grant_rules(&client, ns, "Role", "configmaps", user,
+                json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": read}])).await;
+        }
+        let case = Case::new(&format!(
+            "watched_resources:\n  cms: {{api_version: v1, kind: ConfigMap, label_selector: \"app=web\", \
+             namespace_selector: \"kube-template.test/team={team}\"}}\ntemplates:\n  t:\n    inline: \"\
+             {{% for c in resources.cms %}}{{{{ c.metadata.namespace }}}}/{{{{ c.metadata.name }}}}\\n{{% endfor %}}\"\n    \
+             path: out.txt\nrender: {{wait: {{min: 0s, max: 1s}}}}\n"
+        ));
+        let sidecar = case.spawn(api, Who::Rbac, &[], &[]);
+        let file = |expected: String| {
+            let case = &case;
+            let sidecar = &sidecar;
+            async move {
+                until(&format!("out.txt to be {expected:?}"), || sidecar.log(), async || {
+                    (case.read("out.txt").as_deref() == Some(expected.as_str())).then_some(())
+                })
+                .await
+            }
+        };
+        file(format!("{a}/one\n")).await;
+        label_namespace(&client, &b, &team).await;
+        file(format!("{a}/one\n{b}/two\n")).await;
+        label_namespace(&client, &a, "gone").await;
+        file(format!("{b}/two\n")).await;
+        apply(&client, &b, &config_maps(), config_map("four", json!({"app": "web"}), json!({}))).await;
+        file(format!("{b}/four\n{b}/two\n")).await;
+        let log = sidecar.log();
+        assert!(!log.to_lowercase().contains("forbidden"), "no permission is missing:\n{log}");
+    })
+    .await;
+}

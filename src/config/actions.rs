@@ -1,5 +1,6 @@
 //! `actions`: what runs after a render that changed a file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ fn default_action_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAction {
-    /// `http://` URL to call (a local reload endpoint).
+    /// `http://` or `https://` URL to call (a reload endpoint).
     pub url: String,
     /// HTTP method.
     #[serde(default = "default_http_method")]
@@ -53,6 +54,15 @@ pub struct HttpAction {
     /// Further attempts after a failure, with backoff.
     #[serde(default)]
     pub retries: u32,
+    /// Request headers, e.g. `Authorization` or `Content-Type`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body; none when absent.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// With an `https://` URL: accept any certificate (a daemon's self-signed one).
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 fn default_http_method() -> String {
@@ -279,22 +289,12 @@ impl Validator<'_> {
                 })
             }
             (None, Some(http)) => {
-                if !http.url.starts_with("http://") {
+                let Some(rest) = http.url.strip_prefix("http://").or(http.url.strip_prefix("https://")) else {
                     let at = [path, &["http".to_string(), "url".to_string()]].concat();
-                    self.issue(
-                        &at,
-                        format!(
-                            "`{}` is not an http:// URL (reload endpoints are local; https is not supported)",
-                            http.url
-                        ),
-                    );
+                    self.issue(&at, format!("`{}` is not an http:// or https:// URL", http.url));
                     return None;
-                }
-                if http.url["http://".len()..]
-                    .split(['/', '?', '#'])
-                    .next()
-                    .is_none_or(str::is_empty)
-                {
+                };
+                if rest.split(['/', '?', '#']).next().is_none_or(str::is_empty) {
                     let at = [path, &["http".to_string(), "url".to_string()]].concat();
                     self.issue(&at, format!("`{}` has no host", http.url));
                     return None;

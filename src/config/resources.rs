@@ -23,6 +23,12 @@ pub struct WatchedResource {
     /// Namespaces to watch; empty means all. Ignored for cluster-scoped kinds.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Label selector over Namespaces: the resource is watched in the
+    /// namespaces whose labels match, followed as they change. With
+    /// `namespaces`, only the listed ones that match. Ignored for
+    /// cluster-scoped kinds.
+    #[serde(default)]
+    pub namespace_selector: String,
     /// Kubernetes label selector, applied server-side.
     #[serde(default)]
     pub label_selector: String,
@@ -101,6 +107,8 @@ pub struct Resource {
     pub indexer: Indexer,
     pub ignore_fields: Vec<FieldPath>,
     pub labels: LabelSelector,
+    /// Empty: every namespace (or those of `namespaces`).
+    pub namespace_labels: LabelSelector,
     pub fields: FieldSelector,
     pub cache: CacheSettings,
 }
@@ -199,6 +207,14 @@ impl Validator<'_> {
                 )
             })
             .ok();
+        let namespace_labels = LabelSelector::parse(&spec.namespace_selector)
+            .map_err(|e| {
+                self.issue(
+                    &at("namespace_selector"),
+                    format!("bad selector `{}`: {e}", spec.namespace_selector),
+                )
+            })
+            .ok();
         let fields = FieldSelector::parse(&spec.field_selector)
             .map_err(|e| {
                 self.issue(
@@ -229,6 +245,7 @@ impl Validator<'_> {
             indexer: Indexer::new(paths, spec.on_missing_key),
             ignore_fields,
             labels: labels?,
+            namespace_labels: namespace_labels?,
             fields: fields?,
             cache: {
                 let entry = spec.cache.unwrap_or_default();

@@ -46,7 +46,10 @@ fn humane_values_are_understood() {
                 url: "http://127.0.0.1:1/reload".into(),
                 method: "POST".into(),
                 timeout: Duration::from_secs(30),
-                retries: 3
+                retries: 3,
+                headers: Default::default(),
+                body: None,
+                insecure_skip_tls_verify: false,
             })
         ]
     );

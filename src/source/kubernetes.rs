@@ -271,9 +271,11 @@ pub async fn resolve_one(client: &Client, watch: &Watch) -> Result<Resolved> {
     })
 }
 
-/// The scopes a watch lists separately: one per namespace, or everything.
+/// The scopes a watch lists separately: one per namespace, or everything
+/// (also for a namespace selector, whose first listing covers every
+/// namespace it selects: see [`super::selected`]).
 pub fn scopes(watch: &Watch, resolved: &Resolved) -> Vec<Scope> {
-    if resolved.namespaced && !watch.spec.namespaces.is_empty() {
+    if resolved.namespaced && !watch.spec.namespaces.is_empty() && watch.spec.namespace_labels.is_empty() {
         watch.spec.namespaces.iter().cloned().map(Some).collect()
     } else {
         vec![None]

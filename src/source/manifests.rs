@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{Event, SourceEvent, Watch};
+use super::{Event, Namespaces, SourceEvent, Watch};
 use crate::object::document::Document;
 use crate::object::{Meta, ObjectId};
 
@@ -296,13 +296,14 @@ impl LiveManifests {
     fn selected(&self) -> Vec<BTreeMap<ObjectId, Document>> {
         let mut paths: Vec<&PathBuf> = self.files.keys().collect();
         paths.sort();
+        let namespaces = Namespaces::among(paths.iter().flat_map(|p| &self.files[*p].1));
         self.watches
             .iter()
             .map(|watch| {
                 paths
                     .iter()
                     .flat_map(|p| &self.files[*p].1)
-                    .filter(|o| watch.spec.selects(o))
+                    .filter(|o| watch.spec.selects(o, &namespaces))
                     .map(|o| {
                         let document = watch.document(o);
                         (Meta::of(document.root()).id, document)

@@ -10,11 +10,16 @@
 pub mod kubernetes;
 pub mod manifests;
 pub mod own_writes;
+pub mod selected;
+
+pub use selected::Namespaces;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -35,6 +40,9 @@ pub struct WatchSpec {
     /// Sorted and deduplicated; empty means all namespaces.
     pub namespaces: Vec<String>,
     pub labels: LabelSelector,
+    /// Labels of the namespaces watched ([`selected`]); empty: no selection
+    /// by namespace labels.
+    pub namespace_labels: LabelSelector,
     pub fields: FieldSelector,
     /// Only metadata is watched (for on-demand stores).
     pub metadata_only: bool,
@@ -50,17 +58,19 @@ impl WatchSpec {
             kind: resource.spec.kind.clone(),
             namespaces,
             labels: resource.labels.clone(),
+            namespace_labels: resource.namespace_labels.clone(),
             fields: resource.fields.clone(),
             metadata_only: resource.spec.store == StoreKind::OnDemand,
         }
     }
 
     /// What makes two specs the same watch.
-    fn identity(&self) -> (String, String, Vec<String>, String, String, bool) {
+    fn identity(&self) -> (String, String, Vec<String>, String, String, String, bool) {
         (
             self.api_version.clone(),
             self.kind.clone(),
             self.namespaces.clone(),
+            self.namespace_labels.canonical(),
             self.labels.canonical(),
             self.fields.canonical(),
             self.metadata_only,
@@ -68,18 +78,31 @@ impl WatchSpec {
     }
 
     /// Whether `object` belongs to this watch: same apiVersion and kind, in one
-    /// of its namespaces (if any), matching its selectors. The API server does
-    /// this for real watches; manifests are filtered here the same way.
-    pub fn selects(&self, object: &Value) -> bool {
+    /// of its namespaces (if any) whose labels match its namespace selector
+    /// (if any; `namespaces` holds the Namespace objects there are), matching
+    /// its selectors. The API server and [`selected`] do this for real
+    /// watches; manifests are filtered here the same way.
+    pub fn selects(&self, object: &Value, namespaces: &Namespaces) -> bool {
         let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or_default();
         if text("apiVersion") != self.api_version || text("kind") != self.kind {
             return false;
         }
-        let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str);
-        if !self.namespaces.is_empty() && namespace.is_some_and(|ns| !self.namespaces.iter().any(|n| n == ns)) {
+        if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !self.in_namespace(namespace, namespaces.labels(namespace))
+        {
             return false;
         }
         self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// Whether objects of `namespace` belong to this watch, the namespace's
+    /// labels being `labels` (`{"metadata": {"labels": …}}`; `None`: there
+    /// is no such namespace).
+    pub fn in_namespace(&self, namespace: &str, labels: Option<&Value>) -> bool {
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
+            return false;
+        }
+        self.namespace_labels.is_empty() || labels.is_some_and(|labels| self.namespace_labels.matches(labels))
     }
 
     /// A short description for logs: `v1/Secret in [a, b] labels=… fields=…`.
@@ -87,6 +110,9 @@ impl WatchSpec {
         let mut text = format!("{}/{}", self.api_version, self.kind);
         if !self.namespaces.is_empty() {
             text.push_str(&format!(" in [{}]", self.namespaces.join(", ")));
+        }
+        if !self.namespace_labels.is_empty() {
+            text.push_str(&format!(" in namespaces labelled {}", self.namespace_labels.as_str()));
         }
         if !self.labels.is_empty() {
             text.push_str(&format!(" labels={}", self.labels.as_str()));
@@ -265,6 +291,11 @@ pub async fn start_kubernetes(
     let mut expected = Vec::new();
     let mut caches = BTreeMap::new();
     let lists = Arc::new(kubernetes::ListMode::default());
+    let (publish, namespaces) = tokio::sync::watch::channel(None);
+    if watches.iter().any(|w| !w.spec.namespace_labels.is_empty()) {
+        let task = selected::namespace_task(&client_config, options, &lists, telemetry, publish)?;
+        tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
+    }
     for (id, (watch, resolved)) in watches.iter().zip(resolved).enumerate() {
         let fetch = watch.spec.metadata_only.then(|| {
             let fetch = Arc::new(kubernetes::ApiFetch::pending(client.clone()));
@@ -288,7 +319,7 @@ pub async fn start_kubernetes(
         // Scopes of a kind not served yet: as if namespaced (see `WatchStreams`).
         let scopes = match &resolved {
             Ok(resolved) => kubernetes::scopes(watch, resolved),
-            Err(_) if watch.spec.namespaces.is_empty() => vec![None],
+            Err(_) if watch.spec.namespaces.is_empty() || !watch.spec.namespace_labels.is_empty() => vec![None],
             Err(_) => watch.spec.namespaces.iter().cloned().map(Some).collect(),
         };
         let mut streams = Vec::new();
@@ -315,11 +346,12 @@ pub async fn start_kubernetes(
             lists: Arc::clone(&lists),
             telemetry: Arc::clone(telemetry),
             tx: tx.clone(),
+            namespaces: namespaces.clone(),
         };
         match resolved {
             Ok(resolved) => {
                 for task in streams.tasks(&resolved)? {
-                    tasks.spawn(async move { task.run().await.map_err(|e| e.to_string()) });
+                    tasks.spawn(async move { task.await.map_err(|e| e.to_string()) });
                 }
             }
             Err(unknown) => {
@@ -359,13 +391,36 @@ struct WatchStreams {
     lists: Arc<kubernetes::ListMode>,
     telemetry: Arc<Telemetry>,
     tx: mpsc::Sender<SourceEvent>,
+    /// The Namespaces there are, for a namespace selector.
+    namespaces: selected::Following,
 }
 
 impl WatchStreams {
     /// The watch tasks of a resolved kind.
-    fn tasks(&self, resolved: &kubernetes::Resolved) -> kubernetes::Result<Vec<kubernetes::WatchTask>> {
+    fn tasks(
+        &self,
+        resolved: &kubernetes::Resolved,
+    ) -> kubernetes::Result<Vec<BoxFuture<'static, kubernetes::Result<()>>>> {
         if let Some(fetch) = &self.fetch {
             fetch.resolve(resolved);
+        }
+        if resolved.namespaced && !self.watch.spec.namespace_labels.is_empty() {
+            let stream = &self.streams[0];
+            let selected = selected::SelectedWatch {
+                client_config: self.client_config.clone(),
+                id: self.id,
+                watch: self.watch.clone(),
+                resolved: resolved.clone(),
+                options: self.options,
+                lists: Arc::clone(&self.lists),
+                reporting: kubernetes::Reporting {
+                    telemetry: Arc::clone(&self.telemetry),
+                    index: stream.index,
+                },
+                activity: Arc::clone(&stream.activity),
+                tx: self.tx.clone(),
+            };
+            return Ok(vec![selected.run(self.namespaces.clone())]);
         }
         let scopes = kubernetes::scopes(&self.watch, resolved);
         let mut tasks = Vec::new();
@@ -379,20 +434,24 @@ impl WatchStreams {
                 self.telemetry.status.watch_synced(stream.index);
                 continue;
             };
-            tasks.push(kubernetes::WatchTask {
-                client: kubernetes::watched_client(&self.client_config, Arc::clone(&stream.activity))?,
-                id: self.id,
-                watch: self.watch.clone(),
-                resolved: resolved.clone(),
-                scope,
-                options: self.options,
-                lists: Arc::clone(&self.lists),
-                reporting: kubernetes::Reporting {
-                    telemetry: Arc::clone(&self.telemetry),
-                    index: stream.index,
-                },
-                tx: self.tx.clone(),
-            });
+            tasks.push(
+                kubernetes::WatchTask {
+                    client: kubernetes::watched_client(&self.client_config, Arc::clone(&stream.activity))?,
+                    id: self.id,
+                    watch: self.watch.clone(),
+                    resolved: resolved.clone(),
+                    scope,
+                    options: self.options,
+                    lists: Arc::clone(&self.lists),
+                    reporting: kubernetes::Reporting {
+                        telemetry: Arc::clone(&self.telemetry),
+                        index: stream.index,
+                    },
+                    tx: self.tx.clone(),
+                }
+                .run()
+                .boxed(),
+            );
         }
         Ok(tasks)
     }
@@ -431,7 +490,7 @@ impl WatchStreams {
             self.telemetry.status.watch_error(stream.index, None);
         }
         let tasks = self.tasks(&resolved)?;
-        futures::future::try_join_all(tasks.into_iter().map(kubernetes::WatchTask::run)).await?;
+        futures::future::try_join_all(tasks).await?;
         Ok(())
     }
 }
