@@ -11,11 +11,18 @@
 //! - for the `event` rows, the p50/p99 of watch event → file replaced over
 //!   single-object updates with `wait.min: 0`.
 //!
-//! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`) runs
-//! only the rows whose scenario name contains the argument;
+//! Two more tables say what replicas cost the API server (`api_cost`): one
+//! replica's requests, bytes and connections at start and idle, and a fleet
+//! of [`FLEET`] replicas against one server.
+//!
+//! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`,
+//! `one replica`, `fleet`) runs only the rows whose scenario name contains
+//! the argument;
 //! `cargo bench --bench live -- serve 10000` only starts the server and
 //! prints its kubeconfig, to run the binary under a profiler by hand.
 
+#[path = "live/api_cost.rs"]
+mod api_cost;
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
 
@@ -291,6 +298,10 @@ impl Place {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Sidecars in the fleet row: 100 fit on a 2-core machine (they idle after
+/// their sync).
+const FLEET: usize = 100;
+
 fn print(rows: &[Row], baseline: Option<u64>) {
     println!(
         "| scenario | objects | object JSON | first render written | peak RSS | (RSS − baseline) / JSON | event → file p50 / p99 | idle RSS (anon + file) |"
@@ -495,5 +506,13 @@ fn main() {
             idle: Some(idle),
         });
     }
-    print(&rows, baseline);
+    if !rows.is_empty() {
+        print(&rows, baseline);
+    }
+    if wanted("api cost: one replica") {
+        api_cost::one_replica(&runtime);
+    }
+    if wanted("fleet: replicas against one server") {
+        api_cost::fleet(&runtime, FLEET);
+    }
 }

@@ -804,3 +804,40 @@ async fn an_empty_server_lists_a_version_that_watches_resume_from_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn traffic_counts_connections_requests_bytes_and_bookmarks() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        let stored = server.apply(config_map("a", json!({}), &"x".repeat(10_000)));
+        let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+        api.get("a").await.unwrap();
+        let after_get = server.traffic();
+        assert_eq!(
+            (after_get.connections, after_get.open_connections, after_get.requests),
+            (1, 1, 1)
+        );
+        // The body, plus a status line and headers of a few hundred bytes.
+        let body = serde_json::to_vec(&stored).unwrap().len() as u64;
+        assert!(
+            (body..body + 1024).contains(&after_get.bytes_sent),
+            "{after_get:?} for a body of {body} bytes"
+        );
+        assert_eq!(after_get.bookmarks, 0);
+
+        server.set_bookmark_interval(Duration::from_millis(50));
+        let mut events = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+        loop {
+            let event = timeout(EVENT_DEADLINE, events.next()).await.unwrap().unwrap().unwrap();
+            if matches!(event, WatchEvent::Bookmark(_)) {
+                break;
+            }
+        }
+        let watched = server.traffic() - after_get;
+        assert_eq!(watched.requests, 1);
+        assert!(watched.bookmarks >= 1, "{watched:?}");
+        assert!(watched.bookmark_bytes >= 50 * watched.bookmarks, "{watched:?}");
+        assert!(watched.bytes_sent > body + watched.bookmark_bytes, "{watched:?}");
+    })
+    .await;
+}
