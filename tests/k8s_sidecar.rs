@@ -579,3 +579,36 @@ async fn a_burst_of_changes_makes_one_reload_call() {
     assert_eq!(renders, 2, "{}", sidecar.log());
     assert_eq!(received.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn req_skip_init_skips_the_reload_after_the_first_sync_only() {
+    // Grafana's chart sets REQ_SKIP_INIT for datasources: Grafana reads the
+    // files at its own start, so a reload then would be wasted.
+    let server = FakeApiServer::start().await;
+    server.create(dashboard("first", json!({"first.json": "1"}))).unwrap();
+    let (url, received) = reload_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("dashboards");
+    let mut env = grafana_chart_env(&folder, &url);
+    env.push(("LOG_FORMAT", "LOGFMT".into()));
+    env.push(("REQ_SKIP_INIT", "true".into()));
+    let kubeconfig = server.kubeconfig_path().display().to_string();
+    let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    sidecar
+        .until_holds("the first sync's file", || folder.join("first.json").exists())
+        .await;
+    sidecar
+        .until_holds("the first render's actions skipped", || {
+            sidecar.log().contains("actions skipped (actions_on_start: skip)")
+        })
+        .await;
+    server.create(dashboard("second", json!({"second.json": "2"}))).unwrap();
+    let actions_done = || sidecar.log().matches("\"action done\"").count();
+    sidecar
+        .until_holds("the reload after the change", || actions_done() == 1)
+        .await;
+    assert!(folder.join("second.json").exists());
+    assert_eq!(received.lock().unwrap().len(), 1, "{}", sidecar.log());
+    let renders = sidecar.log().matches("render done; outputs changed").count();
+    assert_eq!(renders, 2, "{}", sidecar.log());
+}

@@ -84,6 +84,7 @@ pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>, printed: bo
         "watched_resources": watched,
         "templates": { "files": files },
         "actions": actions,
+        "actions_on_start": if settings.skip_init { "skip" } else { "run" },
         "admin": {
             "listen": settings.health_listen,
             "stall_timeout": millis((longest + Duration::from_secs(60)).max(Duration::from_secs(300))),

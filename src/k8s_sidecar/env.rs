@@ -266,12 +266,7 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
     let script = r.get("SCRIPT").map(str::to_string);
 
     let request = request(&mut r, flags);
-    if r.bool("REQ_SKIP_INIT") {
-        r.errors.push(Error::Unsupported {
-            var: "REQ_SKIP_INIT".into(),
-            why: "the request after the first sync cannot be skipped yet; unset it".into(),
-        });
-    }
+    let skip_init = r.bool("REQ_SKIP_INIT");
     r.bool("ENABLE_5XX");
     let skip_tls_verify = r.bool("SKIP_TLS_VERIFY");
     let watch_timeout = r
@@ -321,6 +316,7 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
         file_mode,
         script,
         request,
+        skip_init,
         health_listen,
         log_level,
         log_json,

@@ -72,6 +72,9 @@ pub struct Settings {
     pub script: Option<String>,
     /// `REQ_*`: the request sent after a batch of changes.
     pub request: Option<Request>,
+    /// `REQ_SKIP_INIT`: the first render after the start runs neither the
+    /// request nor `SCRIPT` (`actions_on_start: skip`).
+    pub skip_init: bool,
     /// `HEALTH_HOST:HEALTH_PORT`.
     pub health_listen: String,
     /// `LOG_LEVEL`, as a tracing level.

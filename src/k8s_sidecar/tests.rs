@@ -122,9 +122,8 @@ fn every_problem_is_reported_at_once_naming_its_variable() {
 #[test]
 fn what_this_mode_cannot_do_is_refused_by_name() {
     let mut env = BASE.to_vec();
-    env.extend([("REQ_SKIP_INIT", "true"), ("LOG_CONFIG", "/etc/log.yaml")]);
+    env.extend([("LOG_CONFIG", "/etc/log.yaml")]);
     let text = errors(&env).join("\n");
-    assert!(text.contains("REQ_SKIP_INIT is not supported"), "{text}");
     assert!(text.contains("LOG_CONFIG is not supported"), "{text}");
 }
 
