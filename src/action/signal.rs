@@ -154,8 +154,24 @@ mod tests {
     struct Sleeper(Child);
 
     impl Sleeper {
+        /// Starts `sleep 30` as `argv0`, and returns once its /proc entry
+        /// shows that name: the kernel lets `spawn` return before it has set
+        /// up the new program's arguments.
         fn start(argv0: &str) -> Sleeper {
-            Sleeper(Command::new("sleep").arg0(argv0).arg("30").spawn().unwrap())
+            let sleeper = Sleeper(Command::new("sleep").arg0(argv0).arg("30").spawn().unwrap());
+            let cmdline = format!("/proc/{}/cmdline", sleeper.pid());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read(&cmdline)
+                .unwrap_or_default()
+                .starts_with(argv0.as_bytes())
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{argv0} never showed in {cmdline}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            sleeper
         }
 
         fn pid(&self) -> i32 {
