@@ -26,11 +26,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // domain type moves down to the stage.
     ("render", &["object", "index", "store", "config"]),
     ("output", &["render", "command", "redact", "telemetry", "config"]),
-    ("action", &["command", "redact", "telemetry", "config"]),
+    ("action", &["command", "redact", "telemetry"]),
     ("exec", &["action", "telemetry"]),
     ("report", &["telemetry"]),
     ("admin", &["telemetry"]),
-    ("config", &["object", "index", "store", "report"]),
+    ("config", &["object", "index", "store", "action", "report"]),
     ("source", &["config", "object", "index", "store", "telemetry"]),
     (
         "pipeline",

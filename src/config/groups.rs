@@ -10,7 +10,8 @@ use serde::de::IgnoredAny;
 
 use super::validate::Validator;
 use super::yaml::NodeValue;
-use super::{Action, Template, Wait};
+use super::{Template, Wait};
+use crate::action::Action;
 
 /// The name of the group of the templates without `group:`, whose actions
 /// are the top-level `actions`.

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use validate::{Validator, display_path};
 use yaml::{Node, NodeValue, Position};
 
+use crate::action::Action;
 pub use crate::index::OnMissingKey;
 pub use crate::report::StatusSettings;
-pub use actions::{Action, ActionEntry, ExecEntry, ExecSettings, HttpAction, SignalTarget, parse_signal};
+pub use actions::{ActionEntry, ExecEntry, ExecSettings, HttpEntry, parse_signal};
 pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};

@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::action::{Action, HttpAction};
 
 fn parse(text: &str) -> std::result::Result<Config, Vec<Issue>> {
     Config::parse(text, Path::new("config.yaml"), Path::new("/cfg"))
