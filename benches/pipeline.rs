@@ -20,7 +20,6 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use kube_template::config::Config;
 use kube_template::object::document::Document;
 use kube_template::pipeline;
-use kube_template::render::Renderer;
 use kube_template::store::AnyStore;
 use kube_template::store::full::FullStore;
 use kube_template::store::on_demand::OnDemandStore;
@@ -188,7 +187,7 @@ fn render(c: &mut Criterion) {
     group.sample_size(10);
     {
         let config = config(LINES);
-        let renderer = Renderer::new(&config).unwrap();
+        let renderer = pipeline::renderer(&config).unwrap();
         let objects: Vec<Value> = (0..10_000).map(config_map).collect();
         let snapshot = pipeline::snapshot(&pipeline::stores_from(&config, &objects));
         group.bench_function("lines_over_10k_configmaps", |b| {
@@ -196,7 +195,7 @@ fn render(c: &mut Criterion) {
         });
     }
     let config = config(HAPROXY);
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = pipeline::renderer(&config).unwrap();
     for n in [1_000, 10_000, 100_000] {
         let objects: Vec<Value> = (0..n).map(endpoint_slice).collect();
         let snapshot = pipeline::snapshot(&pipeline::stores_from(&config, &objects));

@@ -6,6 +6,7 @@
 
 pub mod signal;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::command;
-use crate::config::{Action, HttpAction};
 use crate::redact::Redactor;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::{ActionLabel, ActionLabels, Metrics};
@@ -81,6 +81,39 @@ fn suffix(text: &str) -> String {
 pub struct Outcome {
     pub succeeded: usize,
     pub failed: Vec<Error>,
+}
+
+/// A validated action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    Http(HttpAction),
+    Signal {
+        signal: nix::sys::signal::Signal,
+        target: signal::SignalTarget,
+    },
+}
+
+/// An HTTP action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAction {
+    /// `http://` or `https://` URL to call (a reload endpoint).
+    pub url: String,
+    /// HTTP method.
+    pub method: String,
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+    /// Further attempts after a failure, with backoff.
+    pub retries: u32,
+    /// Request headers, e.g. `Authorization` or `Content-Type`.
+    pub headers: BTreeMap<String, String>,
+    /// Request body; none when absent.
+    pub body: Option<String>,
+    /// With an `https://` URL: accept any certificate (a daemon's self-signed one).
+    pub insecure_skip_tls_verify: bool,
 }
 
 impl Action {
@@ -225,7 +258,7 @@ async fn run_command(argv: &[String], timeout: Duration, redactor: &Redactor) ->
     }
 }
 
-fn run_signal(sig: nix::sys::signal::Signal, target: &signal::Target) -> Result<(), Error> {
+fn run_signal(sig: nix::sys::signal::Signal, target: &signal::SignalTarget) -> Result<(), Error> {
     let pids =
         signal::send(sig, target, std::path::Path::new("/proc")).map_err(|source| Error::Signal { sig, source })?;
     tracing::debug!(signal = signal::name(sig), %target, ?pids, "signal sent");

@@ -14,8 +14,8 @@
 //!
 //! Imports point one way, down the pipeline: [`config`] (what the user
 //! wrote) builds the plain domain types the stages take, [`pipeline`] and
-//! [`source`] convert, and nothing below `config` imports it (except the
-//! debts named in `tests/architecture.rs`, which keeps the directions).
+//! [`source`] convert, and nothing below `config` imports it
+//! (`tests/architecture.rs` keeps the directions).
 //!
 //! - [`object`] — the object representation every stage shares: one compact
 //!   [`object::Document`] per object (about its JSON size), field paths into

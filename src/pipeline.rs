@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use serde_json::Value;
 
 use crate::action;
-use crate::config::{self, Config, OutputTarget, Template};
+use crate::config::{self, Config, Issue};
 use crate::object::Meta;
 use crate::object::document::Document;
-use crate::output::{self, Job};
+use crate::output::{self, Job, OutputTarget, Template};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::own_writes::OwnWrites;
@@ -58,7 +58,7 @@ pub fn prepare_text(text: &str, path: &Path, base_dir: &Path) -> config::Result<
     let (config, mut issues) = Config::parse_lenient(text, path, base_dir).map_err(invalid)?;
     issues.extend(source::shared_watch_issues(&config));
     config::sort_issues(&mut issues);
-    match Renderer::new(&config) {
+    match renderer(&config) {
         Ok(renderer) if issues.is_empty() => Ok(Prepared { config, renderer }),
         Ok(_) => Err(invalid(issues)),
         Err(more) => {
@@ -67,6 +67,29 @@ pub fn prepare_text(text: &str, path: &Path, base_dir: &Path) -> config::Result<
             Err(invalid(issues))
         }
     }
+}
+
+/// The config's templates compiled; a compile error is an issue pointing at
+/// the template's entry.
+pub fn renderer(config: &Config) -> Result<Renderer, Vec<Issue>> {
+    let specs = config.templates.iter().map(|(name, template)| render::Spec {
+        name,
+        source: &template.source,
+        syntax: template.syntax.as_ref(),
+        directory: matches!(template.output, OutputTarget::Directory { .. }),
+    });
+    Renderer::new(
+        &config.base_dir,
+        config.render.fuel,
+        config.render.max_output_bytes.0,
+        specs,
+    )
+    .map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| config.issue_at(&["templates", &p.template, p.field], p.message))
+            .collect()
+    })
 }
 
 /// Why a render-and-write did not complete. Previous files stay in place.

@@ -21,16 +21,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["object", "index", "telemetry"]),
     ("redact", &["object", "index", "store"]),
     ("command", &["redact"]),
-    // Known debt: render, output and action still read their settings from
-    // `config` types (templates, output targets, actions); each goes when its
-    // domain type moves down to the stage.
-    ("render", &["object", "index", "store", "config"]),
-    ("output", &["render", "command", "redact", "telemetry", "config"]),
-    ("action", &["command", "redact", "telemetry", "config"]),
+    ("render", &["object", "index", "store"]),
+    ("output", &["render", "command", "redact", "telemetry"]),
+    ("action", &["command", "redact", "telemetry"]),
     ("exec", &["action", "telemetry"]),
     ("report", &["telemetry"]),
     ("admin", &["telemetry"]),
-    ("config", &["object", "index", "store", "report"]),
+    (
+        "config",
+        &["object", "index", "store", "render", "output", "action", "report"],
+    ),
     ("source", &["config", "object", "index", "store", "telemetry"]),
     (
         "pipeline",

@@ -9,7 +9,23 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-pub use crate::config::SignalTarget as Target;
+/// Where a signal action sends its signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// Every process whose comm or `argv[0]` basename is this name.
+    Process(String),
+    /// The pid written in this file.
+    PidFile(PathBuf),
+}
+
+impl std::fmt::Display for SignalTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalTarget::Process(name) => write!(f, "process `{name}`"),
+            SignalTarget::PidFile(path) => write!(f, "pid_file `{}`", path.display()),
+        }
+    }
+}
 
 /// Why a signal could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +59,7 @@ pub enum Error {
     Send {
         signal: Signal,
         pid: i32,
-        target: Target,
+        target: SignalTarget,
         #[source]
         source: Errno,
     },
@@ -60,9 +76,9 @@ pub fn name(signal: Signal) -> &'static str {
 /// Sends `signal` to the processes of `target`, found under `proc` (the
 /// `/proc` directory); returns their pids. Reading `/proc` touches no disk,
 /// so this runs on the caller's thread.
-pub fn send(signal: Signal, target: &Target, proc: &Path) -> Result<Vec<i32>> {
+pub fn send(signal: Signal, target: &SignalTarget, proc: &Path) -> Result<Vec<i32>> {
     let pids = match target {
-        Target::Process(name) => {
+        SignalTarget::Process(name) => {
             let pids = find(proc, name)?;
             if pids.is_empty() {
                 return Err(Error::NoProcess {
@@ -72,13 +88,15 @@ pub fn send(signal: Signal, target: &Target, proc: &Path) -> Result<Vec<i32>> {
             }
             pids
         }
-        Target::PidFile(path) => vec![read_pid_file(path)?],
+        SignalTarget::PidFile(path) => vec![read_pid_file(path)?],
     };
     for &pid in &pids {
         match kill(Pid::from_raw(pid), signal) {
             Ok(()) => {}
-            Err(Errno::ESRCH) if matches!(target, Target::PidFile(_)) => {
-                let Target::PidFile(path) = target else { unreachable!() };
+            Err(Errno::ESRCH) if matches!(target, SignalTarget::PidFile(_)) => {
+                let SignalTarget::PidFile(path) = target else {
+                    unreachable!()
+                };
                 return Err(Error::Gone {
                     pid,
                     path: path.clone(),
@@ -210,7 +228,7 @@ mod tests {
         let mut first = Sleeper::start(&format!("/some/dir/{name}"));
         let mut second = Sleeper::start(&name);
         let mut other = Sleeper::start(&format!("{name}-other"));
-        let pids = send(Signal::SIGTERM, &Target::Process(name), Path::new("/proc")).unwrap();
+        let pids = send(Signal::SIGTERM, &SignalTarget::Process(name), Path::new("/proc")).unwrap();
         let mut expected = vec![first.pid(), second.pid()];
         expected.sort_unstable();
         assert_eq!(pids, expected);
@@ -239,7 +257,7 @@ mod tests {
     #[test]
     fn no_process_of_that_name_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let error = send(Signal::SIGHUP, &Target::Process("haproxy".into()), dir.path()).unwrap_err();
+        let error = send(Signal::SIGHUP, &SignalTarget::Process("haproxy".into()), dir.path()).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("no process named `haproxy`"), "{text}");
         assert!(text.contains("shareProcessNamespace"), "{text}");
@@ -251,7 +269,7 @@ mod tests {
         let mut sleeper = Sleeper::start("kt-pid-file");
         let pid_file = dir.path().join("daemon.pid");
         std::fs::write(&pid_file, format!("{}\n", sleeper.pid())).unwrap();
-        let pids = send(Signal::SIGUSR1, &Target::PidFile(pid_file), Path::new("/proc")).unwrap();
+        let pids = send(Signal::SIGUSR1, &SignalTarget::PidFile(pid_file), Path::new("/proc")).unwrap();
         assert_eq!(pids, vec![sleeper.pid()]);
         assert_eq!(sleeper.ended_by(), Some(libc::SIGUSR1));
     }
@@ -260,7 +278,7 @@ mod tests {
     fn a_pid_file_that_is_missing_empty_or_stale_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("daemon.pid");
-        let target = Target::PidFile(pid_file.clone());
+        let target = SignalTarget::PidFile(pid_file.clone());
         let missing = send(Signal::SIGHUP, &target, Path::new("/proc")).unwrap_err();
         assert!(matches!(missing, Error::PidFile { .. }), "{missing}");
         assert!(missing.to_string().contains("daemon.pid"), "{missing}");

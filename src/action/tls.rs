@@ -10,7 +10,7 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::HttpAction;
+use super::HttpAction;
 
 /// A connector for `http`'s URL; an error says why TLS could not be set up.
 pub(super) fn connector(http: &HttpAction) -> Result<HttpsConnector<HttpConnector>, String> {

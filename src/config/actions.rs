@@ -7,6 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::action::signal::SignalTarget;
+use crate::action::{Action, HttpAction};
+
 use super::humane;
 use super::validate::Validator;
 use super::yaml::NodeValue;
@@ -20,7 +23,7 @@ pub struct ActionEntry {
     pub command: Option<Vec<String>>,
     /// An HTTP request.
     #[serde(default)]
-    pub http: Option<HttpAction>,
+    pub http: Option<HttpEntry>,
     /// A signal (`HUP`, `USR1`, `USR2`, `TERM`, …) sent to `process` or `pid_file`.
     #[serde(default)]
     pub signal: Option<String>,
@@ -39,10 +42,10 @@ fn default_action_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// An HTTP action.
+/// An `http` action as the user writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpAction {
+pub struct HttpEntry {
     /// `http://` or `https://` URL to call (a reload endpoint).
     pub url: String,
     /// HTTP method.
@@ -67,32 +70,6 @@ pub struct HttpAction {
 
 fn default_http_method() -> String {
     "POST".into()
-}
-
-/// A validated action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Command { argv: Vec<String>, timeout: Duration },
-    Http(HttpAction),
-    Signal { signal: Signal, target: SignalTarget },
-}
-
-/// Where a signal action sends its signal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignalTarget {
-    /// Every process whose comm or `argv[0]` basename is this name.
-    Process(String),
-    /// The pid written in this file.
-    PidFile(PathBuf),
-}
-
-impl std::fmt::Display for SignalTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SignalTarget::Process(name) => write!(f, "process `{name}`"),
-            SignalTarget::PidFile(path) => write!(f, "pid_file `{}`", path.display()),
-        }
-    }
 }
 
 /// The signal a config names: `HUP`, `USR1`, … with or without `SIG`, in
@@ -307,7 +284,15 @@ impl Validator<'_> {
                     self.issue(&at, format!("`{}` is not an HTTP method such as POST", http.method));
                     return None;
                 }
-                Some(Action::Http(http))
+                Some(Action::Http(HttpAction {
+                    url: http.url,
+                    method: http.method,
+                    timeout: http.timeout,
+                    retries: http.retries,
+                    headers: http.headers,
+                    body: http.body,
+                    insecure_skip_tls_verify: http.insecure_skip_tls_verify,
+                }))
             }
             (Some(_), Some(_)) => unreachable!("refused above: more than one kind"),
             (None, None) => {

@@ -8,9 +8,11 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::Wait;
 use super::validate::Validator;
 use super::yaml::NodeValue;
-use super::{Action, Template, Wait};
+use crate::action::Action;
+use crate::output::Template;
 
 /// The name of the group of the templates without `group:`, whose actions
 /// are the top-level `actions`.

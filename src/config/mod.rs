@@ -19,16 +19,16 @@ use std::path::{Path, PathBuf};
 use validate::{Validator, display_path};
 use yaml::{Node, NodeValue, Position};
 
+use crate::action::Action;
 pub use crate::index::OnMissingKey;
+use crate::output::Template;
 pub use crate::report::StatusSettings;
-pub use actions::{Action, ActionEntry, ExecEntry, ExecSettings, HttpAction, SignalTarget, parse_signal};
+pub use actions::{ActionEntry, ExecEntry, ExecSettings, HttpEntry, parse_signal};
 pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, Readiness, RenderSettings, Wait};
-pub use templates::{
-    OutputTarget, Owner, Pair, Syntax, SyntaxEntry, Template, TemplateEntry, TemplateSource, ValidateFormat,
-};
+pub use templates::{SyntaxEntry, TemplateEntry};
 pub use validate::sort_issues;
 
 /// One problem in a config file.

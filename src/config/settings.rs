@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Config;
 use super::humane::{self, ByteSize};
 use super::validate::{Validator, dns_label, dns_subdomain, listen_shape};
 use super::yaml::NodeValue;
-use super::{Action, Config};
+use crate::action::Action;
 use crate::report::StatusSettings;
 
 /// `render:` settings.

@@ -2,6 +2,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::action::{Action, HttpAction};
+use crate::output::{Owner, ValidateFormat};
+use crate::render::Syntax;
 
 fn parse(text: &str) -> std::result::Result<Config, Vec<Issue>> {
     Config::parse(text, Path::new("config.yaml"), Path::new("/cfg"))

@@ -20,9 +20,78 @@ use tempfile::TempPath;
 
 use self::commit::Commit;
 use crate::command;
-use crate::config::{OutputTarget, Owner, Template};
 use crate::redact::Redactor;
-use crate::render::Content;
+use crate::render::{Content, Syntax, TemplateSource};
+pub use owner::Owner;
+pub use validate::ValidateFormat;
+
+/// A validated template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub source: TemplateSource,
+    pub output: OutputTarget,
+    /// File mode, e.g. `0o644`.
+    pub mode: u32,
+    pub fsync: bool,
+    pub check: Vec<String>,
+    pub check_timeout: Duration,
+    /// Its named group; `None`: the default group.
+    pub group: Option<String>,
+    /// The format the output must parse as, if any.
+    pub validate: Option<ValidateFormat>,
+    /// The owner of written files, if set.
+    pub owner: Option<Owner>,
+    /// Custom delimiters, if set.
+    pub syntax: Option<Syntax>,
+}
+
+/// Where a template's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// One file. `written` is the path as the config has it (for `--out`).
+    File { path: PathBuf, written: PathBuf },
+    /// A directory holding exactly the files the render emitted.
+    Directory { path: PathBuf, written: PathBuf },
+}
+
+impl OutputTarget {
+    pub fn path(&self) -> &Path {
+        match self {
+            OutputTarget::File { path, .. } | OutputTarget::Directory { path, .. } => path,
+        }
+    }
+
+    /// The same target moved under `root`, as `render --out` does: an absolute
+    /// `/etc/x` becomes `root/etc/x`, a relative `out/x` becomes `root/out/x`,
+    /// and `../x` becomes `root/x`.
+    pub fn rerooted(&self, root: &Path) -> OutputTarget {
+        // `..` climbs no higher than `root`: every output stays below it.
+        let move_under = |written: &Path| {
+            let mut relative = PathBuf::new();
+            for part in written.components() {
+                match part {
+                    std::path::Component::Normal(name) => relative.push(name),
+                    std::path::Component::ParentDir => {
+                        relative.pop();
+                    }
+                    _ => {}
+                }
+            }
+            root.join(relative)
+        };
+        match self {
+            OutputTarget::File { written, .. } => OutputTarget::File {
+                path: move_under(written),
+                written: written.clone(),
+            },
+            OutputTarget::Directory { written, .. } => OutputTarget::Directory {
+                path: move_under(written),
+                written: written.clone(),
+            },
+        }
+    }
+}
 
 /// Prefix of staged files; such files in an output directory are never outputs.
 const STAGING_PREFIX: &str = ".kube-template-";

@@ -2,7 +2,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::*;
-use crate::config::{Config, Template};
+use crate::config::Config;
 use crate::redact::Redactor;
 
 fn template(dir: &Path, yaml: &str) -> Template {

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use tokio::time::Instant;
 
-use crate::config::{self, Action, ActionsOnStart, Config};
+use crate::action::Action;
+use crate::config::{self, ActionsOnStart, Config};
 use crate::render::{Reads, Renderer};
 
 /// What a group is, from the config and its compiled templates.

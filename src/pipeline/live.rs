@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::group::{self, Group};
 use super::{Error, Prepared, redactor, snapshot, stale_reads, write};
-use crate::config::Action;
+use crate::action::Action;
 use crate::output;
 use crate::redact::Redactor;
 use crate::render::{self, StoresSnapshot};

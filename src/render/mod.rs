@@ -13,16 +13,34 @@ pub mod value;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
-use crate::config::{Config, Issue, OutputTarget, Syntax, TemplateSource};
 pub use objects::{Resources, StoresSnapshot};
 pub use reads::Reads;
+pub use syntax::{Pair, Syntax};
+
+/// Where a template's text comes from.
+#[derive(Debug, Clone)]
+pub enum TemplateSource {
+    /// A file; the name is its path relative to the config directory.
+    File { name: String, path: PathBuf },
+    /// Text from the config.
+    Inline { name: String, text: String },
+}
+
+impl TemplateSource {
+    /// The name the template has in the environment and in error messages.
+    pub fn name(&self) -> &str {
+        match self {
+            TemplateSource::File { name, .. } | TemplateSource::Inline { name, .. } => name,
+        }
+    }
+}
 
 /// Why a template could not be rendered. The message names the template, its
 /// file and line, and the cause.
@@ -61,6 +79,26 @@ struct Job {
     env: usize,
 }
 
+/// A template to compile: its `templates` entry, where its text comes from,
+/// its delimiters, and whether it emits a directory of files.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub source: &'a TemplateSource,
+    pub syntax: Option<&'a Syntax>,
+    pub directory: bool,
+}
+
+/// Why a template does not compile, and the key of its entry (`source`,
+/// `inline`, `syntax`) it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The `templates` entry.
+    pub template: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
 /// Compiled templates, ready to render snapshots.
 #[derive(Debug)]
 pub struct Renderer {
@@ -73,25 +111,42 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// Builds the environment and compiles every template; compile errors are
-    /// config issues pointing at the template's entry.
-    pub fn new(config: &Config) -> Result<Renderer, Vec<Issue>> {
-        let mut env = environment(&config.base_dir);
-        env.set_fuel(Some(config.render.fuel));
+    /// Builds the environment (relative includes from `base_dir`) and
+    /// compiles every template; compile errors are problems pointing at the
+    /// template's entry.
+    pub fn new<'a>(
+        base_dir: &Path,
+        fuel: u64,
+        max_output: u64,
+        templates: impl IntoIterator<Item = Spec<'a>>,
+    ) -> Result<Renderer, Vec<Problem>> {
+        let mut env = environment(base_dir);
+        env.set_fuel(Some(fuel));
         let mut envs = vec![(Syntax::default(), env)];
-        let mut issues = Vec::new();
+        let mut problems = Vec::new();
         let mut jobs = Vec::new();
-        for (name, template) in &config.templates {
-            let syntax = template.syntax.clone().unwrap_or_default();
+        for Spec {
+            name,
+            source: template,
+            syntax,
+            directory,
+        } in templates
+        {
+            let problem = |field, message| Problem {
+                template: name.to_string(),
+                field,
+                message,
+            };
+            let syntax = syntax.cloned().unwrap_or_default();
             let index = match envs.iter().position(|(s, _)| *s == syntax) {
                 Some(index) => index,
                 None => {
-                    let mut env = environment(&config.base_dir);
-                    env.set_fuel(Some(config.render.fuel));
+                    let mut env = environment(base_dir);
+                    env.set_fuel(Some(fuel));
                     match syntax::apply(&syntax, env.syntax()) {
                         Ok(custom) => env.set_syntax(custom),
-                        Err(problem) => {
-                            issues.push(config.issue_at(&["templates", name, "syntax"], problem));
+                        Err(message) => {
+                            problems.push(problem("syntax", message));
                             continue;
                         }
                     }
@@ -100,39 +155,39 @@ impl Renderer {
                 }
             };
             let env = &mut envs[index].1;
-            let field = match &template.source {
+            let field = match template {
                 TemplateSource::File { .. } => "source",
                 TemplateSource::Inline { name: source, text } => {
                     if let Err(e) = env.add_template_owned(source.clone(), text.clone()) {
-                        issues.push(config.issue_at(&["templates", name, "inline"], describe(&e)));
+                        problems.push(problem("inline", describe(&e)));
                     }
                     "inline"
                 }
             };
-            let source = template.source.name().to_string();
+            let source = template.name().to_string();
             if let Err(e) = env.get_template(&source) {
-                if !issues.iter().any(|i| i.path == format!("templates.{name}.inline")) {
-                    issues.push(config.issue_at(&["templates", name, field], describe(&e)));
+                if !problems.iter().any(|p| p.template == name && p.field == "inline") {
+                    problems.push(problem(field, describe(&e)));
                 }
                 continue;
             }
             let [(_, block), ..] = envs[index].0.all();
             jobs.push(Job {
-                name: name.clone(),
+                name: name.to_string(),
                 reads: reads::of(&envs[index].1, &source, block),
                 source,
-                directory: matches!(template.output, OutputTarget::Directory { .. }),
+                directory,
                 env: index,
             });
         }
-        if !issues.is_empty() {
-            return Err(issues);
+        if !problems.is_empty() {
+            return Err(problems);
         }
         Ok(Renderer {
             envs,
             jobs,
-            fuel: config.render.fuel,
-            max_output: config.render.max_output_bytes.0,
+            fuel,
+            max_output,
         })
     }
 

@@ -4,7 +4,59 @@
 
 use minijinja::syntax::SyntaxConfig;
 
-use crate::config::Syntax;
+/// A start and an end delimiter.
+pub type Pair = (String, String);
+
+/// The delimiters a template sets (`syntax:`); the ones it leaves out stay
+/// Jinja's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Syntax {
+    pub block: Option<Pair>,
+    pub variable: Option<Pair>,
+    pub comment: Option<Pair>,
+}
+
+impl Syntax {
+    /// Every delimiter pair, Jinja's where none is set, with its key:
+    /// block, variable, comment.
+    pub fn all(&self) -> [(&'static str, (&str, &str)); 3] {
+        fn or<'a>(pair: &'a Option<Pair>, default: (&'static str, &'static str)) -> (&'a str, &'a str) {
+            pair.as_ref().map_or(default, |(s, e)| (s.as_str(), e.as_str()))
+        }
+        [
+            ("block", or(&self.block, ("{%", "%}"))),
+            ("variable", or(&self.variable, ("{{", "}}"))),
+            ("comment", or(&self.comment, ("{#", "#}"))),
+        ]
+    }
+
+    /// Why these delimiters cannot work together, naming them; one message
+    /// per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let all = self.all();
+        for (key, (start, end)) in all {
+            if start.trim().is_empty() || end.trim().is_empty() {
+                problems.push(format!("`{key}` delimiters must not be empty or blank"));
+            }
+        }
+        // The start decides what a tag is: one start that begins another
+        // would read every tag of the other as its own.
+        for (i, (a, (start_a, _))) in all.iter().enumerate() {
+            for (b, (start_b, _)) in &all[i + 1..] {
+                if start_a.trim().is_empty() || start_b.trim().is_empty() {
+                    continue;
+                }
+                if start_a.starts_with(start_b) || start_b.starts_with(start_a) {
+                    problems.push(format!(
+                        "`{a}` starts with `{start_a}` and `{b}` with `{start_b}`: they collide; give each its own start"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
 
 /// The minijinja syntax of `syntax`: its delimiters on top of `base`, which
 /// keeps its whitespace rules. An error names the delimiters.

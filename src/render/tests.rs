@@ -3,6 +3,7 @@ use std::path::Path;
 use serde_json::{Value as Json, json};
 
 use super::*;
+use crate::config::Config;
 use crate::pipeline;
 
 fn setup(templates: &str, objects: &[Json]) -> (Renderer, StoresSnapshot) {
@@ -10,7 +11,7 @@ fn setup(templates: &str, objects: &[Json]) -> (Renderer, StoresSnapshot) {
         "watched_resources:\n  cms:\n    api_version: v1\n    kind: ConfigMap\n    index_by: [\"metadata.labels.app\"]\ntemplates:\n{templates}"
     );
     let config = Config::parse(&text, Path::new("config.yaml"), Path::new(".")).unwrap();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = pipeline::renderer(&config).unwrap();
     let stores = pipeline::stores_from(&config, objects);
     (renderer, pipeline::snapshot(&stores))
 }
@@ -94,7 +95,7 @@ fn iterating_the_resources_mapping_lists_store_names() {
 fn a_render_reads_only_its_snapshot() {
     let text = "watched_resources:\n  cms:\n    api_version: v1\n    kind: ConfigMap\ntemplates:\n  t:\n    inline: \"{{ resources.cms | length }}\"\n    path: t.txt\n";
     let config = Config::parse(text, Path::new("c.yaml"), Path::new(".")).unwrap();
-    let renderer = Renderer::new(&config).unwrap();
+    let renderer = pipeline::renderer(&config).unwrap();
     let mut stores = pipeline::stores_from(&config, &[cm("a", "x")]);
     let before = pipeline::snapshot(&stores);
     stores.get_mut("cms").unwrap().apply(cm("b", "x").into());
