@@ -465,18 +465,8 @@ impl<T> Snapshot<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::slot::tests::slot;
     use super::*;
-    use crate::index::Key;
-
-    fn slot(layout: Layout, ns: &str, name: &str, key: &[&str]) -> Slot {
-        let meta = Meta {
-            namespace: ns,
-            name,
-            id: ObjectId::new("", ns, name),
-            resource_version: "1",
-        };
-        Slot::new(layout, &Key(key.iter().map(|p| p.to_string()).collect()), &meta)
-    }
 
     #[test]
     fn uuids_are_their_own_identity_and_other_ids_are_digested() {

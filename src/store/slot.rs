@@ -103,11 +103,13 @@ pub(super) fn encode_prefix(prefix: &[String]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::Index;
     use super::*;
 
-    fn slot(layout: Layout, ns: &str, name: &str, key: &[&str]) -> Slot {
+    /// The slot of object `ns/name` (no uid) under `key`, for tests here and
+    /// in the store's.
+    pub(in crate::store) fn slot(layout: Layout, ns: &str, name: &str, key: &[&str]) -> Slot {
         let meta = Meta {
             namespace: ns,
             name,
