@@ -549,10 +549,18 @@ async fn method_sleep_follows_changes_without_waiting_sleep_time() {
         .await;
 }
 
-#[tokio::test]
-async fn a_burst_of_changes_makes_one_reload_call() {
-    // k8s-sidecar calls REQ_URL once per event: a Helm release with 20
-    // dashboards makes 20 calls. Here the burst is one render, one call.
+/// The Grafana chart's dashboard environment (text logs) against a fake API
+/// server holding one dashboard, `first`, with `extra` variables, and the
+/// reload calls it makes. Keep the returned parts alive for the test.
+async fn grafana_dashboards(
+    extra: &[(&'static str, &str)],
+) -> (
+    FakeApiServer,
+    Arc<Mutex<Vec<Received>>>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Sidecar,
+) {
     let server = FakeApiServer::start().await;
     server.create(dashboard("first", json!({"first.json": "1"}))).unwrap();
     let (url, received) = reload_server().await;
@@ -560,8 +568,17 @@ async fn a_burst_of_changes_makes_one_reload_call() {
     let folder = dir.path().join("dashboards");
     let mut env = grafana_chart_env(&folder, &url);
     env.push(("LOG_FORMAT", "LOGFMT".into()));
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let kubeconfig = server.kubeconfig_path().display().to_string();
     let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    (server, received, dir, folder, sidecar)
+}
+
+#[tokio::test]
+async fn a_burst_of_changes_makes_one_reload_call() {
+    // k8s-sidecar calls REQ_URL once per event: a Helm release with 20
+    // dashboards makes 20 calls. Here the burst is one render, one call.
+    let (server, received, _dir, folder, sidecar) = grafana_dashboards(&[]).await;
     let actions_done = || sidecar.log().matches("\"action done\"").count();
     sidecar.until_holds("the first reload", || actions_done() == 1).await;
     for i in 0..20 {
@@ -584,16 +601,7 @@ async fn a_burst_of_changes_makes_one_reload_call() {
 async fn req_skip_init_skips_the_reload_after_the_first_sync_only() {
     // Grafana's chart sets REQ_SKIP_INIT for datasources: Grafana reads the
     // files at its own start, so a reload then would be wasted.
-    let server = FakeApiServer::start().await;
-    server.create(dashboard("first", json!({"first.json": "1"}))).unwrap();
-    let (url, received) = reload_server().await;
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("dashboards");
-    let mut env = grafana_chart_env(&folder, &url);
-    env.push(("LOG_FORMAT", "LOGFMT".into()));
-    env.push(("REQ_SKIP_INIT", "true".into()));
-    let kubeconfig = server.kubeconfig_path().display().to_string();
-    let sidecar = spawn(dir.path(), &env, &["--kubeconfig", &kubeconfig]);
+    let (server, received, _dir, folder, sidecar) = grafana_dashboards(&[("REQ_SKIP_INIT", "true")]).await;
     sidecar
         .until_holds("the first sync's file", || folder.join("first.json").exists())
         .await;
