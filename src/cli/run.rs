@@ -93,7 +93,8 @@ pub async fn run(args: RunArgs, preset: Option<Preset>) -> ExitCode {
     };
     // Listen before connecting, so that a signal during a slow start
     // (discovery, initial lists) is honoured too.
-    let signals = match Signals::listen() {
+    let child_pid = exec::ChildPid::default();
+    let mut signals = match Signals::listen(child_pid.clone()) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("error: cannot listen for signals: {e}");
@@ -110,7 +111,7 @@ pub async fn run(args: RunArgs, preset: Option<Preset>) -> ExitCode {
             kill_signal: exec.kill_signal,
             kill_timeout: exec.kill_timeout,
         };
-        Supervised::start(command.clone(), settings, &telemetry)
+        Supervised::start(command.clone(), settings, &telemetry, child_pid)
     });
     let child_ended = child.as_mut().and_then(|c| c.ended.take());
     let mut shutdown = std::pin::pin!(async {
@@ -267,15 +268,15 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn start(argv: Vec<String>, settings: exec::Settings, telemetry: &Telemetry) -> Supervised {
+    fn start(argv: Vec<String>, settings: exec::Settings, telemetry: &Telemetry, pid: exec::ChildPid) -> Supervised {
         let renders = telemetry.outcomes();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ended_tx, ended) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let result = exec::supervise(&argv, settings, renders, async {
+            let stop = async {
                 let _ = stopped.await;
-            })
-            .await;
+            };
+            let result = exec::supervise(&argv, settings, renders, stop, pid).await;
             // Dropped on any end, also a failure to start: the run stops.
             drop(ended_tx);
             result

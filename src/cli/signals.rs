@@ -1,5 +1,6 @@
 //! SIGTERM and SIGINT during a run.
 
+use crate::exec;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -14,7 +15,8 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn listen() -> std::io::Result<Signals> {
+    /// `child` is killed before a second signal exits (exec mode).
+    pub fn listen(child: exec::ChildPid) -> std::io::Result<Signals> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let (first_tx, first) = oneshot::channel();
@@ -30,6 +32,7 @@ impl Signals {
                 _ = int.recv() => {}
             }
             tracing::warn!("second signal; exiting now");
+            child.kill();
             std::process::exit(130);
         });
         Ok(Signals {
@@ -39,8 +42,9 @@ impl Signals {
     }
 
     /// Resolves on the first signal. A second signal exits at once, also
-    /// while a render in flight keeps this future from being polled.
-    pub async fn first(mut self) {
+    /// while a render in flight keeps this future from being polled, for as
+    /// long as this lives: keep it until the run has ended.
+    pub async fn first(&mut self) {
         if let Some(first) = self.first.take() {
             // The sender only goes away with the task, which only `Drop` stops.
             let _ = first.await;
