@@ -72,6 +72,8 @@ pub struct Settings {
     pub script: Option<String>,
     /// `REQ_*`: the request sent after a batch of changes.
     pub request: Option<Request>,
+    /// How the URLs of `.url` keys are fetched.
+    pub fetch: Fetch,
     /// `REQ_SKIP_INIT`: the first render after the start runs neither the
     /// request nor `SCRIPT` (`actions_on_start: skip`).
     pub skip_init: bool,
@@ -153,6 +155,22 @@ pub struct Request {
     pub timeout: Duration,
     /// `REQ_SKIP_TLS_VERIFY`: an `https://` URL's certificate is not verified.
     pub skip_tls_verify: bool,
+}
+
+/// How k8s-sidecar fetches the URL of a key ending in `.url`: with the
+/// `REQ_*` settings of its reload request, whether or not `REQ_URL` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetch {
+    /// The `Authorization` header value, from `REQ_USERNAME` and `REQ_PASSWORD`.
+    pub authorization: Option<String>,
+    /// `REQ_RETRY_TOTAL`.
+    pub retries: u32,
+    /// `REQ_TIMEOUT`.
+    pub timeout: Duration,
+    /// `REQ_SKIP_TLS_VERIFY`.
+    pub skip_tls_verify: bool,
+    /// `ENABLE_5XX`: a 5xx answer's body is written instead of failing.
+    pub enable_5xx: bool,
 }
 
 /// Files named by command-line flags rather than variables.
