@@ -205,6 +205,12 @@ impl Validator<'_> {
                 "must be at least 1: with no fuel every render fails",
             );
         }
+        if render.fetch.as_ref().is_some_and(|f| f.max_entries == 0) {
+            self.issue(
+                &["render".into(), "fetch".into(), "max_entries".into()],
+                "must be at least 1: with none kept, every render fetches every URL again",
+            );
+        }
         Some(render)
     }
 

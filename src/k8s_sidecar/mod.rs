@@ -1,8 +1,9 @@
 //! `kube-template k8s-sidecar`: a drop-in for kiwigrid/k8s-sidecar. Its
 //! environment variables become a config (one watch per resource kind, a
 //! directory output made by a built-in template, a command and an HTTP
-//! action) that the ordinary pipeline runs, so this mode has no watching or
-//! writing of its own.
+//! action, and `render.fetch` for the URLs of keys ending in `.url`, which
+//! the template fetches with `fetch_url()`) that the ordinary pipeline runs,
+//! so this mode has no watching, fetching or writing of its own.
 //!
 //! [`Settings::from_env`] reads and checks the variables, reporting every
 //! problem at once, each naming its variable; [`Settings::config_yaml`] makes

@@ -60,9 +60,12 @@ impl Urls {
         let fetched = (self.get)(url);
         let mut entries = lock(&self.entries);
         let content = match fetched {
-            Ok(bytes) => Some(match String::from_utf8(bytes) {
-                Ok(text) => Value::from(text),
-                Err(e) => Value::from_bytes(e.into_bytes()),
+            Ok(bytes) => Some({
+                tracing::debug!(object, %url, bytes = bytes.len(), "url fetched");
+                match String::from_utf8(bytes) {
+                    Ok(text) => Value::from(text),
+                    Err(e) => Value::from_bytes(e.into_bytes()),
+                }
             }),
             Err(error) => {
                 let previous = entries.get(&key).and_then(|e| e.content.clone());
