@@ -182,7 +182,67 @@ fn join(url: &str, location: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A server answering `/r` with a redirect to `/x`, `/x` with `x`,
+    /// `/boom` with a 500 and anything else with a 404; it counts requests.
+    async fn server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer = match head.split_whitespace().nth(1).unwrap_or("") {
+                    "/r" => "HTTP/1.1 302 Found\r\nlocation: /x\r\ncontent-length: 0\r\n\r\n",
+                    "/x" => "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+                    "/boom" => "HTTP/1.1 500 Oops\r\ncontent-length: 4\r\n\r\nboom",
+                    _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        (base, requests)
+    }
+
+    fn fetcher(retries: u32, server_error_bodies: bool) -> Fetcher {
+        Fetcher {
+            timeout: Duration::from_secs(5),
+            retries,
+            headers: BTreeMap::new(),
+            insecure_skip_tls_verify: false,
+            server_error_bodies,
+            max_bytes: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_a_404_is_not_retried_and_a_500_is() {
+        let (base, requests) = server().await;
+        assert_eq!(fetcher(0, false).get(&format!("{base}/r")).await.unwrap(), b"x");
+        assert_eq!(requests.swap(0, Ordering::SeqCst), 2);
+        let error = fetcher(3, false).get(&format!("{base}/none")).await.unwrap_err();
+        assert_eq!(error.to_string(), "HTTP 404 Not Found");
+        assert_eq!(requests.swap(0, Ordering::SeqCst), 1);
+        let error = fetcher(1, false).get(&format!("{base}/boom")).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "failed after 2 attempt(s): HTTP 500 Internal Server Error"
+        );
+        assert_eq!(requests.swap(0, Ordering::SeqCst), 2);
+        assert_eq!(fetcher(1, true).get(&format!("{base}/boom")).await.unwrap(), b"boom");
+        assert!(matches!(fetcher(0, false).get("ftp://x/y").await, Err(Error::Url)));
+    }
 
     #[test]
     fn redirects_resolve_absolute_and_relative_locations() {

@@ -48,7 +48,8 @@ impl Urls {
         }
     }
 
-    /// The content of `url` for `object` (`kind namespace/name`) at `version`.
+    /// The content of `url` for `object` (`kind namespace/name`) at `version`;
+    /// logs show the URL without its credentials.
     fn content(&self, object: &str, version: &str, url: &str) -> Option<Value> {
         let key = (object.to_string(), url.to_string());
         if let Some(entry) = lock(&self.entries).get(&key)
@@ -61,7 +62,7 @@ impl Urls {
         let mut entries = lock(&self.entries);
         let content = match fetched {
             Ok(bytes) => Some({
-                tracing::debug!(object, %url, bytes = bytes.len(), "url fetched");
+                tracing::debug!(object, url = %shown(url), bytes = bytes.len(), "url fetched");
                 match String::from_utf8(bytes) {
                     Ok(text) => Value::from(text),
                     Err(e) => Value::from_bytes(e.into_bytes()),
@@ -71,7 +72,7 @@ impl Urls {
                 let previous = entries.get(&key).and_then(|e| e.content.clone());
                 tracing::warn!(
                     object,
-                    %url,
+                    url = %shown(url),
                     %error,
                     kept_previous = previous.is_some(),
                     "fetch failed; tried again when the object changes"
@@ -135,6 +136,18 @@ impl Object for FetchUrl {
     }
 }
 
+/// `url` without the `user:password@` of its authority.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://…@{host}{}", &rest[end..]),
+        None => url.to_string(),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -157,6 +170,12 @@ mod tests {
             }
         });
         (gets, Urls::new(get, 8))
+    }
+
+    #[test]
+    fn logged_urls_leave_out_credentials() {
+        assert_eq!(shown("https://u:p@host:1/a@b?c"), "https://…@host:1/a@b?c");
+        assert_eq!(shown("http://host/a"), "http://host/a");
     }
 
     #[test]
