@@ -124,6 +124,14 @@ enum Command {
         /// Only these cases (default: all).
         names: Vec<String>,
     },
+    /// Tell the sidecar running in this pod to write the shrinks its loss guard refused, once.
+    Accept {
+        /// The config file of the running sidecar.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The template whose shrink to accept (default: every guarded template).
+        template: Option<String>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -396,6 +404,16 @@ async fn main() -> ExitCode {
             };
             test(&prepared, &config, &names, update).await
         }
+        Command::Accept { config, template } => match pipeline::accept::accept(&config, template.as_deref()).await {
+            Ok(accepted) => {
+                println!("accepted: {}; rendering now", accepted.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
     }
 }
 
