@@ -55,11 +55,9 @@ impl Due<'_> {
             groups[i].render_started();
             let stale_before = stale_reads(self.caches);
             let started = Instant::now();
-            let run = &mut groups[i];
             let outcome = render_group(
                 self.prepared,
-                &run.group,
-                &mut run.guards,
+                &mut groups[i],
                 snapshot.clone(),
                 &redactor,
                 self.seen,
@@ -131,19 +129,19 @@ fn publish(
     });
 }
 
-/// One render of a group in a live run: render off the async threads and
-/// write; report it all. `checksums` holds each template output's sha256
+/// One render of a group in a live run: render off the async threads,
+/// weigh its guarded shrinks (`run.guards`) and write; report it all. `checksums` holds each template output's sha256
 /// between renders. `Ok(changed)`, or the error message.
 async fn render_group(
     prepared: &Arc<Prepared>,
-    group: &Group,
-    guards: &mut Guards,
+    run: &mut group::Run,
     snapshot: StoresSnapshot,
     redactor: &Arc<Redactor>,
     seen: &BTreeMap<String, u64>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
 ) -> Result<bool, String> {
+    let (group, guards) = (&run.group, &mut run.guards);
     let started = Instant::now();
     let span = tracing::info_span!("render", group = %group.name);
     // What the snapshot holds: the newest event of each store, so that an
@@ -199,13 +197,13 @@ async fn render_and_report(
             .render_some(&snapshot, |t| templates.contains(t))
             .map_err(Failed::Render)?;
         let render_ms = rendering.elapsed().as_millis() as u64;
-        let shrinks = guard_shrinks(&job, &rendered).map_err(|e| Failed::Write(e.into(), Vec::new()))?;
+        let shrinks = guard_shrinks(&job, &rendered).map_err(|e| Failed::Write(Box::new(e.into()), None))?;
         if shrinks.iter().any(|s| !may_shrink.contains(&s.template)) {
             return Err(Failed::Guard(shrinks));
         }
         let report = runtime
             .block_on(write(&job, &rendered, None, &redactor))
-            .map_err(|e| Failed::Write(e, shrinks.clone()))?;
+            .map_err(|e| Failed::Write(Box::new(e), Some(shrinks.clone())))?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
             .filter_map(|r| {
@@ -241,7 +239,9 @@ async fn render_and_report(
             return Err((Failure::Guard, refused.join("; ")));
         }
         Err(Failed::Write(error, shrinks)) => {
-            guards.measured(&group.templates, &shrinks, started);
+            if let Some(shrinks) = shrinks {
+                guards.measured(&group.templates, &shrinks, started);
+            }
             tracing::error!(%error, "writing outputs failed; previous files kept");
             return Err((Failure::Output, error.to_string()));
         }
@@ -281,11 +281,12 @@ async fn render_and_report(
 }
 
 /// Why a render wrote nothing. The shrinks measured (of guarded templates,
-/// past their `max_shrink`) go with the failures that come after the guard.
+/// past their `max_shrink`) go with the failures that come after the guard;
+/// a write that failed measuring has none.
 enum Failed {
     Render(Vec<render::Error>),
     Guard(Vec<Shrink>),
-    Write(Error, Vec<Shrink>),
+    Write(Box<Error>, Option<Vec<Shrink>>),
 }
 
 /// The shrinks past their `max_shrink` of the guarded templates rendered,
