@@ -1,7 +1,6 @@
 //! The pipeline that ties the stages together: sources → indexer → stores →
 //! snapshot → renderer → outputs (→ actions).
 
-pub mod accept;
 pub mod group;
 mod guard;
 mod live;

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,8 +62,23 @@ impl Error {
             | Error::UnknownTemplate { .. }
             | Error::NotGuarded { .. }
             | Error::NoGuard { .. }
-            | Error::NoLoopback { .. } => 64,
+            | Error::NoLoopback { .. } => super::EXIT_CONFIG,
             Error::Unreachable { .. } | Error::NothingPending(_) | Error::Answer { .. } => 1,
+        }
+    }
+}
+
+/// `kube-template accept`: prints what was accepted, or why nothing was,
+/// and gives the exit status.
+pub async fn main(config_path: &Path, template: Option<&str>) -> ExitCode {
+    match accept(config_path, template).await {
+        Ok(accepted) => {
+            println!("accepted: {}; rendering now", accepted.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
