@@ -294,3 +294,42 @@ async fn an_acceptance_from_another_host_is_refused() {
     })
     .await;
 }
+
+#[test]
+fn accept_says_why_when_there_is_no_sidecar_or_nothing_guarded() {
+    let case = guarded_case("1h", free_addr("127.0.0.1"));
+    let down = accept(&case, None);
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down.stderr));
+    assert!(
+        text(&down.stderr).contains("cannot reach the sidecar's admin server"),
+        "{}",
+        text(&down.stderr)
+    );
+
+    let config = fs::read_to_string(case.path("config.yaml")).unwrap();
+    let unguarded: String = config
+        .lines()
+        .filter(|l| !l.contains("guard:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    case.write("config.yaml", &unguarded);
+    let nothing_guarded = accept(&case, None);
+    assert_eq!(
+        nothing_guarded.status.code(),
+        Some(64),
+        "{}",
+        text(&nothing_guarded.stderr)
+    );
+    assert!(
+        text(&nothing_guarded.stderr).contains("has a `guard:`"),
+        "{}",
+        text(&nothing_guarded.stderr)
+    );
+    let not_guarded = accept(&case, Some("dashboards"));
+    assert_eq!(not_guarded.status.code(), Some(64), "{}", text(&not_guarded.stderr));
+    assert!(
+        text(&not_guarded.stderr).contains("template `dashboards` has no `guard:`"),
+        "{}",
+        text(&not_guarded.stderr)
+    );
+}
