@@ -90,7 +90,6 @@ async fn guard_accept(
         .filter(|t| !t.is_empty());
     match telemetry.accepts.ask(template.clone()).await {
         Some(Reply::Accepted(templates)) => {
-            tracing::warn!(templates = %templates.join(","), "shrink accepted by an operator");
             (StatusCode::OK, format!("accepted: {}\n", templates.join(", "))).into_response()
         }
         Some(Reply::NothingPending) => {
