@@ -33,22 +33,24 @@ pub(super) struct Due<'a> {
 }
 
 impl Due<'_> {
-    /// Renders every group due now, one after another, from one snapshot:
-    /// what they read is of one point in time. Returns the actions to run
-    /// (of the groups whose files changed, in group order) and the Secret
-    /// values of the snapshot, kept out of what the actions print.
+    /// Renders every group due now whose actions do not run (`busy`), one
+    /// after another, from one snapshot: what they read is of one point in
+    /// time. Returns the actions to run (per group whose files changed, by
+    /// its index) and the Secret values of the snapshot, kept out of what
+    /// the actions print.
     pub async fn render(
         &self,
         groups: &mut [group::Run],
         checksums: &mut BTreeMap<String, String>,
-    ) -> (Vec<Action>, Arc<Redactor>) {
+        busy: impl Fn(usize) -> bool,
+    ) -> (Vec<(usize, Vec<Action>)>, Arc<Redactor>) {
         let now = Instant::now();
         let snapshot = snapshot(self.stores);
         let redactor = Arc::new(redactor(&self.prepared.config, &snapshot));
         let mut to_run = Vec::new();
         let mut rendered = Vec::new();
         let due: Vec<usize> = (0..groups.len())
-            .filter(|&i| groups[i].due().is_some_and(|due| due <= now))
+            .filter(|&i| !busy(i) && groups[i].due().is_some_and(|due| due <= now))
             .collect();
         for i in due {
             let first = !groups[i].rendered;
@@ -84,8 +86,8 @@ impl Due<'_> {
             }
             rendered.push((i, started.elapsed(), changed));
             let run = &groups[i];
-            if changed && (!first || run.group.actions_on_start) {
-                to_run.extend(run.group.actions.iter().cloned());
+            if changed && (!first || run.group.actions_on_start) && !run.group.actions.is_empty() {
+                to_run.push((i, run.group.actions.clone()));
             } else if changed && !run.group.actions.is_empty() {
                 tracing::info!(group = %run.group.name, "first render after the start; actions skipped (actions_on_start: skip)");
             }
