@@ -124,6 +124,8 @@ enum Command {
         /// Only these cases (default: all).
         names: Vec<String>,
     },
+    /// Print the JSON Schema of the config file, for editors.
+    Schema,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -395,6 +397,10 @@ async fn main() -> ExitCode {
                 Err(e) => return config_failure(&e),
             };
             test(&prepared, &config, &names, update).await
+        }
+        Command::Schema => {
+            print!("{}", config::schema::json());
+            ExitCode::SUCCESS
         }
     }
 }
