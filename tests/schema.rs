@@ -53,9 +53,11 @@ impl Validator {
     /// The schema's verdict on a YAML config: `Err` with boon's explanation.
     fn check(&self, path: &Path) -> Result<(), String> {
         let text = fs::read_to_string(path).unwrap();
-        let config = Node::parse(&text)
-            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()))
-            .to_json();
+        self.check_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), String> {
+        let config = Node::parse(text).map_err(|e| format!("not YAML: {e}"))?.to_json();
         self.schemas.validate(&config, self.index).map_err(|e| format!("{e:#}"))
     }
 }
@@ -71,6 +73,59 @@ fn printed_schema_is_the_checked_in_file() {
     );
     let schema: Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+}
+
+/// Values at the edges of what `check` accepts, and sections left empty.
+const EDGE_CASES: &[&str] = &[
+    r#"
+watched_resources:
+  cms:
+    api_version: v1
+    kind: ConfigMap
+    namespaces: [default, kube-system]
+    store: on-demand
+    index_by: [metadata.name]
+    on_missing_key: skip
+    cache: {ttl: 1m30s, max_entries: 1}
+  ings: {api_version: networking.k8s.io/v1, kind: Ingress, label_selector: "app in (a,b)"}
+templates:
+  t:
+    inline: "{{ 1 }}"
+    path: out/t.txt
+    mode: "0o600"
+    owner: "101:101"
+    check: [sh, -c, ""]
+    check_timeout: 1h 30m
+    validate: none
+    syntax: {block: ["<%", "%>"], variable: ["<<", ">>"]}
+  u: {inline: "", directory: out/u, group: g, validate: json, fsync: true, mode: "600"}
+actions:
+  - {signal: sighup, process: haproxy}
+  - {signal: SIGUSR2, pid_file: run/haproxy.pid}
+  - {command: [sh, -c, ""], timeout: 1.5s}
+  - {http: {url: "https://127.0.0.1:9/reload", method: PUT, retries: 2, headers: {A: b}}}
+actions_on_start: skip
+groups:
+  g: {wait: {min: 0s, max: 1day}, actions_on_start: run, actions: [{command: ["true"]}]}
+exec: {reload_signal: usr1, kill_signal: Term, kill_timeout: 10s}
+render: {max_output_bytes: 10 KB, fuel: 1, wait: {min: 200ms}}
+admin: {listen: "[::]:9090", readiness: strict, stall_timeout: 2h}
+status: {config_map: kube-template.status, namespace: default}
+"#,
+    "watched_resources:\nactions:\ngroups:\nexec:\nrender:\nadmin:\nstatus:\ntemplates:\n  t: {source: t.j2, path: t.txt}\n",
+    "templates:\n  t: {inline: x, path: t.txt}\nrender: {max_output_bytes: 4096}\n",
+];
+
+#[test]
+fn what_check_accepts_the_schema_accepts() {
+    let validator = Validator::new();
+    for text in EDGE_CASES {
+        let parsed = kube_template::config::Config::parse(text, Path::new("config.yaml"), Path::new(""));
+        assert!(parsed.is_ok(), "check refuses it: {:?}\n{text}", parsed.err());
+        if let Err(e) = validator.check_text(text) {
+            panic!("the schema refuses what check accepts:\n{e}\n{text}");
+        }
+    }
 }
 
 /// `config.example.yaml` and the `config.yaml` of each example.
