@@ -367,3 +367,31 @@ fn a_problem_in_no_list_must_be_classified() {
     let expected = "exit: 64\nx.yaml:3:5: templates.t.path: output\nout/t.txt overlaps the output of template `u`\n";
     assert_eq!(verdict("x.yaml", expected), Ok(Verdict::Semantic));
 }
+
+#[test]
+fn the_config_k8s_sidecar_mode_makes_passes_the_schema() {
+    let validator = Validator::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        .args(["k8s-sidecar", "--print-config"])
+        .env_clear()
+        .envs([
+            ("LABEL", "grafana_dashboard"),
+            ("FOLDER", "/tmp/dashboards"),
+            ("NAMESPACE", "ALL"),
+            ("RESOURCE", "both"),
+            ("SCRIPT", "/bin/true"),
+            (
+                "REQ_URL",
+                "http://localhost:3000/api/admin/provisioning/dashboards/reload",
+            ),
+            ("REQ_SKIP_INIT", "true"),
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("templates:"), "{text}");
+    if let Err(e) = validator.check_text(&text) {
+        panic!("the schema refuses the config k8s-sidecar mode makes:\n{e}\n{text}");
+    }
+}

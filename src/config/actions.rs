@@ -1,10 +1,9 @@
 //! `actions`: what runs after a render that changed a file.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use std::borrow::Cow;
 
 use nix::sys::signal::Signal;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
