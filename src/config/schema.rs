@@ -149,6 +149,20 @@ mod tests {
     }
 
     #[test]
+    fn the_size_pattern_accepts_what_the_parser_accepts() {
+        let schema = schema();
+        let pattern = schema["$defs"]["ByteSize"]["anyOf"][1]["pattern"].as_str().unwrap();
+        for text in ["64MiB", "10 KB", "4096", "1B", " 2GiB "] {
+            assert!(humane::ByteSize::parse(text).is_ok(), "{text}");
+            assert!(matches(pattern, text), "{text} against {pattern}");
+        }
+        for text in ["12XB", "MiB", "", "-1", "1.5MiB", "64mib"] {
+            assert!(humane::ByteSize::parse(text).is_err(), "{text}");
+            assert!(!matches(pattern, text), "{text} against {pattern}");
+        }
+    }
+
+    #[test]
     fn name_patterns_agree_with_the_validator() {
         type Case<'a> = (&'a str, fn(&str) -> bool, &'a [&'a str]);
         let cases: [Case; 5] = [
