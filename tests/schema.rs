@@ -108,7 +108,7 @@ actions_on_start: skip
 groups:
   g: {wait: {min: 0s, max: 1day}, actions_on_start: run, actions: [{command: ["true"]}]}
 exec: {reload_signal: usr1, kill_signal: Term, kill_timeout: 10s}
-render: {max_output_bytes: 10 KB, fuel: 1, wait: {min: 200ms}}
+render: {max_output_bytes: 10 KB, fuel: 1, wait: {min: 200ms}, fetch: {timeout: 5s, max_entries: 1, headers: {A: b}}}
 admin: {listen: "[::]:9090", readiness: strict, stall_timeout: 2h}
 status: {config_map: kube-template.status, namespace: default}
 "#,

@@ -33,11 +33,15 @@ pub struct RenderSettings {
 }
 
 /// `render.fetch:` how `fetch_url()` fetches.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSettings {
     /// Timeout of one attempt, body included.
-    #[serde(default = "default_fetch_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_fetch_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub timeout: Duration,
     /// Further attempts after a connection error, a timeout or a 5xx answer.
     #[serde(default = "default_fetch_retries")]
@@ -54,6 +58,7 @@ pub struct FetchSettings {
     /// How many fetched URLs are kept (least recently used go first); a URL
     /// not kept is fetched again at the next render.
     #[serde(default = "default_fetch_max_entries")]
+    #[schemars(range(min = 1))]
     pub max_entries: usize,
 }
 
