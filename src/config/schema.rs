@@ -58,9 +58,27 @@ pub fn json() -> String {
         .into_root_schema_for::<ConfigFile>();
     let mut schema = schema.to_value();
     humane_defaults(&mut schema);
+    sort_keys(&mut schema);
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema is plain JSON");
     text.push('\n');
     text
+}
+
+/// Sorts every object's keys, so that the text is the same whether or not
+/// some dependency turns on serde_json's `preserve_order`.
+fn sort_keys(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (_, value) in &mut entries {
+                sort_keys(value);
+            }
+            *map = entries.into_iter().collect();
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
 
 /// Writes the defaults of duration fields as a config writes them (`30s`):
