@@ -27,9 +27,9 @@ use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::telemetry::Telemetry;
+use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::{EventLabels, StoreLabel};
 use crate::telemetry::problems::{Problem, Readiness};
-use crate::telemetry::status::Activity;
 use group::Group;
 
 /// A validated config with its compiled templates: everything a run needs
