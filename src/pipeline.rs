@@ -2,6 +2,7 @@
 //! snapshot → renderer → outputs (→ actions).
 
 pub mod group;
+mod guard;
 mod live;
 
 use std::borrow::Cow;
@@ -343,6 +344,8 @@ pub async fn run(
         .collect();
     let (heartbeat, mut tick) = follow_probes(config, &groups, &telemetry);
     let mut own_writes = OwnWrites::default();
+    // Operators' acceptances of refused shrinks, from the admin server.
+    let mut accepts = telemetry.accepts.follow();
     let mut actions = action::Running::default();
     // `--once`: how the run ends once the actions of its render are done.
     let mut once_done: Option<Stopped> = None;
@@ -412,6 +415,11 @@ pub async fn run(
                         }
                     }
                 }
+            }
+            Some(request) = next_accept(&mut accepts) => {
+                let reply = guard::accept(config, &mut groups, request.template.as_deref(), Instant::now());
+                // The admin server may have given up waiting.
+                let _ = request.reply.send(reply);
             }
             finished = actions.finished(), if actions.is_running() => {
                 if let Err(e) = finished {
@@ -501,6 +509,20 @@ fn newest_version(event: &Event) -> Option<u64> {
     match event {
         Event::Applied(object) | Event::Deleted(object) => version(object),
         Event::Listed { objects, .. } => objects.iter().filter_map(version).max(),
+    }
+}
+
+/// The next acceptance request; pending forever when there are none to
+/// follow (another run took them) or the admin server is gone.
+async fn next_accept(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::telemetry::accept::Request>>,
+) -> Option<crate::telemetry::accept::Request> {
+    match requests {
+        Some(receiver) => match receiver.recv().await {
+            Some(request) => Some(request),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

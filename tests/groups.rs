@@ -132,7 +132,8 @@ async fn a_failing_group_holds_back_neither_the_renders_nor_the_reloads_of_anoth
                     .then_some(())
             })
             .await;
-        assert!(renders(&admin, "keys", "failure") >= 1.0);
+        let failed = "kube_template_renders_total{group=\"keys\",result=\"failure\",reason=\"template\"}";
+        assert!(metric(&admin, failed) >= 1.0);
         assert_eq!(case.read("keys.txt").as_deref(), Some("s1=one\n"));
         let page = http_get(&admin, "/").1;
         assert!(page.contains("<td>keys</td>") && page.contains("failed: "), "{page}");

@@ -98,6 +98,7 @@ templates:
     check_timeout: 1h 30m
     validate: none
     syntax: {block: ["<%", "%>"], variable: ["<<", ">>"]}
+    guard: {max_shrink: 0%, hold: 10m}
   u: {inline: "", directory: out/u, group: g, validate: json, fsync: true, mode: "600"}
 actions:
   - {signal: sighup, process: haproxy}
@@ -229,6 +230,7 @@ const SCHEMA_LEVEL: &[(&str, &str)] = &[
     ("has no host", "the url pattern"),
     ("is not an HTTP method", "the method pattern"),
     ("expected a pair", "minItems and maxItems of syntax"),
+    ("is not a percentage", "the max_shrink pattern"),
     ("is the group of the templates without", "propertyNames of groups"),
 ];
 

@@ -29,7 +29,7 @@ pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, FetchSettings, Readiness, RenderSettings, Wait};
-pub use templates::{SyntaxEntry, TemplateEntry};
+pub use templates::{GuardEntry, SyntaxEntry, TemplateEntry};
 pub use validate::sort_issues;
 
 /// One problem in a config file.

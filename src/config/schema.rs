@@ -181,6 +181,23 @@ mod tests {
     }
 
     #[test]
+    fn the_percentage_pattern_accepts_what_the_guard_accepts() {
+        let schema = schema();
+        let pattern = schema["$defs"]["GuardEntry"]["properties"]["max_shrink"]["pattern"]
+            .as_str()
+            .unwrap();
+        let parse = crate::output::Guard::parse_max_shrink;
+        for text in ["0%", "50%", "100%", " 7 % ", "050%"] {
+            assert!(parse(text).is_some(), "{text}");
+            assert!(matches(pattern, text), "{text} against {pattern}");
+        }
+        for text in ["50", "101%", "-1%", "%", "1.5%", "fifty%"] {
+            assert!(parse(text).is_none(), "{text}");
+            assert!(!matches(pattern, text), "{text} against {pattern}");
+        }
+    }
+
+    #[test]
     fn name_patterns_agree_with_the_validator() {
         type Case<'a> = (&'a str, fn(&str) -> bool, &'a [&'a str]);
         let cases: [Case; 5] = [

@@ -8,7 +8,7 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
-use crate::output::{OutputTarget, Owner, Template, ValidateFormat};
+use crate::output::{Guard, OutputTarget, Owner, Template, ValidateFormat};
 use crate::render::{Syntax, TemplateSource};
 
 use super::humane::{self, DurationText};
@@ -71,6 +71,43 @@ pub struct TemplateEntry {
     /// Delimiters of this template's own, for outputs that hold `{{ }}`.
     #[serde(default)]
     pub syntax: Option<SyntaxEntry>,
+    /// Refuse a render that would lose more than `max_shrink` of the output
+    /// at once (DESIGN 5.10).
+    #[serde(default)]
+    pub guard: Option<GuardEntry>,
+}
+
+/// `guard:` as the user writes it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardEntry {
+    /// The largest loss written at once, `N%` of the old bytes (a file) or
+    /// files (a directory).
+    #[serde(deserialize_with = "percent_text")]
+    // What `Guard::parse_max_shrink` reads: a whole 0 to 100, then `%`.
+    #[schemars(pattern(r"^\s*0*([0-9]|[1-9][0-9]|100)\s*%\s*$"))]
+    pub max_shrink: String,
+    /// How long a refused shrink must last to be written anyway.
+    #[serde(default = "default_hold", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
+    pub hold: Duration,
+}
+
+/// A percentage is `N%` text; a bare number is kept as written, for the
+/// validation to name.
+fn percent_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(text),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(D::Error::custom(format!(
+            "bad max_shrink {other}: expected a percentage such as \"50%\""
+        ))),
+    }
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `syntax:` as the user writes it: each a `[start, end]` pair.
@@ -174,7 +211,7 @@ impl Validator<'_> {
         }
         for (name, entry) in entries {
             let path = vec!["templates".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax"])
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax", "guard"])
                 && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
             {
                 templates.insert(name, template);
@@ -288,6 +325,22 @@ impl Validator<'_> {
             owner
         });
         let syntax = spec.syntax.as_ref().and_then(|entry| self.syntax(path, entry));
+        let guard = spec.guard.as_ref().and_then(|entry| {
+            let max_shrink = Guard::parse_max_shrink(&entry.max_shrink);
+            if max_shrink.is_none() {
+                self.issue(
+                    &[path, &["guard".to_string(), "max_shrink".to_string()]].concat(),
+                    format!(
+                        "`{}` is not a percentage: expected N% with N a whole number from 0 to 100, e.g. \"50%\"",
+                        entry.max_shrink
+                    ),
+                );
+            }
+            Some(Guard {
+                max_shrink: max_shrink?,
+                hold: entry.hold,
+            })
+        });
         if self.issues.len() > before {
             return None;
         }
@@ -303,6 +356,7 @@ impl Validator<'_> {
             validate,
             owner,
             syntax,
+            guard,
         })
     }
 

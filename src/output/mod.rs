@@ -22,6 +22,7 @@ use self::commit::Commit;
 use crate::command;
 use crate::redact::Redactor;
 use crate::render::{Content, Syntax, TemplateSource};
+pub use guard::Guard;
 pub use owner::Owner;
 pub use validate::ValidateFormat;
 
@@ -44,6 +45,8 @@ pub struct Template {
     pub owner: Option<Owner>,
     /// Custom delimiters, if set.
     pub syntax: Option<Syntax>,
+    /// The loss guard, if set.
+    pub guard: Option<Guard>,
 }
 
 /// Where a template's output goes.
@@ -563,6 +566,7 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
 }
 
 mod commit;
+pub mod guard;
 pub mod owner;
 #[cfg(test)]
 mod tests;
