@@ -90,6 +90,8 @@ pub enum Command {
         /// The template whose shrink to accept (default: every guarded template).
         template: Option<String>,
     },
+    /// Print the JSON Schema of the config file, for editors.
+    Schema,
 }
 
 /// Runs the command `cli` names, and gives the process's exit status.
@@ -118,6 +120,10 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Accept { config, template } => {
             init_logs();
             accept::main(&config, template.as_deref()).await
+        }
+        Command::Schema => {
+            print!("{}", config::schema::json());
+            ExitCode::SUCCESS
         }
     }
 }

@@ -7,6 +7,7 @@ mod actions;
 mod groups;
 mod humane;
 mod resources;
+pub mod schema;
 mod settings;
 mod templates;
 mod validate;
