@@ -324,21 +324,20 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         refuse_file_and_directory(template, root, &wanted)?;
     }
     for (target, bytes) in wanted {
-        let old = if absent.contains(&target) {
-            Err(std::io::ErrorKind::NotFound.into())
+        let unchanged = if absent.contains(&target) {
+            Ok(None)
         } else {
-            fs::read(&target)
+            unchanged(&target, bytes)
         };
-        match old {
-            Ok(old) if old == bytes => {
-                ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
+        match unchanged {
+            Ok(Some(meta)) => {
+                ensure_mode(&target, &meta, job.template.mode).map_err(io("cannot set the mode of", &target))?;
                 if let Some(owner) = job.template.owner {
                     owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
                 }
                 continue;
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(e) => return Err(io("cannot read", &target)(e)),
         }
         let dir = target.parent().unwrap_or(Path::new("."));
@@ -360,12 +359,15 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         // An absolute directory spares the temp file a getcwd of its own.
         let mut file = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
+            .permissions(fs::Permissions::from_mode(job.template.mode))
             .tempfile_in(&made_dirs[dir])
             .map_err(io("cannot create a temp file in", dir))?;
         file.write_all(bytes).map_err(io("cannot write", file.path()))?;
-        file.as_file()
-            .set_permissions(fs::Permissions::from_mode(job.template.mode))
-            .map_err(io("cannot set the mode of", file.path()))?;
+        if !umask_keeps(job.template.mode) {
+            file.as_file()
+                .set_permissions(fs::Permissions::from_mode(job.template.mode))
+                .map_err(io("cannot set the mode of", file.path()))?;
+        }
         if let Some(owner) = job.template.owner {
             owner::apply_to(owner, file.as_file()).map_err(io("cannot set the owner of", file.path()))?;
         }
@@ -445,8 +447,40 @@ fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<Path
     Ok(())
 }
 
-fn ensure_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    let current = fs::metadata(path)?.permissions().mode() & 0o7777;
+/// The metadata of the file at `path` if it holds exactly `bytes`; `None`
+/// if it differs or does not exist. A file of another size is not read.
+fn unchanged(path: &Path, bytes: &[u8]) -> std::io::Result<Option<fs::Metadata>> {
+    use std::io::Read;
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != bytes.len() as u64 {
+        return Ok(None);
+    }
+    // One byte more than expected shows a file that grew meanwhile.
+    let mut old = Vec::with_capacity(bytes.len() + 1);
+    file.take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
+    Ok((old == bytes).then_some(meta))
+}
+
+/// Whether a file created with `mode` gets exactly `mode`: this process's
+/// umask (from /proc; unknown: assumed to mask) clears none of its bits.
+/// Then staged files need no chmod of their own.
+fn umask_keeps(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(value.trim(), 8).ok()
+    });
+    umask.is_some_and(|umask| mode & 0o777 == mode && mode & umask == 0)
+}
+
+fn ensure_mode(path: &Path, meta: &fs::Metadata, mode: u32) -> std::io::Result<()> {
+    let current = meta.permissions().mode() & 0o7777;
     if current != mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     }

@@ -55,6 +55,18 @@ async fn mode_is_applied_and_fsync_writes_work() {
 }
 
 #[tokio::test]
+async fn modes_are_exact_whether_or_not_the_umask_would_clear_their_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    // 0666 and 04755 lose bits to any usual umask; 0640 to none.
+    for (name, mode) in [("open.txt", 0o666), ("setuid.sh", 0o4755), ("group.txt", 0o640)] {
+        let t = template(dir.path(), &format!("    path: {name}\n    mode: \"{mode:04o}\"\n"));
+        write(&t, Content::File(b"k".to_vec())).await.unwrap();
+        let written = fs::metadata(dir.path().join(name)).unwrap().mode() & 0o7777;
+        assert_eq!(written, mode, "{name}: {written:o}");
+    }
+}
+
+#[tokio::test]
 async fn no_staged_files_are_left_behind_after_success_or_failure() {
     let dir = tempfile::tempdir().unwrap();
     let ok = template(dir.path(), "    path: a.txt\n");
