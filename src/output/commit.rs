@@ -42,16 +42,17 @@ pub(super) struct Commit {
 impl Commit {
     /// Renames `staged` onto `target`, keeping what was there. `root` is the
     /// directory output `target` belongs to, inside which what is in the way
-    /// may be moved aside. On an error the commit is rolled back before it is
-    /// returned.
+    /// may be moved aside; `new`: nothing was at `target` when it was staged.
+    /// On an error the commit is rolled back before it is returned.
     pub(super) fn replace(
         &mut self,
         template: &str,
         staged: TempPath,
         target: PathBuf,
         root: Option<&Path>,
+        new: bool,
     ) -> Result<(), Error> {
-        match self.try_replace(staged, &target, root) {
+        match self.try_replace(staged, &target, root, new) {
             Ok(()) => Ok(()),
             Err((action, path, source)) => {
                 self.roll_back();
@@ -65,10 +66,27 @@ impl Commit {
         }
     }
 
-    fn try_replace(&mut self, staged: TempPath, target: &Path, root: Option<&Path>) -> Result<(), Failure> {
+    fn try_replace(&mut self, staged: TempPath, target: &Path, root: Option<&Path>, new: bool) -> Result<(), Failure> {
         if let Some(root) = root {
             self.clear_the_way(root, target)?;
         }
+        // A target that was absent most likely still is: a rename that
+        // replaces nothing is the whole step. If something came (or the file
+        // system cannot refuse to replace), the file goes the long way.
+        let staged = if new {
+            match staged.persist_noclobber(target) {
+                Ok(()) => {
+                    self.done.push(Step::Replaced {
+                        target: target.to_owned(),
+                        previous: None,
+                    });
+                    return Ok(());
+                }
+                Err(refused) => refused.path,
+            }
+        } else {
+            staged
+        };
         // One look at the target serves both: a directory in the way is
         // moved aside (inside a directory output), a file is kept.
         let previous = match fs::symlink_metadata(target) {

@@ -193,12 +193,20 @@ pub struct Job<'a> {
 struct Staged {
     template: String,
     fsync_dirs: BTreeSet<PathBuf>,
-    files: Vec<(TempPath, PathBuf)>,
+    files: Vec<StagedFile>,
     /// Targets renamed into place by the commit.
     written: Vec<PathBuf>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
+}
+
+/// A temp file beside the target it is to replace.
+struct StagedFile {
+    file: TempPath,
+    target: PathBuf,
+    /// Nothing was at `target` when the file was staged.
+    new: bool,
 }
 
 /// Writes all outputs of one render, or none of them. `redactor` holds the
@@ -210,16 +218,16 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
-        for (file, target) in &s.files {
-            check(job.template, file, target, redactor).await?;
+        for staged in &s.files {
+            check(job.template, &staged.file, &staged.target, redactor).await?;
         }
         staged.push(s);
     }
     // Every rename first, all or nothing; only then stale files go.
     let mut commit = Commit::default();
     for s in &mut staged {
-        for (file, target) in std::mem::take(&mut s.files) {
-            commit.replace(&s.template, file, target.clone(), s.root.as_deref())?;
+        for StagedFile { file, target, new } in std::mem::take(&mut s.files) {
+            commit.replace(&s.template, file, target.clone(), s.root.as_deref(), new)?;
             s.written.push(target);
         }
     }
@@ -324,22 +332,22 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         refuse_file_and_directory(template, root, &wanted)?;
     }
     for (target, bytes) in wanted {
-        let unchanged = if absent.contains(&target) {
-            Ok(None)
+        let old = if absent.contains(&target) {
+            Ok(Old::None)
         } else {
-            unchanged(&target, bytes)
+            old_version(&target, bytes)
         };
-        match unchanged {
-            Ok(Some(meta)) => {
+        let new = match old {
+            Ok(Old::Same(meta)) => {
                 ensure_mode(&target, &meta, job.template.mode).map_err(io("cannot set the mode of", &target))?;
                 if let Some(owner) = job.template.owner {
                     owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
                 }
                 continue;
             }
-            Ok(None) => {}
+            Ok(old) => matches!(old, Old::None),
             Err(e) => return Err(io("cannot read", &target)(e)),
-        }
+        };
         let dir = target.parent().unwrap_or(Path::new("."));
         if !made_dirs.contains_key(dir) {
             let stage_in = match create_dirs(dir, job.template.owner) {
@@ -377,7 +385,11 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         // Closed now: a directory output may stage more files than a process
         // may keep open.
-        staged.files.push((file.into_temp_path(), target));
+        staged.files.push(StagedFile {
+            file: file.into_temp_path(),
+            target,
+            new,
+        });
     }
     Ok(staged)
 }
@@ -447,23 +459,32 @@ fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<Path
     Ok(())
 }
 
-/// The metadata of the file at `path` if it holds exactly `bytes`; `None`
-/// if it differs or does not exist. A file of another size is not read.
-fn unchanged(path: &Path, bytes: &[u8]) -> std::io::Result<Option<fs::Metadata>> {
+/// What is at a target before it is written.
+enum Old {
+    None,
+    /// Something else than the new bytes.
+    Other,
+    /// A file holding exactly the new bytes, and its metadata.
+    Same(fs::Metadata),
+}
+
+/// What is at `path`, compared with `bytes`. A file of another size is not
+/// read.
+fn old_version(path: &Path, bytes: &[u8]) -> std::io::Result<Old> {
     use std::io::Read;
     let file = match fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Old::None),
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
     if !meta.is_file() || meta.len() != bytes.len() as u64 {
-        return Ok(None);
+        return Ok(Old::Other);
     }
     // One byte more than expected shows a file that grew meanwhile.
     let mut old = Vec::with_capacity(bytes.len() + 1);
     file.take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
-    Ok((old == bytes).then_some(meta))
+    Ok(if old == bytes { Old::Same(meta) } else { Old::Other })
 }
 
 /// Whether a file created with `mode` gets exactly `mode`: this process's

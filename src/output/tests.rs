@@ -87,6 +87,26 @@ async fn no_staged_files_are_left_behind_after_success_or_failure() {
 }
 
 #[tokio::test]
+async fn a_file_that_appears_at_a_new_target_before_the_commit_is_replaced_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("a.txt");
+    // The check runs between staging (no a.txt yet) and the commit.
+    let check = format!("echo theirs > {}", target.display());
+    let t = template(
+        dir.path(),
+        &format!("    path: a.txt\n    check: [\"sh\", \"-c\", {check:?}]\n"),
+    );
+    let report = write(&t, Content::File(b"ours".to_vec())).await.unwrap();
+    assert_eq!(report.written, [target.clone()]);
+    assert_eq!(fs::read(&target).unwrap(), b"ours");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["a.txt"], "nothing staged or kept is left");
+}
+
+#[tokio::test]
 async fn a_missing_check_program_is_reported_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let t = template(
