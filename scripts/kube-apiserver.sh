@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provides a real kube-apiserver (Kubernetes 1.20.2) and etcd for the real-server test
-# suite (tests/real_api.rs).
+# suite (tests/real_api/).
 #
 # No prebuilt kube-apiserver can be downloaded on the machines CI uses, so this builds
 # Debian bookworm's `kubernetes` source package (the whole 1.20.2 tree with vendor/) with

@@ -4,6 +4,7 @@
 //! rolls files back. What an action prints is logged in full at debug level
 //! only; elsewhere as its first line, redacted (DESIGN 5.8).
 
+pub mod fetch;
 pub mod signal;
 
 use std::collections::BTreeMap;
@@ -266,7 +267,7 @@ fn run_signal(sig: nix::sys::signal::Signal, target: &signal::SignalTarget) -> R
 }
 
 /// Backoff before attempt `n` (1-based) of an HTTP action.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
 }
 
@@ -274,7 +275,7 @@ fn backoff(attempt: u32) -> Duration {
 const MAX_BODY: usize = 4096;
 
 async fn run_http(http: &HttpAction, redactor: &Redactor) -> Result<(), Error> {
-    let connector = match tls::connector(http) {
+    let connector = match tls::connector(&http.url, http.insecure_skip_tls_verify) {
         Ok(connector) => connector,
         Err(e) => {
             return Err(Error::Http {

@@ -8,6 +8,7 @@
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -80,23 +81,47 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The pid of the running child, kept where a second SIGTERM can read it:
+/// kube-template then exits at once, without its destructors, and kills the
+/// child first so that it is not left running without its supervisor.
+#[derive(Debug, Clone, Default)]
+pub struct ChildPid(Arc<AtomicU32>);
+
+impl ChildPid {
+    fn set(&self, pid: Option<u32>) {
+        self.0.store(pid.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Sends SIGKILL to the child, if one runs.
+    pub fn kill(&self) {
+        let pid = self.0.swap(0, Ordering::SeqCst);
+        if pid != 0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 /// The running child.
 #[derive(Debug)]
 pub struct Child {
     argv: Vec<String>,
     settings: Settings,
     process: tokio::process::Child,
+    pid: ChildPid,
 }
 
 impl Child {
     /// Starts `argv` (program, then arguments) with this process's stdio.
-    pub fn start(argv: &[String], settings: Settings) -> Result<Child> {
+    /// `pid` follows it, also across restarts.
+    pub fn start(argv: &[String], settings: Settings, pid: ChildPid) -> Result<Child> {
         let process = spawn(argv)?;
         tracing::info!(command = ?argv, pid = process.id(), "child started");
+        pid.set(process.id());
         Ok(Child {
             argv: argv.to_vec(),
             settings,
             process,
+            pid,
         })
     }
 
@@ -107,7 +132,10 @@ impl Child {
 
     /// Resolves when the child exits, with its status.
     pub async fn exited(&mut self) -> Result<ExitStatus> {
-        self.process.wait().await.map_err(|source| Error::Wait {
+        let status = self.process.wait().await;
+        // Its pid may be reused from now on.
+        self.pid.set(None);
+        status.map_err(|source| Error::Wait {
             argv: self.argv.clone(),
             source,
         })
@@ -125,6 +153,7 @@ impl Child {
                 let status = self.stop().await?;
                 tracing::info!(%status, "child stopped for a restart");
                 self.process = spawn(&self.argv)?;
+                self.pid.set(self.process.id());
                 tracing::info!(command = ?self.argv, pid = self.process.id(), "child restarted");
                 Ok(())
             }
@@ -134,6 +163,12 @@ impl Child {
     /// Stops the child: `kill_signal`, then SIGKILL after `kill_timeout`;
     /// its exit status.
     pub async fn stop(&mut self) -> Result<ExitStatus> {
+        let status = self.stop_and_wait().await;
+        self.pid.set(None);
+        status
+    }
+
+    async fn stop_and_wait(&mut self) -> Result<ExitStatus> {
         let wait_error = |argv: &[String], source| Error::Wait {
             argv: argv.to_vec(),
             source,
@@ -187,13 +222,14 @@ fn spawn(argv: &[String]) -> Result<tokio::process::Child> {
 
 /// Runs the child of a live run: starts it after the first good render,
 /// reloads it after each render that changed a file, and stops it when
-/// `stop` resolves. Returns its exit status, or `None` when `stop` (or the
+/// `stop` resolves; `pid` follows it. Returns its exit status, or `None` when `stop` (or the
 /// end of the renders) came before any good render.
 pub async fn supervise(
     argv: &[String],
     settings: Settings,
     mut renders: broadcast::Receiver<Arc<RenderOutcome>>,
     stop: impl Future<Output = ()>,
+    pid: ChildPid,
 ) -> Result<Option<ExitStatus>> {
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -206,7 +242,7 @@ pub async fn supervise(
             },
         }
     }
-    let mut child = Child::start(argv, settings)?;
+    let mut child = Child::start(argv, settings, pid)?;
     loop {
         tokio::select! {
             status = child.exited() => {
@@ -312,7 +348,7 @@ mod tests {
             reload_signal: Some(Signal::SIGHUP),
             ..Settings::default()
         };
-        let mut child = Child::start(&recorder(&log, false), settings).unwrap();
+        let mut child = Child::start(&recorder(&log, false), settings, ChildPid::default()).unwrap();
         wait_for_lines(&log, &["started"]).await;
         child.reload().await.unwrap();
         wait_for_lines(&log, &["started", "HUP"]).await;
@@ -325,7 +361,7 @@ mod tests {
     async fn without_a_reload_signal_a_reload_restarts_the_child() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("signals");
-        let mut child = Child::start(&recorder(&log, false), Settings::default()).unwrap();
+        let mut child = Child::start(&recorder(&log, false), Settings::default(), ChildPid::default()).unwrap();
         wait_for_lines(&log, &["started"]).await;
         let first = child.pid();
         child.reload().await.unwrap();
@@ -343,7 +379,7 @@ mod tests {
             kill_timeout: Duration::from_millis(300),
             ..Settings::default()
         };
-        let mut child = Child::start(&recorder(&log, true), settings).unwrap();
+        let mut child = Child::start(&recorder(&log, true), settings, ChildPid::default()).unwrap();
         wait_for_lines(&log, &["started"]).await;
         let status = child.stop().await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -362,9 +398,15 @@ mod tests {
         };
         let argv = recorder(&log, false);
         let supervisor = tokio::spawn(async move {
-            supervise(&argv, settings, receiver, async {
-                let _ = stopped.await;
-            })
+            supervise(
+                &argv,
+                settings,
+                receiver,
+                async {
+                    let _ = stopped.await;
+                },
+                ChildPid::default(),
+            )
             .await
         });
         renders.send(outcome(true, Some("template `x`: boom"))).unwrap();
@@ -387,16 +429,27 @@ mod tests {
         let (renders, receiver) = broadcast::channel(16);
         renders.send(outcome(false, None)).unwrap();
         let argv = vec!["sh".to_string(), "-c".into(), "exit 7".into()];
-        let status = supervise(&argv, Settings::default(), receiver, std::future::pending())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = supervise(
+            &argv,
+            Settings::default(),
+            receiver,
+            std::future::pending(),
+            ChildPid::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(exit_code(status), 7);
     }
 
     #[tokio::test]
     async fn a_command_that_cannot_start_is_an_error_that_names_it() {
-        let error = Child::start(&["/nonexistent/daemon".into()], Settings::default()).unwrap_err();
+        let error = Child::start(
+            &["/nonexistent/daemon".into()],
+            Settings::default(),
+            ChildPid::default(),
+        )
+        .unwrap_err();
         assert!(
             error.to_string().starts_with("cannot start [\"/nonexistent/daemon\"]"),
             "{error}"

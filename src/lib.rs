@@ -44,6 +44,8 @@
 //!   (Events on the pod, the status ConfigMap) and the Events' rate limiter.
 //! - [`k8s_sidecar`] — `kube-template k8s-sidecar`: kiwigrid/k8s-sidecar's
 //!   environment turned into a config for the same pipeline.
+//! - [`cli`] — the command line: each subcommand ties the stages together
+//!   (`main.rs` only parses the arguments).
 //! - [`template_tests`] — `kube-template test`: template test cases kept beside
 //!   the config, rendered and diffed.
 // `deny`, not `forbid`: `telemetry::resident` makes two system calls that
@@ -52,6 +54,7 @@
 
 pub mod action;
 pub mod admin;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod exec;

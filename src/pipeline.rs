@@ -27,9 +27,9 @@ use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::telemetry::Telemetry;
+use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::{EventLabels, StoreLabel};
 use crate::telemetry::problems::{Problem, Readiness};
-use crate::telemetry::status::Activity;
 use group::Group;
 
 /// A validated config with its compiled templates: everything a run needs
@@ -78,7 +78,7 @@ pub fn renderer(config: &Config) -> Result<Renderer, Vec<Issue>> {
         syntax: template.syntax.as_ref(),
         directory: matches!(template.output, OutputTarget::Directory { .. }),
     });
-    Renderer::new(
+    let renderer = Renderer::new(
         &config.base_dir,
         config.render.fuel,
         config.render.max_output_bytes.0,
@@ -88,8 +88,26 @@ pub fn renderer(config: &Config) -> Result<Renderer, Vec<Issue>> {
         problems
             .into_iter()
             .map(|p| config.issue_at(&["templates", &p.template, p.field], p.message))
-            .collect()
+            .collect::<Vec<_>>()
+    })?;
+    Ok(match &config.render.fetch {
+        Some(fetch) => renderer.with_urls(urls(fetch, config.render.max_output_bytes.0)),
+        None => renderer,
     })
+}
+
+/// What `fetch_url()` fetches with, from `render.fetch`.
+fn urls(settings: &config::FetchSettings, max_output: u64) -> render::Urls {
+    let fetcher = action::fetch::Fetcher {
+        timeout: settings.timeout,
+        retries: settings.retries,
+        headers: settings.headers.clone(),
+        insecure_skip_tls_verify: settings.insecure_skip_tls_verify,
+        server_error_bodies: settings.server_error_bodies,
+        max_bytes: usize::try_from(max_output).unwrap_or(usize::MAX),
+    };
+    let get = move |url: &str| fetcher.get_blocking(url).map_err(|e| e.to_string());
+    render::Urls::new(Arc::new(get), settings.max_entries)
 }
 
 /// Why a render-and-write did not complete. Previous files stay in place.

@@ -53,6 +53,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Makes config text from k8s-sidecar's variables: it knows the config's
     // YAML, none of its types.
     ("k8s_sidecar", &[]),
+    // The command line ties every stage together, as the binary did.
+    (
+        "cli",
+        &[
+            "config",
+            "source",
+            "pipeline",
+            "admin",
+            "report",
+            "exec",
+            "telemetry",
+            "k8s_sidecar",
+            "template_tests",
+        ],
+    ),
 ];
 
 /// The crate root and the binary see everything.

@@ -265,3 +265,44 @@ async fn once_with_a_command_does_not_run_it_when_the_render_fails() {
     })
     .await;
 }
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_in_exec_mode_exits_at_once_and_takes_the_child_along() {
+    within(TEST_DEADLINE, async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        let case = Case::new(&config("exec: {kill_signal: TERM, kill_timeout: 10m}\n"));
+        // Ignores the kill signal: only the second signal can end the run.
+        case.write(
+            "stubborn.sh",
+            "trap '' TERM\necho $$ > child.pid\nwhile :; do sleep 0.05; done\n",
+        );
+        let mut sidecar = case.spawn_against(&server, &["--", "sh", "stubborn.sh"]);
+        let pid = sidecar
+            .until("the child's pid", || {
+                case.read("child.pid").filter(|p| p.ends_with('\n'))
+            })
+            .await;
+        let pid = pid.trim().to_owned();
+        assert!(running(&pid));
+
+        sidecar.signal("TERM");
+        sidecar.until_log("a second signal exits at once").await;
+        sidecar.signal("TERM");
+        let status = sidecar.exit(WAIT).await;
+        assert_eq!(status.code(), Some(130), "{}", sidecar.log());
+        sidecar
+            .until_holds(&format!("the child {pid} to be gone"), || !running(&pid))
+            .await;
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
-//! The connector of HTTP actions: plain `http://`, and `https://` verified
-//! against the system's roots, or not at all with `insecure_skip_tls_verify`.
+//! The connector of HTTP actions and fetches: plain `http://`, and
+//! `https://` verified against the system's roots, or not at all with
+//! `insecure_skip_tls_verify`.
 
 use std::sync::Arc;
 
@@ -10,18 +11,16 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::HttpAction;
-
-/// A connector for `http`'s URL; an error says why TLS could not be set up.
-pub(super) fn connector(http: &HttpAction) -> Result<HttpsConnector<HttpConnector>, String> {
+/// A connector for `url`; an error says why TLS could not be set up.
+pub(super) fn connector(url: &str, insecure_skip_tls_verify: bool) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let config = if !http.url.starts_with("https://") {
+    let config = if !url.starts_with("https://") {
         // No roots are read for a plain http:// URL.
         builder.with_root_certificates(RootCertStore::empty())
-    } else if http.insecure_skip_tls_verify {
+    } else if insecure_skip_tls_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))

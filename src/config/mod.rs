@@ -27,7 +27,7 @@ pub use actions::{ActionEntry, ExecEntry, ExecSettings, HttpEntry, parse_signal}
 pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
-pub use settings::{AdminSettings, Readiness, RenderSettings, Wait};
+pub use settings::{AdminSettings, FetchSettings, Readiness, RenderSettings, Wait};
 pub use templates::{SyntaxEntry, TemplateEntry};
 pub use validate::sort_issues;
 

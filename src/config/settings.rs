@@ -1,5 +1,6 @@
 //! `render`, `admin` and `status`: how the pipeline renders and reports.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,6 +25,46 @@ pub struct RenderSettings {
     /// Largest output one template may produce (all its files together).
     #[serde(default = "default_max_output")]
     pub max_output_bytes: ByteSize,
+    /// Lets templates fetch URLs with `fetch_url()`; absent: they cannot.
+    #[serde(default)]
+    pub fetch: Option<FetchSettings>,
+}
+
+/// `render.fetch:` how `fetch_url()` fetches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSettings {
+    /// Timeout of one attempt, body included.
+    #[serde(default = "default_fetch_timeout", with = "humane::duration")]
+    pub timeout: Duration,
+    /// Further attempts after a connection error, a timeout or a 5xx answer.
+    #[serde(default = "default_fetch_retries")]
+    pub retries: u32,
+    /// Request headers, e.g. `Authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// With an `https://` URL: accept any certificate.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// A 5xx answer's body is the content instead of a failure.
+    #[serde(default)]
+    pub server_error_bodies: bool,
+    /// How many fetched URLs are kept (least recently used go first); a URL
+    /// not kept is fetched again at the next render.
+    #[serde(default = "default_fetch_max_entries")]
+    pub max_entries: usize,
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_fetch_retries() -> u32 {
+    2
+}
+
+fn default_fetch_max_entries() -> usize {
+    1024
 }
 
 impl Default for RenderSettings {
@@ -32,6 +73,7 @@ impl Default for RenderSettings {
             wait: Wait::default(),
             fuel: default_fuel(),
             max_output_bytes: default_max_output(),
+            fetch: None,
         }
     }
 }
@@ -155,12 +197,18 @@ impl Validator<'_> {
     /// The `render` section, when given and readable.
     pub(super) fn render_settings(&mut self) -> Option<RenderSettings> {
         let node = self.section("render")?;
-        let render = self.typed::<RenderSettings>(&["render".into()], &node, &["wait"])?;
+        let render = self.typed::<RenderSettings>(&["render".into()], &node, &["wait", "fetch"])?;
         self.check_wait(&["render".into(), "wait".into()], render.wait);
         if render.fuel == 0 {
             self.issue(
                 &["render".into(), "fuel".into()],
                 "must be at least 1: with no fuel every render fails",
+            );
+        }
+        if render.fetch.as_ref().is_some_and(|f| f.max_entries == 0) {
+            self.issue(
+                &["render".into(), "fetch".into(), "max_entries".into()],
+                "must be at least 1: with none kept, every render fetches every URL again",
             );
         }
         Some(render)

@@ -80,8 +80,24 @@ pub(super) fn yaml(settings: &Settings, own_namespace: Option<&str>, printed: bo
         actions.push(json!({ "http": http }));
         longest = longest.max(request.timeout * (request.retries + 1));
     }
+    let fetch = &settings.fetch;
+    let mut fetch_settings = json!({
+        "timeout": millis(fetch.timeout),
+        "retries": fetch.retries,
+        "insecure_skip_tls_verify": fetch.skip_tls_verify,
+        "server_error_bodies": fetch.enable_5xx,
+    });
+    if let Some(authorization) = &fetch.authorization {
+        let value = if printed {
+            "Basic <from REQ_USERNAME and REQ_PASSWORD>"
+        } else {
+            authorization
+        };
+        fetch_settings["headers"] = json!({ "Authorization": value });
+    }
     let config = json!({
         "watched_resources": watched,
+        "render": { "fetch": fetch_settings },
         "templates": { "files": files },
         "actions": actions,
         "actions_on_start": if settings.skip_init { "skip" } else { "run" },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::{Error, Flags, Kind, Method, Namespaces, Request, ResourceName, Settings};
+use super::{Error, Fetch, Flags, Kind, Method, Namespaces, Request, ResourceName, Settings};
 
 /// Every variable k8s-sidecar reads.
 const KNOWN: &[&str] = &[
@@ -265,9 +265,9 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
     }
     let script = r.get("SCRIPT").map(str::to_string);
 
-    let request = request(&mut r, flags);
+    let (request, mut fetch) = request(&mut r, flags);
     let skip_init = r.bool("REQ_SKIP_INIT");
-    r.bool("ENABLE_5XX");
+    fetch.enable_5xx = r.bool("ENABLE_5XX");
     let skip_tls_verify = r.bool("SKIP_TLS_VERIFY");
     let watch_timeout = r
         .get("WATCH_SERVER_TIMEOUT")
@@ -316,6 +316,7 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
         file_mode,
         script,
         request,
+        fetch,
         skip_init,
         health_listen,
         log_level,
@@ -326,8 +327,9 @@ pub(super) fn read(vars: &BTreeMap<String, String>, flags: &Flags) -> Result<Set
     })
 }
 
-/// The `REQ_*` variables; none without `REQ_URL`.
-fn request(r: &mut Reader<'_>, flags: &Flags) -> Option<Request> {
+/// The `REQ_*` variables: the request (none without `REQ_URL`), and how
+/// `.url` keys are fetched.
+fn request(r: &mut Reader<'_>, flags: &Flags) -> (Option<Request>, Fetch) {
     let method = r.choice("REQ_METHOD", &["GET", "POST"]).unwrap_or("GET");
     let payload = r.get("REQ_PAYLOAD").map(|text| {
         // Not JSON: k8s-sidecar posts it as a JSON string.
@@ -380,25 +382,36 @@ fn request(r: &mut Reader<'_>, flags: &Flags) -> Option<Request> {
     r.number::<f64>("REQ_RETRY_BACKOFF_FACTOR", 1.1, 0.0, "a number of seconds");
     let timeout = r.number::<f64>("REQ_TIMEOUT", 10.0, 0.001, "a positive number of seconds");
     let skip_tls_verify = r.bool("REQ_SKIP_TLS_VERIFY");
-    let url = r.get("REQ_URL")?.to_string();
+    let timeout = Duration::from_secs_f64(timeout);
+    let fetch = Fetch {
+        authorization: authorization.clone(),
+        retries,
+        timeout,
+        skip_tls_verify,
+        enable_5xx: false,
+    };
+    let Some(url) = r.get("REQ_URL").map(str::to_string) else {
+        return (None, fetch);
+    };
     let host = url
         .strip_prefix("http://")
         .or(url.strip_prefix("https://"))
         .and_then(|rest| rest.split(['/', '?', '#']).next());
     if host.is_none_or(str::is_empty) {
         r.invalid("REQ_URL", &url, "expected an http:// or https:// URL with a host");
-        return None;
+        return (None, fetch);
     }
-    Some(Request {
+    let request = Request {
         url,
         method: method.to_string(),
         // k8s-sidecar sends the payload with POST only.
         payload: payload.filter(|_| method == "POST"),
         authorization,
         retries,
-        timeout: Duration::from_secs_f64(timeout),
+        timeout,
         skip_tls_verify,
-    })
+    };
+    (Some(request), fetch)
 }
 
 /// Variables that look like k8s-sidecar's and are not, each with the known

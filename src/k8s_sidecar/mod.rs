@@ -1,8 +1,9 @@
 //! `kube-template k8s-sidecar`: a drop-in for kiwigrid/k8s-sidecar. Its
 //! environment variables become a config (one watch per resource kind, a
 //! directory output made by a built-in template, a command and an HTTP
-//! action) that the ordinary pipeline runs, so this mode has no watching or
-//! writing of its own.
+//! action, and `render.fetch` for the URLs of keys ending in `.url`, which
+//! the template fetches with `fetch_url()`) that the ordinary pipeline runs,
+//! so this mode has no watching, fetching or writing of its own.
 //!
 //! [`Settings::from_env`] reads and checks the variables, reporting every
 //! problem at once, each naming its variable; [`Settings::config_yaml`] makes
@@ -72,6 +73,8 @@ pub struct Settings {
     pub script: Option<String>,
     /// `REQ_*`: the request sent after a batch of changes.
     pub request: Option<Request>,
+    /// How the URLs of `.url` keys are fetched.
+    pub fetch: Fetch,
     /// `REQ_SKIP_INIT`: the first render after the start runs neither the
     /// request nor `SCRIPT` (`actions_on_start: skip`).
     pub skip_init: bool,
@@ -153,6 +156,22 @@ pub struct Request {
     pub timeout: Duration,
     /// `REQ_SKIP_TLS_VERIFY`: an `https://` URL's certificate is not verified.
     pub skip_tls_verify: bool,
+}
+
+/// How k8s-sidecar fetches the URL of a key ending in `.url`: with the
+/// `REQ_*` settings of its reload request, whether or not `REQ_URL` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetch {
+    /// The `Authorization` header value, from `REQ_USERNAME` and `REQ_PASSWORD`.
+    pub authorization: Option<String>,
+    /// `REQ_RETRY_TOTAL`.
+    pub retries: u32,
+    /// `REQ_TIMEOUT`.
+    pub timeout: Duration,
+    /// `REQ_SKIP_TLS_VERIFY`.
+    pub skip_tls_verify: bool,
+    /// `ENABLE_5XX`: a 5xx answer's body is written instead of failing.
+    pub enable_5xx: bool,
 }
 
 /// Files named by command-line flags rather than variables.

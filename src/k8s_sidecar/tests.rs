@@ -335,3 +335,74 @@ fn the_printed_config_leaves_the_credentials_out() {
         "{printed}"
     );
 }
+
+/// A local HTTP server answering `body` to every request, on a thread that
+/// ends after `requests` of them.
+fn answering(body: &'static str, requests: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn a_url_key_is_written_without_its_suffix_and_holds_what_the_url_answers() {
+    let url = answering("fetched", 3);
+    let s = settings(&[BASE, &[("RESOURCE", "both"), ("UNIQUE_FILENAMES", "true")]].concat());
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"namespace": "ns", "name": "s", "labels": {"grafana_dashboard": "1"}},
+        "data": {"s.json.url": STANDARD.encode(format!("{url}/s"))},
+    });
+    let cm = config_map(
+        "ns",
+        "c",
+        json!({"grafana_dashboard": "1"}),
+        json!({}),
+        json!({"c.json.url": format!("{url}/c"), "url": "plain"}),
+    );
+    let files = files(&s, &[cm, secret]).unwrap();
+    assert_eq!(
+        names(&files),
+        [
+            "namespace_ns.configmap_c.c.json",
+            "namespace_ns.configmap_c.url",
+            "namespace_ns.secret_s.s.json"
+        ]
+    );
+    assert_eq!(files["namespace_ns.configmap_c.c.json"], b"fetched");
+    assert_eq!(files["namespace_ns.secret_s.s.json"], b"fetched");
+}
+
+#[test]
+fn a_url_that_cannot_be_fetched_leaves_out_its_file_only() {
+    // Port 1 on the loopback refuses connections.
+    let s = settings(&[BASE, &[("REQ_RETRY_TOTAL", "0")]].concat());
+    let cm = config_map(
+        "ns",
+        "c",
+        json!({"grafana_dashboard": "1"}),
+        json!({}),
+        json!({"c.json.url": "http://127.0.0.1:1/c", "d.json": "D"}),
+    );
+    let files = files(&s, &[cm]).unwrap();
+    assert_eq!(names(&files), ["d.json"]);
+}

@@ -9,6 +9,7 @@ mod filters;
 pub mod objects;
 pub mod reads;
 pub mod syntax;
+pub mod urls;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 pub use objects::{Resources, StoresSnapshot};
 pub use reads::Reads;
 pub use syntax::{Pair, Syntax};
+pub use urls::Urls;
 
 /// Where a template's text comes from.
 #[derive(Debug, Clone)]
@@ -108,6 +110,8 @@ pub struct Renderer {
     jobs: Vec<Job>,
     fuel: u64,
     max_output: u64,
+    /// What `fetch_url()` fetches with; none without `render.fetch`.
+    urls: Option<Arc<Urls>>,
 }
 
 impl Renderer {
@@ -188,7 +192,14 @@ impl Renderer {
             jobs,
             fuel,
             max_output,
+            urls: None,
         })
+    }
+
+    /// Lets templates fetch URLs with `fetch_url()`, through `urls`.
+    pub fn with_urls(mut self, urls: Urls) -> Renderer {
+        self.urls = Some(Arc::new(urls));
+        self
     }
 
     /// The stores the template `name` reads (every store for a name it does
@@ -286,6 +297,7 @@ impl Renderer {
         let ctx = minijinja::context! {
             resources => resources.clone(),
             file => Value::from_dyn_object(Arc::clone(&sink)),
+            fetch_url => Value::from_object(urls::FetchUrl(self.urls.clone())),
         };
         let mut text = Vec::new();
         let writer = BudgetWriter {

@@ -8,11 +8,10 @@
 //! reconnect) replaces a store atomically.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::PartialObjectMeta;
@@ -22,14 +21,17 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+mod activity;
+mod fetch;
 mod watch_errors;
+
+pub use activity::watched_client;
+pub use fetch::ApiFetch;
 
 use super::{Event, Scope, SourceEvent, Watch};
 use crate::object::document::Document;
-use crate::store::on_demand::Fetch;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;
-use crate::telemetry::status::Activity;
 use watch_errors::{connection_lost, describe, lacks_streaming_lists};
 
 /// Why the Kubernetes source could not start or stopped.
@@ -105,128 +107,6 @@ pub async fn client_config(connect: &Connect<'_>) -> Result<kube::Config> {
         );
     }
     Ok(config)
-}
-
-/// A client whose every chunk of a successful response body (list pages,
-/// watch events and bookmarks) counts as life of `activity`: this is how a
-/// stalled watch is told from a quiet one, which still gets bookmarks.
-pub fn watched_client(config: &kube::Config, activity: Arc<Activity>) -> Result<Client> {
-    let builder = kube::client::ClientBuilder::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
-    Ok(builder.with_layer(&ActivityLayer(activity)).build())
-}
-
-#[derive(Clone)]
-struct ActivityLayer(Arc<Activity>);
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = ActivityService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ActivityService {
-            inner,
-            activity: Arc::clone(&self.0),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ActivityService<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S, Req, B> tower::Service<http::Request<Req>> for ActivityService<S>
-where
-    S: tower::Service<http::Request<Req>, Response = http::Response<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<ActivityBody<B>>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Req>) -> Self::Future {
-        let response = self.inner.call(request);
-        let activity = Arc::clone(&self.activity);
-        async move {
-            // A watch is hung while a connection is open and nothing comes on
-            // it: an outage (no connection, error answers) is not silence.
-            let response = match response.await {
-                Ok(response) => response,
-                Err(error) => {
-                    activity.failed();
-                    return Err(error);
-                }
-            };
-            let open = if response.status().is_success() {
-                Some(Open::new(activity))
-            } else {
-                activity.failed();
-                None
-            };
-            Ok(response.map(|inner| ActivityBody { inner, open }))
-        }
-        .boxed()
-    }
-}
-
-/// A response body being received: open until dropped.
-struct Open(Arc<Activity>);
-
-impl Open {
-    fn new(activity: Arc<Activity>) -> Open {
-        activity.opened();
-        Open(activity)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.closed();
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct ActivityBody<B> {
-        #[pin]
-        inner: B,
-        open: Option<Open>,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for ActivityBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        match &frame {
-            std::task::Poll::Ready(Some(Ok(_))) => {
-                if let Some(Open(activity)) = this.open.as_ref() {
-                    activity.touch();
-                }
-            }
-            // Ended or broken: closed now, not when the client drops it.
-            std::task::Poll::Ready(_) => *this.open = None,
-            std::task::Poll::Pending => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// A watch's kind as the server serves it.
@@ -562,56 +442,6 @@ fn metadata_json(meta: PartialObjectMeta<DynamicObject>, resource: &ApiResource)
         "kind": resource.kind,
         "metadata": serde_json::to_value(meta.metadata).unwrap_or(Value::Null),
     })
-}
-
-/// GETs object bodies for an on-demand store.
-pub struct ApiFetch {
-    client: Client,
-    /// Set once discovery found the kind (at start, or later for a kind the
-    /// server did not serve yet).
-    resolved: OnceLock<Resolved>,
-}
-
-impl ApiFetch {
-    pub fn new(client: Client, resolved: &Resolved) -> ApiFetch {
-        let fetch = ApiFetch::pending(client);
-        fetch.resolve(resolved);
-        fetch
-    }
-
-    /// For a kind not served yet: every GET fails until [`ApiFetch::resolve`].
-    pub fn pending(client: Client) -> ApiFetch {
-        ApiFetch {
-            client,
-            resolved: OnceLock::new(),
-        }
-    }
-
-    pub fn resolve(&self, resolved: &Resolved) {
-        let _ = self.resolved.set(resolved.clone());
-    }
-}
-
-impl Fetch for ApiFetch {
-    fn fetch(&self, namespace: &str, name: &str) -> BoxFuture<'static, std::result::Result<Option<Value>, String>> {
-        let Some(resolved) = self.resolved.get() else {
-            return futures::future::ready(Err("the API server does not serve this kind yet".to_string())).boxed();
-        };
-        let ar = resolved.resource.clone();
-        let api: Api<DynamicObject> = if resolved.namespaced {
-            Api::namespaced_with(self.client.clone(), namespace, &ar)
-        } else {
-            Api::all_with(self.client.clone(), &ar)
-        };
-        let name = name.to_string();
-        async move {
-            match api.get_opt(&name).await {
-                Ok(object) => Ok(object.map(|o| to_json(o, &ar))),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-        .boxed()
-    }
 }
 
 /// The object as JSON, with `apiVersion` and `kind` set (list items of

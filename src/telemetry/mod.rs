@@ -2,6 +2,7 @@
 //! the problems its probes weigh), and the stream of render outcomes that
 //! reporters (Kubernetes Events, the status ConfigMap) follow.
 
+pub mod activity;
 pub mod logging;
 pub mod metrics;
 pub mod problems;
