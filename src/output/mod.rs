@@ -19,6 +19,7 @@ use std::time::Duration;
 use tempfile::TempPath;
 
 use self::commit::Commit;
+use self::previous::{Old, ensure_mode, old_version};
 use crate::command;
 use crate::redact::Redactor;
 use crate::render::{Content, Syntax, TemplateSource};
@@ -459,34 +460,6 @@ fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<Path
     Ok(())
 }
 
-/// What is at a target before it is written.
-enum Old {
-    None,
-    /// Something else than the new bytes.
-    Other,
-    /// A file holding exactly the new bytes, and its metadata.
-    Same(fs::Metadata),
-}
-
-/// What is at `path`, compared with `bytes`. A file of another size is not
-/// read.
-fn old_version(path: &Path, bytes: &[u8]) -> std::io::Result<Old> {
-    use std::io::Read;
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Old::None),
-        Err(e) => return Err(e),
-    };
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() != bytes.len() as u64 {
-        return Ok(Old::Other);
-    }
-    // One byte more than expected shows a file that grew meanwhile.
-    let mut old = Vec::with_capacity(bytes.len() + 1);
-    file.take(bytes.len() as u64 + 1).read_to_end(&mut old)?;
-    Ok(if old == bytes { Old::Same(meta) } else { Old::Other })
-}
-
 /// Whether a file created with `mode` gets exactly `mode`: this process's
 /// umask (from /proc; unknown: assumed to mask) clears none of its bits.
 /// Then staged files need no chmod of their own.
@@ -498,14 +471,6 @@ fn umask_keeps(mode: u32) -> bool {
         u32::from_str_radix(value.trim(), 8).ok()
     });
     umask.is_some_and(|umask| mode & 0o777 == mode && mode & umask == 0)
-}
-
-fn ensure_mode(path: &Path, meta: &fs::Metadata, mode: u32) -> std::io::Result<()> {
-    let current = meta.permissions().mode() & 0o7777;
-    if current != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }
 
 /// Regular files below `root`, relative to it; leftover staged files are
@@ -619,6 +584,7 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
 
 mod commit;
 pub mod owner;
+mod previous;
 #[cfg(test)]
 mod tests;
 pub mod validate;
