@@ -841,3 +841,32 @@ async fn traffic_counts_connections_requests_bytes_and_bookmarks() {
     })
     .await;
 }
+
+/// Boolean query parameters read as the real server reads them (apimachinery's
+/// `Convert_Slice_string_To_bool`): only `false` (any case) and `0` are false, so
+/// the Python client's `watch=True` is a watch.
+#[tokio::test]
+async fn boolean_query_parameters_are_true_unless_false_or_zero() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", json!({}), "1"));
+        let client = server.client().await;
+        let collection = "/api/v1/namespaces/default/configmaps";
+        for value in ["True", "TRUE", "true", "1", ""] {
+            let uri = format!("{collection}?watch={value}&timeoutSeconds=1");
+            let request = hyper::Request::get(&uri).body(Vec::new()).expect("valid request");
+            let text = client.request_text(request).await.expect("request succeeds");
+            let first: Value = serde_json::from_str(text.lines().next().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("watch={value}: a JSON event line, got {text:?}: {e}"));
+            assert_eq!(first["type"], "ADDED", "watch={value}: {first}");
+            assert_eq!(first["object"]["metadata"]["name"], "a", "watch={value}: {first}");
+        }
+        for value in ["False", "false", "0"] {
+            let list = raw_get(&client, &format!("{collection}?watch={value}")).await;
+            assert_eq!(list["kind"], "ConfigMapList", "watch={value}: {list}");
+        }
+        assert_eq!(server.watch_count("configmaps"), 5);
+        assert_eq!(server.list_count("configmaps"), 3);
+    })
+    .await;
+}

@@ -147,8 +147,11 @@ pub(super) fn with_resource_version(object: &Value, rv: u64) -> Value {
     object
 }
 
+/// A boolean query parameter as the real server reads it: absent, `0` and
+/// `false` in any case are false, anything else (`True`, as the Python client
+/// sends it, or an empty value) is true.
 pub(super) fn is_true(value: Option<&String>) -> bool {
-    matches!(value.map(String::as_str), Some("true" | "1"))
+    value.is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 pub(super) fn parse_continue(token: &str) -> Option<(u64, usize)> {

@@ -21,6 +21,9 @@
 //!   `410 Expired` ERROR events for versions older than the retained history,
 //!   bookmarks, `timeoutSeconds`, streaming lists (`sendInitialEvents`), selectors with
 //!   objects leaving (DELETED) or entering (ADDED) the selection, metadata-only watches.
+//! - boolean query parameters (`watch`, `allowWatchBookmarks`, …) read as the real server
+//!   reads them: only `0` and `false` in any case are false, so the Python client's
+//!   `watch=True` is a watch.
 //!
 //! Tests write objects through controls on [`FakeApiServer`]; clients write over HTTP.
 //! The controls also inject faults (dropped watches, error responses, stalled watches,
