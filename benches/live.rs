@@ -11,6 +11,13 @@
 //! - for the `event` rows, the p50/p99 of watch event → file replaced over
 //!   single-object updates with `wait.min: 0`.
 //!
+//! The `k8s-sidecar` rows run `kube-template k8s-sidecar` on kiwigrid/k8s-sidecar's
+//! jobs (medians of [`RUNS`]). With `K8S_SIDECAR_SRC` (a k8s-sidecar checkout's
+//! directory holding `sidecar.py`) and `K8S_SIDECAR_PYTHON` (a python with its
+//! requirements) set, the same jobs are run by k8s-sidecar itself against the same
+//! server, and its files are checked against ours (`live/peer.rs`); without them,
+//! the table says how to enable those rows.
+//!
 //! Two more tables say what replicas cost the API server (`api_cost`): one
 //! replica's requests, bytes and connections at start and idle, and a fleet
 //! of [`FLEET`] replicas against one server.
@@ -25,6 +32,8 @@
 mod api_cost;
 #[path = "../tests/support/fake_api/mod.rs"]
 mod fake_api;
+#[path = "live/peer.rs"]
+mod peer;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -168,6 +177,15 @@ fn idle_rss(server: &FakeApiServer, dir: &Path, ready: impl Fn(&Path) -> bool, s
 
 /// [`idle_rss`] of a started `child`.
 fn idle_rss_of(mut child: Child, dir: &Path, ready: impl Fn(&Path) -> bool, settle: Duration) -> (u64, u64, u64) {
+    wait_settled(&mut child, dir, ready, settle);
+    let measured = rss(child.id()).expect("the sidecar is running");
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
+}
+
+/// Waits until `ready` holds for `dir` (the first render came), then `settle`.
+fn wait_settled(child: &mut Child, dir: &Path, ready: impl Fn(&Path) -> bool, settle: Duration) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready(dir) {
         assert!(child.try_wait().unwrap().is_none(), "the sidecar exited");
@@ -175,10 +193,6 @@ fn idle_rss_of(mut child: Child, dir: &Path, ready: impl Fn(&Path) -> bool, sett
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(settle);
-    let measured = rss(child.id()).expect("the sidecar is running");
-    let _ = child.kill();
-    let _ = child.wait();
-    measured
 }
 
 /// Runs `run --once` to the end: wall time and peak RSS.
@@ -202,6 +216,37 @@ fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Runs a one-shot job [`RUNS`] times, each into a fresh scratch directory
+/// in `place` (`spawn` starts it there): the medians of wall time and peak
+/// RSS, and the last run's directory.
+fn median_once(place: Place, mut spawn: impl FnMut(&Path) -> Child) -> ((Duration, u64), tempfile::TempDir) {
+    let scratch = || place.scratch().expect("a scratch directory there");
+    let mut dir = scratch();
+    let (mut walls, mut peaks) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        if run > 0 {
+            dir = scratch();
+        }
+        let started = Instant::now();
+        let (wall, peak) = run_once_of(spawn(dir.path()), started);
+        walls.push(wall);
+        peaks.push(peak);
+    }
+    walls.sort_unstable();
+    peaks.sort_unstable();
+    ((walls[RUNS / 2], peaks[RUNS / 2]), dir)
+}
+
+/// Measures idle memory [`RUNS`] times, each in a fresh scratch directory:
+/// the run with the median total.
+fn median_idle<T>(mut measure: impl FnMut(&Path) -> T, total: impl Fn(&T) -> u64) -> T {
+    let mut runs: Vec<T> = (0..RUNS)
+        .map(|_| measure(tempfile::tempdir().unwrap().path()))
+        .collect();
+    runs.sort_by_key(&total);
+    runs.swap_remove(RUNS / 2)
 }
 
 /// Applies `samples` single-object updates to a running sidecar and times each
@@ -266,6 +311,19 @@ impl Row {
             idle: None,
         }
     }
+
+    /// An idle row: resident memory once settled.
+    fn idle(scenario: String, objects: usize, json_bytes: u64, idle: (u64, u64, u64)) -> Row {
+        Row {
+            scenario,
+            objects,
+            json_bytes,
+            first_render: None,
+            peak_rss: None,
+            latency: None,
+            idle: Some(idle),
+        }
+    }
 }
 
 /// Where a scenario's outputs go: this machine's temporary directory (on
@@ -297,6 +355,11 @@ impl Place {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs of each `k8s-sidecar` row, of which the median is reported.
+const RUNS: usize = 3;
+/// Time an idle sidecar is left after its first render before its memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Sidecars in the fleet row: 100 fit on a 2-core machine (they idle after
 /// their sync).
@@ -461,29 +524,40 @@ fn main() {
             "admin: {listen: \"127.0.0.1:0\"}\n",
         );
         let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
-        let idle = idle_rss(&server, dir.path(), ready, Duration::from_secs(3));
-        rows.push(Row {
-            scenario,
-            objects: 50,
-            json_bytes,
-            first_render: None,
-            peak_rss: None,
-            latency: None,
-            idle: Some(idle),
-        });
+        let idle = idle_rss(&server, dir.path(), ready, SETTLE);
+        rows.push(Row::idle(scenario, 50, json_bytes, idle));
     }
     // The same two jobs through `kube-template k8s-sidecar`, configured as
-    // kiwigrid/k8s-sidecar is (for comparison with it: README, Replacing k8s-sidecar).
-    let scenario = "k8s-sidecar: 10k ConfigMaps → 10k files, METHOD=LIST".to_string();
-    if wanted(&scenario) {
+    // kiwigrid/k8s-sidecar is, then by kiwigrid/k8s-sidecar itself when a
+    // checkout is named (README, Replacing k8s-sidecar); medians of [`RUNS`].
+    let peer = peer::Peer::from_env();
+    let mut notes = Vec::new();
+    for place in [Place::Disk, Place::Tmpfs] {
+        let job = format!("10k ConfigMaps → 20k files on {}, METHOD=LIST", place.name());
+        let scenario = format!("k8s-sidecar: {job}");
+        if place.scratch().is_none() || !wanted(&scenario) {
+            continue;
+        }
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
-        let dir = tempfile::tempdir().unwrap();
         let env = [("LABEL", "tier"), ("NAMESPACE", "ALL"), ("UNIQUE_FILENAMES", "true")];
-        let started = Instant::now();
-        let measured = run_once_of(k8s_sidecar(&server, dir.path(), &env, true), started);
-        assert_eq!(std::fs::read_dir(dir.path().join("out")).unwrap().count(), 2 * count);
+        let (measured, ours) = median_once(place, |dir| k8s_sidecar(&server, dir, &env, true));
+        assert_eq!(std::fs::read_dir(ours.path().join("out")).unwrap().count(), 2 * count);
         rows.push(Row::once(scenario, count, json_bytes, measured));
+        if let Some(peer) = &peer {
+            let (measured, theirs) = median_once(place, |dir| peer.spawn(&server, dir, &env, true));
+            let files = peer::same_files(&ours.path().join("out"), &theirs.path().join("out"), 1_000);
+            notes.push(format!(
+                "kiwigrid/k8s-sidecar LIST on {}: the same {files} file names as kube-template's, the same contents in every 1000th",
+                place.name()
+            ));
+            rows.push(Row::once(
+                format!("kiwigrid/k8s-sidecar (Python): {job}"),
+                count,
+                json_bytes,
+                measured,
+            ));
+        }
     }
     let scenario = "k8s-sidecar: idle, WATCH 50 ConfigMaps of 8 KB".to_string();
     if wanted(&scenario) {
@@ -491,23 +565,48 @@ fn main() {
         let json_bytes = (0..50)
             .map(|i| serde_json::to_vec(&server.apply(dashboard(i, 8 * 1024))).unwrap().len() as u64)
             .sum();
-        let dir = tempfile::tempdir().unwrap();
         let env = [("LABEL", "grafana_dashboard"), ("NAMESPACE", "monitoring")];
-        let child = k8s_sidecar(&server, dir.path(), &env, false);
         let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
-        let idle = idle_rss_of(child, dir.path(), ready, Duration::from_secs(3));
-        rows.push(Row {
-            scenario,
-            objects: 50,
-            json_bytes,
-            first_render: None,
-            peak_rss: None,
-            latency: None,
-            idle: Some(idle),
-        });
+        let idle = median_idle(
+            |dir| idle_rss_of(k8s_sidecar(&server, dir, &env, false), dir, ready, SETTLE),
+            |m| m.0,
+        );
+        rows.push(Row::idle(scenario, 50, json_bytes, idle));
+        if let Some(peer) = &peer {
+            // Its watcher process opens the watch after the initial list has
+            // written the files: settled is after that.
+            let ready = |dir: &Path| ready(dir) && server.open_watches("configmaps") == 1;
+            let measure = |dir: &Path| {
+                // Readiness counts open watches: the previous run's first close.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while server.open_watches("configmaps") > 0 {
+                    assert!(Instant::now() < deadline, "the previous sidecar's watch never closed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut child = peer.spawn(&server, dir, &env, false);
+                wait_settled(&mut child, dir, ready, SETTLE);
+                let measured = peer::TreeMemory::of(child.id());
+                peer::kill_tree(child);
+                measured
+            };
+            let idle = median_idle(measure, |m| m.rss.0);
+            notes.push(format!(
+                "kiwigrid/k8s-sidecar idle: {} processes (main + watcher), RSS summed over them (pages the fork shares counted in each); their PSS summed: {:.1} MiB",
+                idle.processes,
+                idle.pss as f64 / MIB
+            ));
+            let scenario = "kiwigrid/k8s-sidecar (Python): idle, WATCH 50 ConfigMaps of 8 KB".to_string();
+            rows.push(Row::idle(scenario, 50, json_bytes, idle.rss));
+        }
+    }
+    if peer.is_none() && wanted("k8s-sidecar") {
+        notes.push(peer::HOW_TO_ENABLE.to_string());
     }
     if !rows.is_empty() {
         print(&rows, baseline);
+    }
+    for note in notes {
+        println!("\n{note}");
     }
     if wanted("api cost: one replica") {
         api_cost::one_replica(&runtime);
