@@ -611,6 +611,11 @@ fn main() {
     if wanted("api cost: one replica") {
         api_cost::one_replica(&runtime);
     }
+    if let Some(peer) = &peer
+        && wanted("api cost: one replica of kiwigrid/k8s-sidecar")
+    {
+        api_cost::peer_replica(&runtime, peer);
+    }
     if wanted("fleet: replicas against one server") {
         api_cost::fleet(&runtime, FLEET);
     }

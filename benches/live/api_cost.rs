@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::fake_api::FakeApiServer;
+use super::peer::Peer;
 use super::{MIB, config_map, rss};
 
 /// ConfigMaps on the server, split over the two watches by a label.
@@ -21,6 +22,8 @@ const OBJECTS: usize = 1_000;
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 /// `--watch-timeout`'s default.
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(290);
+/// kiwigrid/k8s-sidecar's `WATCH_SERVER_TIMEOUT` default.
+const PEER_DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server with `OBJECTS` ConfigMaps labelled `half=a` or `half=b`.
 fn server(runtime: &tokio::runtime::Runtime) -> (FakeApiServer, u64) {
@@ -238,4 +241,68 @@ pub fn fleet(runtime: &tokio::runtime::Runtime, count: usize) {
         total_rss as f64 / MIB,
         anon_rss as f64 / MIB
     );
+}
+
+/// kiwigrid/k8s-sidecar as one replica on the same server: one watch over both
+/// halves (`LABEL=half`), its start, then an idle window with a short
+/// `WATCH_SERVER_TIMEOUT` so that its re-watches happen in it, scaled to its
+/// default of 60 s.
+pub fn peer_replica(runtime: &tokio::runtime::Runtime, peer: &Peer) {
+    let (server, json_bytes) = server(runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let (timeout, window) = (Duration::from_secs(10), Duration::from_secs(30));
+    let timeout_text = timeout.as_secs().to_string();
+    let env = [
+        ("LABEL", "half"),
+        ("NAMESPACE", "ALL"),
+        ("UNIQUE_FILENAMES", "true"),
+        ("WATCH_SERVER_TIMEOUT", timeout_text.as_str()),
+    ];
+    let mut child = peer.spawn(&server, dir.path(), &env, false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let files = || std::fs::read_dir(dir.path().join("out")).map_or(0, |d| d.count());
+    while files() < 2 * OBJECTS || server.open_watches("configmaps") < 1 {
+        assert!(child.try_wait().unwrap().is_none(), "k8s-sidecar exited");
+        assert!(Instant::now() < deadline, "k8s-sidecar never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = server.traffic();
+    let (lists, watches, gets) = verbs(&server);
+    std::thread::sleep(window);
+    let idle = server.traffic() - start;
+    let (lists_idle, watches_idle, _) = verbs(&server);
+    super::peer::kill_tree(child);
+    let rewatches = watches_idle - watches;
+    let per_rewatch = idle.bytes_sent as f64 / rewatches.max(1) as f64;
+    let per_minute = per_rewatch * 60.0 / PEER_DEFAULT_WATCH_TIMEOUT.as_secs_f64();
+
+    println!(
+        "\n### kiwigrid/k8s-sidecar, one replica: 1 watch over {OBJECTS} ConfigMaps ({:.2} MiB of JSON)\n",
+        json_bytes as f64 / MIB
+    );
+    println!("| phase | requests (LIST / WATCH / GET) | bytes sent | connections (opened / open) |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| start, to files written + watch open (measured) | {} ({lists} / {watches} / {gets}) | {} | {} / {} |",
+        start.requests,
+        kib(start.bytes_sent as f64),
+        start.connections,
+        start.open_connections
+    );
+    println!(
+        "| idle {} s, `WATCH_SERVER_TIMEOUT={}` (measured) | {} ({} / {rewatches} / 0) | {} | {} / {} |",
+        window.as_secs(),
+        timeout.as_secs(),
+        idle.requests,
+        lists_idle - lists,
+        kib(idle.bytes_sent as f64),
+        idle.connections,
+        idle.open_connections
+    );
+    println!(
+        "| idle per minute at its default (60 s; derived) | {:.2} WATCH | {} | |",
+        60.0 / PEER_DEFAULT_WATCH_TIMEOUT.as_secs_f64(),
+        kib(per_minute)
+    );
+    println!("\none re-watch: {} (every object again)", kib(per_rewatch));
 }
