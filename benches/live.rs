@@ -599,7 +599,7 @@ fn main() {
             rows.push(Row::idle(scenario, 50, json_bytes, idle.rss));
         }
     }
-    if peer.is_none() && wanted("k8s-sidecar") {
+    if peer.is_none() && rows.iter().any(|row| row.scenario.starts_with("k8s-sidecar:")) {
         notes.push(peer::HOW_TO_ENABLE.to_string());
     }
     if !rows.is_empty() {
