@@ -25,7 +25,7 @@
 
 #[path = "live/api_cost.rs"]
 mod api_cost;
-#[path = "../tests/support/fake_api.rs"]
+#[path = "../tests/support/fake_api/mod.rs"]
 mod fake_api;
 
 use std::os::unix::fs::MetadataExt;

@@ -7,7 +7,7 @@
 pub mod fetch;
 pub mod signal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,43 +169,55 @@ pub async fn run_all(actions: &[Action], metrics: &Metrics, redactor: &Redactor)
     outcome
 }
 
-/// The actions of the last render that changed a file, on a task of their
-/// own, so that the pipeline goes on (events, signals) while they run; its
-/// owner joins them before the next render and at shutdown. Dropping this
-/// aborts them.
+/// The actions of each group's last render that changed a file, each group's
+/// on a task of its own, so that the pipeline goes on (events, signals, the
+/// renders of other groups) while they run; its owner starts no render of a
+/// group while that group's actions run, and joins them all at shutdown.
+/// Dropping this aborts them.
 #[derive(Debug, Default)]
-pub struct Running(Option<tokio::task::JoinHandle<Outcome>>);
+pub struct Running {
+    tasks: tokio::task::JoinSet<(usize, Outcome)>,
+    /// The groups (by index) whose actions run.
+    groups: BTreeSet<usize>,
+}
 
 impl Running {
-    pub fn is_running(&self) -> bool {
-        self.0.is_some()
+    /// Whether the actions of `group` run.
+    pub fn is_running(&self, group: usize) -> bool {
+        self.groups.contains(&group)
     }
 
-    /// Starts `actions`; `redactor` holds the Secret values of the render
-    /// they follow.
-    pub fn start(&mut self, actions: Vec<Action>, telemetry: Arc<Telemetry>, redactor: Arc<Redactor>) {
+    /// Whether any actions run.
+    pub fn any(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Starts the `actions` of `group`; `redactor` holds the Secret values
+    /// of the render they follow.
+    pub fn start(&mut self, group: usize, actions: Vec<Action>, telemetry: Arc<Telemetry>, redactor: Arc<Redactor>) {
         let span = tracing::info_span!("actions");
-        let task = async move { run_all(&actions, &telemetry.metrics, &redactor).await };
-        self.0 = Some(tokio::spawn(tracing::Instrument::instrument(task, span)));
+        let task = async move { (group, run_all(&actions, &telemetry.metrics, &redactor).await) };
+        self.groups.insert(group);
+        self.tasks.spawn(tracing::Instrument::instrument(task, span));
     }
 
-    /// Resolves when the running actions are done (never, when none run),
-    /// having logged a summary; an error is a panic of the task.
-    pub async fn finished(&mut self) -> Result<(), tokio::task::JoinError> {
-        let Some(task) = &mut self.0 else {
+    /// Resolves when the actions of one group are done (never, when none
+    /// run), having logged a summary, with that group; an error is a panic
+    /// of a task.
+    pub async fn finished(&mut self) -> Result<usize, tokio::task::JoinError> {
+        let Some(result) = self.tasks.join_next().await else {
             return std::future::pending().await;
         };
-        let result = task.await;
-        self.0 = None;
         match result {
-            Ok(outcome) => {
+            Ok((group, outcome)) => {
+                self.groups.remove(&group);
                 if !outcome.failed.is_empty() {
                     tracing::warn!(
                         failed = outcome.failed.len(),
                         "some actions failed; the files stay as rendered"
                     );
                 }
-                Ok(())
+                Ok(group)
             }
             Err(e) => {
                 tracing::error!(error = %e, "the actions task failed");
@@ -214,20 +226,16 @@ impl Running {
         }
     }
 
-    /// Waits for the running actions, if any: the render they follow is
-    /// finished with them. Each is bounded by its timeout.
+    /// Waits for all running actions: the renders they follow are finished
+    /// with them. Each is bounded by its timeout.
     pub async fn finish(&mut self) {
-        if self.is_running() {
+        if self.any() {
             tracing::info!("waiting for the running actions before shutting down");
-            let _ = self.finished().await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
+            while self.any() {
+                if self.finished().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -1,19 +1,22 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` and a status page
-//! at `/` (DESIGN section 7). It only reads [`Telemetry`]; it never shows
-//! object data.
+//! at `/` (DESIGN section 7). It reads [`Telemetry`] and never shows object
+//! data; its one request that changes something, `POST /guard/accept`
+//! (`kube-template accept`), is answered for loopback peers only.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::telemetry::Telemetry;
+use crate::telemetry::accept::{self, Reply};
 
 /// What `/healthz` answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,8 +57,62 @@ pub async fn serve_with(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/", get(page))
+        .route(accept::PATH, post(guard_accept))
         .with_state(telemetry);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Accepts the pending shrink of a template (or of all) once. Only from
+/// this pod: `admin.listen` is usually every address, and probes come over
+/// the pod IP, so anything else could wipe the outputs from afar.
+async fn guard_accept(
+    State(telemetry): State<Arc<Telemetry>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !is_local(&peer) {
+        tracing::warn!(%peer, "guard acceptance refused: not from loopback");
+        return (
+            StatusCode::FORBIDDEN,
+            "accepting a shrink is allowed from the pod itself only (127.0.0.1 or ::1)\n",
+        )
+            .into_response();
+    }
+    // `?template=NAME`; none: every guarded template.
+    let template = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("template="))
+        .map(accept::decode)
+        .filter(|t| !t.is_empty());
+    match telemetry.accepts.ask(template.clone()).await {
+        Some(Reply::Accepted(templates)) => {
+            (StatusCode::OK, format!("accepted: {}\n", templates.join(", "))).into_response()
+        }
+        Some(Reply::NothingPending) => {
+            let what = template.map_or("no guarded template".to_string(), |t| format!("template `{t}`"));
+            (
+                StatusCode::CONFLICT,
+                format!("nothing to accept: {what} has no refused shrink\n"),
+            )
+                .into_response()
+        }
+        Some(Reply::Unknown(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline did not answer (not running, or busy rendering)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Whether `peer` is this host: 127.0.0.0/8 or ::1, also as an IPv4-mapped
+/// address (a dual-stack listener).
+fn is_local(peer: &SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 fn verdict(result: Result<(), Vec<String>>) -> Response {
@@ -249,4 +306,26 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_are_local() {
+        for local in ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            assert!(is_local(&local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.7:1",
+            "0.0.0.0:1",
+            "[::]:1",
+            "[fe80::1]:1",
+            "[::ffff:10.0.0.7]:1",
+            "192.168.1.2:1",
+        ] {
+            assert!(!is_local(&remote.parse().unwrap()), "{remote}");
+        }
+    }
 }

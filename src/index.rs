@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::object::{FieldPath, Json, Node};
 
 /// What happens to an object whose `index_by` value is missing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnMissingKey {
     /// The missing part of the key is `""`.

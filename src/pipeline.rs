@@ -2,6 +2,7 @@
 //! snapshot → renderer → outputs (→ actions).
 
 pub mod group;
+mod guard;
 mod live;
 
 use std::borrow::Cow;
@@ -27,9 +28,9 @@ use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
 use crate::telemetry::Telemetry;
+use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::{EventLabels, StoreLabel};
 use crate::telemetry::problems::{Problem, Readiness};
-use crate::telemetry::status::Activity;
 use group::Group;
 
 /// A validated config with its compiled templates: everything a run needs
@@ -313,10 +314,11 @@ pub struct RunOptions {
 /// snapshot per render instant, and renders never overlap: events that
 /// arrive meanwhile wait in the queue and cause one more render of the
 /// groups that read them. A failing group is retried with its own backoff
-/// and holds back no other. Actions run on a task of their own, so that
-/// events, the source tasks and `shutdown` are heeded while they run; the
-/// next render waits for them, so that no file changes under a reload and
-/// the actions of two renders never overlap. Returns when `shutdown`
+/// and holds back no other. Each group's actions run on a task of their
+/// own, so that events, the source tasks, `shutdown` and the other groups
+/// are heeded while they run; the group's next render waits for them, so
+/// that none of its files changes under its reload and the actions of two
+/// of its renders never overlap. Returns when `shutdown`
 /// resolves (between renders, after the running actions, each within its
 /// timeout), or after the first render of every group and their actions
 /// with `--once`.
@@ -343,22 +345,29 @@ pub async fn run(
         .collect();
     let (heartbeat, mut tick) = follow_probes(config, &groups, &telemetry);
     let mut own_writes = OwnWrites::default();
+    // Operators' acceptances of refused shrinks, from the admin server.
+    let mut accepts = telemetry.accepts.follow();
     let mut actions = action::Running::default();
     // `--once`: how the run ends once the actions of its render are done.
     let mut once_done: Option<Stopped> = None;
     tokio::pin!(shutdown);
     loop {
         heartbeat.touch();
-        let due = if !unsynced.is_empty() || actions.is_running() {
+        // A group whose actions run renders again once they are done.
+        let due = if !unsynced.is_empty() {
             None
         } else {
-            groups.iter().filter_map(group::Run::due).min()
+            (0..groups.len())
+                .filter(|&i| !actions.is_running(i))
+                .filter_map(|i| groups[i].due())
+                .min()
         };
         // Under a flood of events the event branch is always ready: once a
         // burst reached `wait.max`, its render goes before more events. Until
         // then, events already queued join the burst (with `wait.min: 0`
         // too), so a backlog read at once gives one render, not one each.
-        let overdue = due.is_some() && groups.iter().any(|g| g.overdue(Instant::now()));
+        let now = Instant::now();
+        let overdue = due.is_some() && (0..groups.len()).any(|i| !actions.is_running(i) && groups[i].overdue(now));
         tokio::select! {
             biased;
             () = &mut shutdown => {
@@ -413,23 +422,28 @@ pub async fn run(
                     }
                 }
             }
-            finished = actions.finished(), if actions.is_running() => {
+            Some(request) = next_accept(&mut accepts) => {
+                let reply = guard::accept(config, &mut groups, request.template.as_deref(), Instant::now());
+                // The admin server may have given up waiting.
+                let _ = request.reply.send(reply);
+            }
+            finished = actions.finished(), if actions.any() => {
                 if let Err(e) = finished {
                     let died = RunError::ActionsDied(e.to_string());
                     telemetry.status.task_died(died.to_string());
                     return Err(died);
                 }
-                if let Some(stopped) = once_done {
+                if let Some(stopped) = once_done.filter(|_| !actions.any()) {
                     return Ok(stopped);
                 }
             }
             () = sleep_until(due), if due.is_some() => {
                 let due = live::Due { prepared: &prepared, stores: &stores, caches: &sources.caches, seen: &seen, telemetry: &telemetry };
-                let (to_run, redactor) = due.render(&mut groups, &mut checksums).await;
+                let (to_run, redactor) = due.render(&mut groups, &mut checksums, |i| actions.is_running(i)).await;
                 let stale = groups.iter().any(|g| g.stale);
                 telemetry.status.report("stale reads", stale.then_some(Problem::StaleReads));
-                if !to_run.is_empty() {
-                    actions.start(to_run, Arc::clone(&telemetry), redactor);
+                for (i, to_run) in to_run {
+                    actions.start(i, to_run, Arc::clone(&telemetry), Arc::clone(&redactor));
                 }
                 if options.once && groups.iter().all(|g| g.rendered) {
                     let stopped = if groups.iter().any(|g| g.error.is_some()) {
@@ -437,7 +451,7 @@ pub async fn run(
                     } else {
                         Stopped::Rendered
                     };
-                    if !actions.is_running() {
+                    if !actions.any() {
                         return Ok(stopped);
                     }
                     once_done = Some(stopped);
@@ -501,6 +515,20 @@ fn newest_version(event: &Event) -> Option<u64> {
     match event {
         Event::Applied(object) | Event::Deleted(object) => version(object),
         Event::Listed { objects, .. } => objects.iter().filter_map(version).max(),
+    }
+}
+
+/// The next acceptance request; pending forever when there are none to
+/// follow (another run took them) or the admin server is gone.
+async fn next_accept(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<crate::telemetry::accept::Request>>,
+) -> Option<crate::telemetry::accept::Request> {
+    match requests {
+        Some(receiver) => match receiver.recv().await {
+            Some(request) => Some(request),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -132,7 +132,8 @@ async fn a_failing_group_holds_back_neither_the_renders_nor_the_reloads_of_anoth
                     .then_some(())
             })
             .await;
-        assert!(renders(&admin, "keys", "failure") >= 1.0);
+        let failed = "kube_template_renders_total{group=\"keys\",result=\"failure\",reason=\"template\"}";
+        assert!(metric(&admin, failed) >= 1.0);
         assert_eq!(case.read("keys.txt").as_deref(), Some("s1=one\n"));
         let page = http_get(&admin, "/").1;
         assert!(page.contains("<td>keys</td>") && page.contains("failed: "), "{page}");
@@ -404,4 +405,71 @@ fn check_lists_what_each_group_reads_and_why_it_reads_every_store() {
         ),
         "{stdout}"
     );
+}
+
+/// Two groups as [`two_groups`], but the action of `maps` holds until the
+/// file `release` exists (and skips the first render).
+const SLOW_MAPS: &str = r#"
+watched_resources:
+  cms: {api_version: v1, kind: ConfigMap}
+  secrets: {api_version: v1, kind: Secret}
+templates:
+  maps:
+    group: maps
+    path: maps.txt
+    inline: "{% for o in resources.cms %}{{ o.metadata.name }}={{ o.data.v }}\n{% endfor %}"
+  keys:
+    group: keys
+    path: keys.txt
+    inline: "{% for s in resources.secrets %}{{ s.metadata.name }}={{ s.data.k }}\n{% endfor %}"
+groups:
+  maps:
+    actions_on_start: skip
+    actions:
+      - command: ["sh", "-c", "touch maps-reloading; while [ ! -f release ]; do sleep 0.05; done"]
+        timeout: 1m
+  keys:
+    actions: [{command: ["sh", "-c", "echo keys >> actions.log"]}]
+render:
+  wait: {min: 10ms, max: 100ms}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_holds_back_its_own_group_only() {
+    within_deadline(async {
+        let server = FakeApiServer::start().await;
+        server.apply(config_map("a", "1"));
+        server.apply(secret("s1", Some("one")));
+        let case = Case::new(SLOW_MAPS);
+        let sidecar = case.spawn_against(&server, &[]);
+        sidecar.until_file(&case, "maps.txt", "a=1\n").await;
+        sidecar.until_file(&case, "keys.txt", "s1=one\n").await;
+
+        // The reload of `maps` starts and hangs.
+        server.apply(config_map("a", "2"));
+        sidecar.until_file(&case, "maps.txt", "a=2\n").await;
+        sidecar
+            .until_holds("the reload of maps to start", || case.read("maps-reloading").is_some())
+            .await;
+
+        // `keys` renders and reloads meanwhile; `maps` waits for its own
+        // reload before it writes again (no file changes under a reload).
+        server.apply(config_map("a", "3"));
+        server.apply(secret("s1", Some("two")));
+        sidecar.until_file(&case, "keys.txt", "s1=two\n").await;
+        sidecar
+            .until("the reload of keys", || {
+                (case.action_runs() == ["keys", "keys"]).then_some(())
+            })
+            .await;
+        assert_eq!(
+            case.read("maps.txt").as_deref(),
+            Some("a=2\n"),
+            "maps rewritten under its reload"
+        );
+
+        case.write("release", "");
+        sidecar.until_file(&case, "maps.txt", "a=3\n").await;
+    })
+    .await;
 }

@@ -5,8 +5,11 @@
 //!   reporters and exec mode's child, started and stopped together;
 //! - [`sidecar`] — `k8s-sidecar`: its environment made into a `run`;
 //! - [`offline`] — `check`, `render` and `test`, which need no cluster;
+//! - [`accept`] — `accept`: asks the running sidecar to write the losses
+//!   its guard refused;
 //! - [`signals`] — SIGTERM and SIGINT during a run.
 
+pub mod accept;
 mod offline;
 pub mod run;
 mod sidecar;
@@ -79,6 +82,16 @@ pub enum Command {
         /// Only these cases (default: all).
         names: Vec<String>,
     },
+    /// Tell the sidecar running in this pod to write the shrinks its loss guard refused, once.
+    Accept {
+        /// The config file of the running sidecar.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The template whose shrink to accept (default: every guarded template).
+        template: Option<String>,
+    },
+    /// Print the JSON Schema of the config file, for editors.
+    Schema,
 }
 
 /// Runs the command `cli` names, and gives the process's exit status.
@@ -103,6 +116,14 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Test { config, update, names } => {
             init_logs();
             offline::test(&config, &names, update).await
+        }
+        Command::Accept { config, template } => {
+            init_logs();
+            accept::main(&config, template.as_deref()).await
+        }
+        Command::Schema => {
+            print!("{}", config::schema::json());
+            ExitCode::SUCCESS
         }
     }
 }

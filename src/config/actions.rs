@@ -1,40 +1,55 @@
 //! `actions`: what runs after a render that changed a file.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
 use crate::action::signal::SignalTarget;
 use crate::action::{Action, HttpAction};
 
-use super::humane;
+use super::humane::{self, DurationText};
 use super::validate::Validator;
 use super::yaml::NodeValue;
 
 /// An `actions` entry as the user writes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "oneOf" = [{ "required": ["command"] }, { "required": ["http"] }, { "required": ["signal"] }],
+    "dependentRequired" = { "process": ["signal"], "pid_file": ["signal"] },
+    "dependentSchemas" = { "signal": { "oneOf": [{ "required": ["process"] }, { "required": ["pid_file"] }] } },
+))]
 pub struct ActionEntry {
     /// Program and arguments; no shell unless you write one.
     #[serde(default)]
+    #[schemars(length(min = 1), extend("prefixItems" = [{ "type": "string", "pattern": "\\S" }]))]
     pub command: Option<Vec<String>>,
     /// An HTTP request.
     #[serde(default)]
     pub http: Option<HttpEntry>,
     /// A signal (`HUP`, `USR1`, `USR2`, `TERM`, …) sent to `process` or `pid_file`.
     #[serde(default)]
+    #[schemars(with = "Option<SignalName>")]
     pub signal: Option<String>,
     /// With `signal`: every process whose comm or `argv[0]` basename is this.
     #[serde(default)]
+    #[schemars(pattern(r"\S"))]
     pub process: Option<String>,
     /// With `signal`: the file holding the pid to signal.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub pid_file: Option<PathBuf>,
     /// How long the command may run.
-    #[serde(default = "default_action_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_action_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub timeout: Duration,
 }
 
@@ -43,16 +58,22 @@ fn default_action_timeout() -> Duration {
 }
 
 /// An `http` action as the user writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpEntry {
     /// `http://` or `https://` URL to call (a reload endpoint).
+    #[schemars(pattern(r"^https?://[^/?#]+"))]
     pub url: String,
     /// HTTP method.
     #[serde(default = "default_http_method")]
+    #[schemars(pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
     pub method: String,
     /// Timeout of one attempt.
-    #[serde(default = "default_action_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_action_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub timeout: Duration,
     /// Further attempts after a failure, with backoff.
     #[serde(default)]
@@ -81,20 +102,60 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
     format!("SIG{bare}").parse().ok().filter(|s| *s != Signal::SIGSTOP)
 }
 
+/// The schema of a signal name: one [`parse_signal`] reads, in any case,
+/// with or without `SIG`. Editors complete the names of the `enum`.
+struct SignalName;
+
+impl JsonSchema for SignalName {
+    fn schema_name() -> Cow<'static, str> {
+        "Signal".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Signal::iterator()
+            .filter(|s| *s != Signal::SIGSTOP)
+            .map(|s| s.as_str().trim_start_matches("SIG"))
+            .collect();
+        // JSON Schema patterns have no case-insensitive flag: `[Hh][Uu][Pp]`.
+        let any_case = |name: &str| -> String {
+            name.chars()
+                .map(|c| match c.is_ascii_alphabetic() {
+                    true => format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()),
+                    false => c.to_string(),
+                })
+                .collect()
+        };
+        let alternatives: Vec<String> = names.iter().map(|n| any_case(n)).collect();
+        json_schema!({
+            "description": "A signal name such as HUP, USR1, USR2 or TERM, in any case, with or without SIG.",
+            "anyOf": [
+                { "type": "string", "enum": names },
+                {
+                    "type": "string",
+                    "pattern": format!(r"^\s*({})?({})\s*$", any_case("SIG"), alternatives.join("|")),
+                },
+            ],
+        })
+    }
+}
+
 /// `exec:` as the user writes it: how exec mode (`run -- CMD`) reloads and
 /// stops its command.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecEntry {
     /// Signal that reloads the command after a change; without one it is
     /// restarted.
     #[serde(default)]
+    #[schemars(with = "Option<SignalName>")]
     pub reload_signal: Option<String>,
     /// Signal that asks the command to stop.
     #[serde(default = "default_kill_signal")]
+    #[schemars(with = "SignalName")]
     pub kill_signal: String,
     /// How long the command may take to stop before it is killed (SIGKILL).
-    #[serde(default = "default_kill_timeout", with = "humane::duration")]
+    #[serde(default = "default_kill_timeout", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
     pub kill_timeout: Duration,
 }
 

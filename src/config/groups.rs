@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::Wait;
 use super::validate::Validator;
 use super::yaml::NodeValue;
+use super::{ActionEntry, Wait};
 use crate::action::Action;
 use crate::output::Template;
 
@@ -19,12 +20,13 @@ use crate::output::Template;
 pub const DEFAULT_GROUP: &str = "default";
 
 /// A `groups` entry as the user writes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupEntry {
     /// Run in order after a render of the group that changed one of its
     /// files; validated as the top-level `actions` are.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<ActionEntry>>")]
     pub actions: IgnoredAny,
     /// Quiescence before a render of the group; default: `render.wait`.
     #[serde(default)]
@@ -36,7 +38,7 @@ pub struct GroupEntry {
 
 /// `actions_on_start`: whether the first render after the start runs the
 /// actions when it changed a file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionsOnStart {
     /// It does, as every later render does.

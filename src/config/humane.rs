@@ -2,10 +2,13 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// `serde(with = "humane::duration")` for `Duration` fields.
+/// `serde(deserialize_with = "humane::duration::deserialize")` for `Duration` fields.
 pub mod duration {
     use std::fmt;
     use std::time::Duration;
@@ -14,6 +17,20 @@ pub mod duration {
     use serde::de::{self, Visitor};
 
     const EXAMPLES: &str = "expected e.g. 500ms, 2s, 1m";
+
+    /// The units humantime reads, as the schema's pattern lists them.
+    const UNITS: &[&str] = &[
+        "nanos", "nsec", "ns", "usec", "us", "µs", "millis", "msec", "ms", "seconds", "second", "secs", "sec", "s",
+        "minutes", "minute", "mins", "min", "m", "hours", "hour", "hrs", "hr", "h", "days", "day", "d", "weeks",
+        "week", "wks", "wk", "w", "months", "month", "M", "years", "year", "yrs", "yr", "y",
+    ];
+
+    /// The grammar [`parse`] accepts, as a JSON Schema `pattern`: one or more
+    /// `number unit` parts (`1m 30s`). A bare number has no unit and is refused.
+    pub fn pattern() -> String {
+        let units = UNITS.join("|");
+        format!(r"^\s*(?:[0-9]+(?:\.[0-9]+)?\s*(?:{units})\s*)+$")
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_any(DurationVisitor)
@@ -64,6 +81,25 @@ pub mod duration {
     }
 }
 
+/// The schema of a duration field (`#[schemars(with = "DurationText")]`):
+/// text with a unit, as [`duration::parse`] reads it.
+pub struct DurationText;
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration with its unit, e.g. 500ms, 2s, 1m or 1h 30m.",
+            "type": "string",
+            "pattern": duration::pattern(),
+            "examples": ["500ms", "2s", "1m"],
+        })
+    }
+}
+
 /// A number of bytes, written as a number or with a unit (`KiB`, `MiB`, `GiB`,
 /// `KB`, `MB`, `GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +131,26 @@ impl ByteSize {
             .checked_mul(factor)
             .map(ByteSize)
             .ok_or_else(|| format!("size `{text}` is too large"))
+    }
+}
+
+/// The units [`ByteSize::parse`] reads, as the schema's pattern lists them.
+const SIZE_UNITS: &str = "B|KiB|MiB|GiB|KB|kB|MB|GB";
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number of bytes, or a number with a unit: KiB, MiB, GiB, KB, MB or GB.",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": format!(r"^\s*[0-9]+\s*(?:{SIZE_UNITS})?\s*$") },
+            ],
+            "examples": ["64MiB", 65536],
+        })
     }
 }
 

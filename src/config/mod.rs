@@ -7,6 +7,7 @@ mod actions;
 mod groups;
 mod humane;
 mod resources;
+pub mod schema;
 mod settings;
 mod templates;
 mod validate;
@@ -28,7 +29,7 @@ pub use groups::{ActionsOnStart, DEFAULT_GROUP, Group, GroupEntry};
 pub use humane::ByteSize;
 pub use resources::{CacheEntry, Resource, StoreKind, WatchedResource};
 pub use settings::{AdminSettings, FetchSettings, Readiness, RenderSettings, Wait};
-pub use templates::{SyntaxEntry, TemplateEntry};
+pub use templates::{GuardEntry, SyntaxEntry, TemplateEntry};
 pub use validate::sort_issues;
 
 /// One problem in a config file.

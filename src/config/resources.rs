@@ -3,25 +3,29 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::humane;
-use super::validate::{Validator, api_version_shape, dns_label, kind_shape};
+use super::humane::{self, DurationText};
+use super::validate::{self, Validator, api_version_shape, dns_label, kind_shape};
 use crate::index::{Indexer, OnMissingKey};
 use crate::object::FieldPath;
 use crate::object::selector::{FieldSelector, LabelSelector};
 use crate::store::on_demand::CacheSettings;
 
 /// A `watched_resources` entry as the user writes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchedResource {
     /// `apiVersion` of the kind, e.g. `v1` or `networking.k8s.io/v1`.
+    #[schemars(pattern(validate::API_VERSION))]
     pub api_version: String,
     /// The kind, e.g. `Ingress` or a CRD's kind.
+    #[schemars(pattern(validate::KIND))]
     pub kind: String,
     /// Namespaces to watch; empty means all. Ignored for cluster-scoped kinds.
     #[serde(default)]
+    #[schemars(inner(pattern(validate::DNS_LABEL)))]
     pub namespaces: Vec<String>,
     /// Label selector over Namespaces: the resource is watched in the
     /// namespaces whose labels match, followed as they change. With
@@ -37,6 +41,7 @@ pub struct WatchedResource {
     pub field_selector: String,
     /// Expressions whose values form each object's key.
     #[serde(default = "default_index_by")]
+    #[schemars(length(min = 1))]
     pub index_by: Vec<String>,
     /// `full` keeps whole objects, `on-demand` only references.
     #[serde(default)]
@@ -61,23 +66,28 @@ fn default_ignore_fields() -> Vec<String> {
 }
 
 /// Which store holds a resource's objects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
+    /// Whole objects, pruned of `ignore_fields`.
     #[default]
     Full,
+    /// References only (from a metadata-only watch); bodies are fetched when
+    /// a template reads them, and cached.
     OnDemand,
 }
 
 /// `cache:` of an on-demand store as the user writes it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheEntry {
     /// How long a fetched body may be used before it is fetched again.
-    #[serde(default = "default_cache_ttl", with = "humane::duration")]
+    #[serde(default = "default_cache_ttl", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
     pub ttl: Duration,
     /// How many bodies the cache holds at most (least recently used go first).
     #[serde(default = "default_cache_entries")]
+    #[schemars(range(min = 1))]
     pub max_entries: usize,
 }
 

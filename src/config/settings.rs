@@ -3,17 +3,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::Config;
-use super::humane::{self, ByteSize};
-use super::validate::{Validator, dns_label, dns_subdomain, listen_shape};
+use super::humane::{self, ByteSize, DurationText};
+use super::validate::{self, Validator, dns_label, dns_subdomain, listen_shape};
 use super::yaml::NodeValue;
 use crate::action::Action;
 use crate::report::StatusSettings;
 
 /// `render:` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenderSettings {
     /// Quiescence before a render.
@@ -21,6 +22,7 @@ pub struct RenderSettings {
     pub wait: Wait,
     /// Template instruction budget per render of one template.
     #[serde(default = "default_fuel")]
+    #[schemars(range(min = 1))]
     pub fuel: u64,
     /// Largest output one template may produce (all its files together).
     #[serde(default = "default_max_output")]
@@ -31,11 +33,15 @@ pub struct RenderSettings {
 }
 
 /// `render.fetch:` how `fetch_url()` fetches.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchSettings {
     /// Timeout of one attempt, body included.
-    #[serde(default = "default_fetch_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_fetch_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub timeout: Duration,
     /// Further attempts after a connection error, a timeout or a 5xx answer.
     #[serde(default = "default_fetch_retries")]
@@ -52,6 +58,7 @@ pub struct FetchSettings {
     /// How many fetched URLs are kept (least recently used go first); a URL
     /// not kept is fetched again at the next render.
     #[serde(default = "default_fetch_max_entries")]
+    #[schemars(range(min = 1))]
     pub max_entries: usize,
 }
 
@@ -87,12 +94,16 @@ fn default_max_output() -> ByteSize {
 }
 
 /// Render after `min` without events, but never later than `max` after the first.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wait {
-    #[serde(default = "default_wait_min", with = "humane::duration")]
+    /// How long no event may arrive before the render starts.
+    #[serde(default = "default_wait_min", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
     pub min: Duration,
-    #[serde(default = "default_wait_max", with = "humane::duration")]
+    /// The longest a render waits after the first event, however many follow.
+    #[serde(default = "default_wait_max", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
     pub max: Duration,
 }
 
@@ -118,11 +129,12 @@ fn default_wait_max() -> Duration {
 }
 
 /// `admin:` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// Address of the admin HTTP server.
+    /// Address of the admin HTTP server: `host:port`.
     #[serde(default = "default_listen")]
+    #[schemars(pattern(validate::LISTEN))]
     pub listen: String,
     /// What `/readyz` means: `serving` (ready once synced with a good render
     /// on disk, and from then on) or `strict` (also the last render succeeded
@@ -131,7 +143,11 @@ pub struct AdminSettings {
     pub readiness: Readiness,
     /// How long the pipeline loop may go without turning (one render with its
     /// checks and actions is one turn) before `/healthz` fails.
-    #[serde(default = "default_stall_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_stall_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub stall_timeout: Duration,
 }
 
@@ -182,7 +198,7 @@ fn longest_wait(config: &Config) -> Option<(String, Duration)> {
 }
 
 /// `admin.readiness`: what `/readyz` means (DESIGN section 7).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readiness {
     /// Ready once synced with a good render on disk; render failures and API

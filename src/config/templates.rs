@@ -1,20 +1,26 @@
 //! `templates`: what to render, and where each output goes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
-use crate::output::{OutputTarget, Owner, Template, ValidateFormat};
+use crate::output::{Guard, OutputTarget, Owner, Template, ValidateFormat};
 use crate::render::{Syntax, TemplateSource};
 
-use super::humane;
+use super::humane::{self, DurationText};
 use super::validate::Validator;
 
 /// A `templates` entry as the user writes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("allOf" = [
+    { "oneOf": [{ "required": ["source"] }, { "required": ["inline"] }] },
+    { "oneOf": [{ "required": ["path"] }, { "required": ["directory"] }] },
+]))]
 pub struct TemplateEntry {
     /// Template file, relative to the config file.
     #[serde(default)]
@@ -24,21 +30,30 @@ pub struct TemplateEntry {
     pub inline: Option<String>,
     /// Single-file output.
     #[serde(default)]
+    // Not blank, and not ending with `/` (a directory).
+    #[schemars(pattern(r"^(.*\S.*[^/]|\s*[^\s/])$"))]
     pub path: Option<PathBuf>,
     /// Directory output: the files the template emits with `file(name, content)`.
     #[serde(default)]
+    #[schemars(pattern(r"\S"))]
     pub directory: Option<PathBuf>,
     /// File mode of written files, octal (`"0644"`).
     #[serde(default, deserialize_with = "mode_text")]
+    #[schemars(with = "Option<ModeText>")]
     pub mode: Option<String>,
     /// fsync each staged file and the directory before renaming (durable writes).
     #[serde(default)]
     pub fsync: bool,
     /// Command that validates a staged file; `{file}` is replaced by its path.
     #[serde(default)]
+    #[schemars(extend("prefixItems" = [{ "type": "string", "pattern": "\\S" }]))]
     pub check: Vec<String>,
     /// How long `check` may run.
-    #[serde(default = "default_check_timeout", with = "humane::duration")]
+    #[serde(
+        default = "default_check_timeout",
+        deserialize_with = "humane::duration::deserialize"
+    )]
+    #[schemars(with = "DurationText")]
     pub check_timeout: Duration,
     /// The `groups` entry it belongs to; none: the default group.
     #[serde(default)]
@@ -46,28 +61,70 @@ pub struct TemplateEntry {
     /// Parse the output (each file of a directory output) as `json`, `yaml`
     /// or `toml` before it replaces the old one; `none` (the default) does not.
     #[serde(default)]
+    #[schemars(with = "Option<ValidateName>")]
     pub validate: Option<String>,
     /// Numeric `UID:GID` of the written files and of the directories created
     /// for them.
     #[serde(default, deserialize_with = "owner_text")]
+    #[schemars(pattern(r"^[0-9]+:[0-9]+$"))]
     pub owner: Option<String>,
     /// Delimiters of this template's own, for outputs that hold `{{ }}`.
     #[serde(default)]
     pub syntax: Option<SyntaxEntry>,
+    /// Refuse a render that would lose more than `max_shrink` of the output
+    /// at once (DESIGN 5.10).
+    #[serde(default)]
+    pub guard: Option<GuardEntry>,
+}
+
+/// `guard:` as the user writes it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardEntry {
+    /// The largest loss written at once, `N%` of the old bytes (a file) or
+    /// files (a directory).
+    #[serde(deserialize_with = "percent_text")]
+    // What `Guard::parse_max_shrink` reads: a whole 0 to 100, then `%`.
+    #[schemars(pattern(r"^\s*0*([0-9]|[1-9][0-9]|100)\s*%\s*$"))]
+    pub max_shrink: String,
+    /// How long a refused shrink must last to be written anyway.
+    #[serde(default = "default_hold", deserialize_with = "humane::duration::deserialize")]
+    #[schemars(with = "DurationText")]
+    pub hold: Duration,
+}
+
+/// A percentage is `N%` text; a bare number is kept as written, for the
+/// validation to name.
+fn percent_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(text),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(D::Error::custom(format!(
+            "bad max_shrink {other}: expected a percentage such as \"50%\""
+        ))),
+    }
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `syntax:` as the user writes it: each a `[start, end]` pair.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyntaxEntry {
     /// Statement delimiters; Jinja's `{%` `%}` when absent.
     #[serde(default)]
+    #[schemars(length(equal = 2))]
     pub block: Option<Vec<String>>,
     /// Expression delimiters; Jinja's `{{` `}}` when absent.
     #[serde(default)]
+    #[schemars(length(equal = 2))]
     pub variable: Option<Vec<String>>,
     /// Comment delimiters; Jinja's `{#` `#}` when absent.
     #[serde(default)]
+    #[schemars(length(equal = 2))]
     pub comment: Option<Vec<String>>,
 }
 
@@ -105,6 +162,40 @@ fn mode_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Opti
     }
 }
 
+/// The schema of `mode`: octal text up to `7777`, quoted.
+struct ModeText;
+
+impl JsonSchema for ModeText {
+    fn schema_name() -> Cow<'static, str> {
+        "FileMode".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An octal file mode in quotes, e.g. \"0644\" (unquoted, YAML reads 0644 as the decimal number 644).",
+            "type": "string",
+            "pattern": "^(0o)?0*[0-7]{1,4}$",
+            "examples": ["0644", "0600"],
+        })
+    }
+}
+
+/// The schema of `validate`: `none` or a format name.
+struct ValidateName;
+
+impl JsonSchema for ValidateName {
+    fn schema_name() -> Cow<'static, str> {
+        "ValidateFormat".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = std::iter::once("none")
+            .chain(ValidateFormat::NAMES.iter().copied())
+            .collect();
+        json_schema!({ "type": "string", "enum": names })
+    }
+}
+
 fn default_check_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -120,7 +211,7 @@ impl Validator<'_> {
         }
         for (name, entry) in entries {
             let path = vec!["templates".to_string(), name.clone()];
-            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax"])
+            if let Some(spec) = self.typed::<TemplateEntry>(&path, &entry, &["syntax", "guard"])
                 && let Some(template) = self.template(&path, name.clone(), spec, base_dir)
             {
                 templates.insert(name, template);
@@ -234,6 +325,22 @@ impl Validator<'_> {
             owner
         });
         let syntax = spec.syntax.as_ref().and_then(|entry| self.syntax(path, entry));
+        let guard = spec.guard.as_ref().and_then(|entry| {
+            let max_shrink = Guard::parse_max_shrink(&entry.max_shrink);
+            if max_shrink.is_none() {
+                self.issue(
+                    &[path, &["guard".to_string(), "max_shrink".to_string()]].concat(),
+                    format!(
+                        "`{}` is not a percentage: expected N% with N a whole number from 0 to 100, e.g. \"50%\"",
+                        entry.max_shrink
+                    ),
+                );
+            }
+            Some(Guard {
+                max_shrink: max_shrink?,
+                hold: entry.hold,
+            })
+        });
         if self.issues.len() > before {
             return None;
         }
@@ -249,6 +356,7 @@ impl Validator<'_> {
             validate,
             owner,
             syntax,
+            guard,
         })
     }
 

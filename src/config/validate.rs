@@ -126,6 +126,26 @@ impl Validator<'_> {
     }
 }
 
+/// [`dns_label`] as a JSON Schema `pattern` (its length by the repeat count).
+pub(super) const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// [`dns_subdomain`] as a JSON Schema `pattern`, but for its total length.
+// `status.config_map` (in `report`, which cannot import this) spells it out;
+// the schema test holds the two equal.
+#[cfg(test)]
+pub(super) const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// [`api_version_shape`] as a JSON Schema `pattern`, but for lengths.
+pub(super) const API_VERSION: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// [`kind_shape`] as a JSON Schema `pattern`.
+pub(super) const KIND: &str = r"^[A-Za-z][A-Za-z0-9]*$";
+
+/// [`listen_shape`] as a JSON Schema `pattern`: a port of 0 to 65535.
+pub(super) const LISTEN: &str =
+    r"^\S+:0*([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+
 /// `v1`, `apps/v1`, `networking.k8s.io/v1`, `example.com/v1alpha1`: an
 /// optional DNS-subdomain group, then a DNS-label version.
 pub(super) fn api_version_shape(text: &str) -> bool {

@@ -42,16 +42,17 @@ pub(super) struct Commit {
 impl Commit {
     /// Renames `staged` onto `target`, keeping what was there. `root` is the
     /// directory output `target` belongs to, inside which what is in the way
-    /// may be moved aside. On an error the commit is rolled back before it is
-    /// returned.
+    /// may be moved aside; `new`: nothing was at `target` when it was staged.
+    /// On an error the commit is rolled back before it is returned.
     pub(super) fn replace(
         &mut self,
         template: &str,
         staged: TempPath,
         target: PathBuf,
         root: Option<&Path>,
+        new: bool,
     ) -> Result<(), Error> {
-        match self.try_replace(staged, &target, root) {
+        match self.try_replace(staged, &target, root, new) {
             Ok(()) => Ok(()),
             Err((action, path, source)) => {
                 self.roll_back();
@@ -65,11 +66,42 @@ impl Commit {
         }
     }
 
-    fn try_replace(&mut self, staged: TempPath, target: &Path, root: Option<&Path>) -> Result<(), Failure> {
+    fn try_replace(&mut self, staged: TempPath, target: &Path, root: Option<&Path>, new: bool) -> Result<(), Failure> {
         if let Some(root) = root {
             self.clear_the_way(root, target)?;
         }
-        let previous = keep(target).map_err(|e| ("cannot keep the previous version of", None, e))?;
+        // A target that was absent most likely still is: a rename that
+        // replaces nothing is the whole step. If something came (or the file
+        // system cannot refuse to replace), the file goes the long way.
+        let staged = if new {
+            match staged.persist_noclobber(target) {
+                Ok(()) => {
+                    self.done.push(Step::Replaced {
+                        target: target.to_owned(),
+                        previous: None,
+                    });
+                    return Ok(());
+                }
+                Err(refused) => refused.path,
+            }
+        } else {
+            staged
+        };
+        // One look at the target serves both: a directory in the way is
+        // moved aside (inside a directory output), a file is kept.
+        let previous = match fs::symlink_metadata(target) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Ok(meta) if meta.is_dir() && root.is_some() => {
+                self.move_aside(target)?;
+                None
+            }
+            Ok(meta) if meta.is_dir() => {
+                let e = io::Error::other("it is a directory");
+                return Err(("cannot keep the previous version of", None, e));
+            }
+            Ok(_) => Some(keep(target).map_err(|e| ("cannot keep the previous version of", None, e))?),
+            Err(e) => return Err(("cannot keep the previous version of", None, e)),
+        };
         staged.persist(target).map_err(|e| ("cannot replace", None, e.error))?;
         self.done.push(Step::Replaced {
             target: target.to_owned(),
@@ -79,8 +111,7 @@ impl Commit {
     }
 
     /// Makes room for `target` inside `root`: a file where one of its
-    /// directories goes, or a directory where it goes, is moved aside; its
-    /// missing directories are made.
+    /// directories goes is moved aside; its missing directories are made.
     fn clear_the_way(&mut self, root: &Path, target: &Path) -> Result<(), Failure> {
         let parents: Vec<&Path> = target
             .ancestors()
@@ -96,9 +127,6 @@ impl Commit {
             }
             fs::create_dir(dir).map_err(|e| ("cannot create directory", Some(dir.to_owned()), e))?;
             self.done.push(Step::Made(dir.to_owned()));
-        }
-        if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
-            self.move_aside(target)?;
         }
         Ok(())
     }
@@ -182,15 +210,9 @@ fn aside_name(path: &Path) -> PathBuf {
     }
 }
 
-/// A link to (or else a copy of) the file at `target` under a staging name,
-/// or `None` when there is none.
-fn keep(target: &Path) -> io::Result<Option<TempPath>> {
-    match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-        Ok(meta) if meta.is_dir() => return Err(io::Error::other("it is a directory")),
-        Ok(_) => {}
-    }
+/// A link to (or else a copy of) the file at `target`, which exists, under
+/// a staging name.
+fn keep(target: &Path) -> io::Result<TempPath> {
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -202,5 +224,5 @@ fn keep(target: &Path) -> io::Result<Option<TempPath>> {
         // A file system without hard links: a copy does.
         Err(_) => builder.make_in(dir, |path| fs::copy(target, path).map(drop))?,
     };
-    Ok(Some(kept.into_temp_path()))
+    Ok(kept.into_temp_path())
 }

@@ -19,9 +19,11 @@ use std::time::Duration;
 use tempfile::TempPath;
 
 use self::commit::Commit;
+use self::previous::{Old, ensure_mode, old_version};
 use crate::command;
 use crate::redact::Redactor;
 use crate::render::{Content, Syntax, TemplateSource};
+pub use guard::Guard;
 pub use owner::Owner;
 pub use validate::ValidateFormat;
 
@@ -44,6 +46,8 @@ pub struct Template {
     pub owner: Option<Owner>,
     /// Custom delimiters, if set.
     pub syntax: Option<Syntax>,
+    /// The loss guard, if set.
+    pub guard: Option<Guard>,
 }
 
 /// Where a template's output goes.
@@ -193,12 +197,20 @@ pub struct Job<'a> {
 struct Staged {
     template: String,
     fsync_dirs: BTreeSet<PathBuf>,
-    files: Vec<(TempPath, PathBuf)>,
+    files: Vec<StagedFile>,
     /// Targets renamed into place by the commit.
     written: Vec<PathBuf>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
+}
+
+/// A temp file beside the target it is to replace.
+struct StagedFile {
+    file: TempPath,
+    target: PathBuf,
+    /// Nothing was at `target` when the file was staged.
+    new: bool,
 }
 
 /// Writes all outputs of one render, or none of them. `redactor` holds the
@@ -210,16 +222,16 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
         let s = stage(job)?;
-        for (file, target) in &s.files {
-            check(job.template, file, target, redactor).await?;
+        for staged in &s.files {
+            check(job.template, &staged.file, &staged.target, redactor).await?;
         }
         staged.push(s);
     }
     // Every rename first, all or nothing; only then stale files go.
     let mut commit = Commit::default();
     for s in &mut staged {
-        for (file, target) in std::mem::take(&mut s.files) {
-            commit.replace(&s.template, file, target.clone(), s.root.as_deref())?;
+        for StagedFile { file, target, new } in std::mem::take(&mut s.files) {
+            commit.replace(&s.template, file, target.clone(), s.root.as_deref(), new)?;
             s.written.push(target);
         }
     }
@@ -325,22 +337,21 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
     }
     for (target, bytes) in wanted {
         let old = if absent.contains(&target) {
-            Err(std::io::ErrorKind::NotFound.into())
+            Ok(Old::None)
         } else {
-            fs::read(&target)
+            old_version(&target, bytes)
         };
-        match old {
-            Ok(old) if old == bytes => {
-                ensure_mode(&target, job.template.mode).map_err(io("cannot set the mode of", &target))?;
+        let new = match old {
+            Ok(Old::Same(meta)) => {
+                ensure_mode(&target, &meta, job.template.mode).map_err(io("cannot set the mode of", &target))?;
                 if let Some(owner) = job.template.owner {
                     owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
                 }
                 continue;
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(old) => matches!(old, Old::None),
             Err(e) => return Err(io("cannot read", &target)(e)),
-        }
+        };
         let dir = target.parent().unwrap_or(Path::new("."));
         if !made_dirs.contains_key(dir) {
             let stage_in = match create_dirs(dir, job.template.owner) {
@@ -360,12 +371,15 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         // An absolute directory spares the temp file a getcwd of its own.
         let mut file = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
+            .permissions(fs::Permissions::from_mode(job.template.mode))
             .tempfile_in(&made_dirs[dir])
             .map_err(io("cannot create a temp file in", dir))?;
         file.write_all(bytes).map_err(io("cannot write", file.path()))?;
-        file.as_file()
-            .set_permissions(fs::Permissions::from_mode(job.template.mode))
-            .map_err(io("cannot set the mode of", file.path()))?;
+        if !umask_keeps(job.template.mode) {
+            file.as_file()
+                .set_permissions(fs::Permissions::from_mode(job.template.mode))
+                .map_err(io("cannot set the mode of", file.path()))?;
+        }
         if let Some(owner) = job.template.owner {
             owner::apply_to(owner, file.as_file()).map_err(io("cannot set the owner of", file.path()))?;
         }
@@ -375,7 +389,11 @@ fn stage(job: &Job<'_>) -> Result<Staged> {
         }
         // Closed now: a directory output may stage more files than a process
         // may keep open.
-        staged.files.push((file.into_temp_path(), target));
+        staged.files.push(StagedFile {
+            file: file.into_temp_path(),
+            target,
+            new,
+        });
     }
     Ok(staged)
 }
@@ -445,12 +463,17 @@ fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<Path
     Ok(())
 }
 
-fn ensure_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    let current = fs::metadata(path)?.permissions().mode() & 0o7777;
-    if current != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
+/// Whether a file created with `mode` gets exactly `mode`: this process's
+/// umask (from /proc; unknown: assumed to mask) clears none of its bits.
+/// Then staged files need no chmod of their own.
+fn umask_keeps(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(value.trim(), 8).ok()
+    });
+    umask.is_some_and(|umask| mode & 0o777 == mode && mode & umask == 0)
 }
 
 /// Regular files below `root`, relative to it; leftover staged files are
@@ -563,7 +586,9 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
 }
 
 mod commit;
+pub mod guard;
 pub mod owner;
+mod previous;
 #[cfg(test)]
 mod tests;
 pub mod validate;

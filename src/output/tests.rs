@@ -55,6 +55,18 @@ async fn mode_is_applied_and_fsync_writes_work() {
 }
 
 #[tokio::test]
+async fn modes_are_exact_whether_or_not_the_umask_would_clear_their_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    // 0666 and 04755 lose bits to any usual umask; 0640 to none.
+    for (name, mode) in [("open.txt", 0o666), ("setuid.sh", 0o4755), ("group.txt", 0o640)] {
+        let t = template(dir.path(), &format!("    path: {name}\n    mode: \"{mode:04o}\"\n"));
+        write(&t, Content::File(b"k".to_vec())).await.unwrap();
+        let written = fs::metadata(dir.path().join(name)).unwrap().mode() & 0o7777;
+        assert_eq!(written, mode, "{name}: {written:o}");
+    }
+}
+
+#[tokio::test]
 async fn no_staged_files_are_left_behind_after_success_or_failure() {
     let dir = tempfile::tempdir().unwrap();
     let ok = template(dir.path(), "    path: a.txt\n");
@@ -72,6 +84,26 @@ async fn no_staged_files_are_left_behind_after_success_or_failure() {
         "{names:?}"
     );
     assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"v1");
+}
+
+#[tokio::test]
+async fn a_file_that_appears_at_a_new_target_before_the_commit_is_replaced_all_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("a.txt");
+    // The check runs between staging (no a.txt yet) and the commit.
+    let check = format!("echo theirs > {}", target.display());
+    let t = template(
+        dir.path(),
+        &format!("    path: a.txt\n    check: [\"sh\", \"-c\", {check:?}]\n"),
+    );
+    let report = write(&t, Content::File(b"ours".to_vec())).await.unwrap();
+    assert_eq!(report.written, [dir.path().join("a.txt")]);
+    assert_eq!(fs::read(&target).unwrap(), b"ours");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["a.txt"], "nothing staged or kept is left");
 }
 
 #[tokio::test]

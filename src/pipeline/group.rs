@@ -108,6 +108,8 @@ pub(super) struct Run {
     pub error: Option<String>,
     /// Whether its last render read cached copies it could not refresh.
     pub stale: bool,
+    /// The shrinks the loss guard refused of its templates.
+    pub guards: super::guard::Guards,
 }
 
 impl Run {
@@ -119,6 +121,7 @@ impl Run {
             rendered: false,
             error: None,
             stale: false,
+            guards: Default::default(),
         }
     }
 
@@ -145,6 +148,15 @@ impl Run {
     pub fn store_changed(&mut self, store: &str, now: Instant) {
         if self.group.reads.includes(store) {
             self.burst.get_or_insert(Burst { first: now, last: now }).last = now;
+        }
+    }
+
+    /// Renders it at `at` at the latest, events or not (an operator
+    /// accepted a shrink; a guard's hold ends).
+    pub fn due_by(&mut self, at: Instant) {
+        match &mut self.retry {
+            Some((retry, _)) => *retry = (*retry).min(at),
+            None => self.retry = Some((at, 0)),
         }
     }
 

@@ -3,7 +3,7 @@
 //! threads, written all or nothing, and reported (log, metrics, status,
 //! outcome), and the actions of those whose files changed are collected.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +11,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::group::{self, Group};
+use super::guard::{Allowed, Guards};
 use super::{Error, Prepared, redactor, snapshot, stale_reads, write};
 use crate::action::Action;
-use crate::output;
+use crate::output::{self, guard::Shrink};
 use crate::redact::Redactor;
 use crate::render::{self, StoresSnapshot};
 use crate::store::AnyStore;
 use crate::store::on_demand::BodyCache;
-use crate::telemetry::metrics::TemplateLabel;
+use crate::telemetry::metrics::{Failure, TemplateLabel};
 use crate::telemetry::{RenderOutcome, Telemetry};
 
 /// What the renders of one turn read.
@@ -32,22 +33,24 @@ pub(super) struct Due<'a> {
 }
 
 impl Due<'_> {
-    /// Renders every group due now, one after another, from one snapshot:
-    /// what they read is of one point in time. Returns the actions to run
-    /// (of the groups whose files changed, in group order) and the Secret
-    /// values of the snapshot, kept out of what the actions print.
+    /// Renders every group due now whose actions do not run (`busy`), one
+    /// after another, from one snapshot: what they read is of one point in
+    /// time. Returns the actions to run (per group whose files changed, by
+    /// its index) and the Secret values of the snapshot, kept out of what
+    /// the actions print.
     pub async fn render(
         &self,
         groups: &mut [group::Run],
         checksums: &mut BTreeMap<String, String>,
-    ) -> (Vec<Action>, Arc<Redactor>) {
+        busy: impl Fn(usize) -> bool,
+    ) -> (Vec<(usize, Vec<Action>)>, Arc<Redactor>) {
         let now = Instant::now();
         let snapshot = snapshot(self.stores);
         let redactor = Arc::new(redactor(&self.prepared.config, &snapshot));
         let mut to_run = Vec::new();
         let mut rendered = Vec::new();
         let due: Vec<usize> = (0..groups.len())
-            .filter(|&i| groups[i].due().is_some_and(|due| due <= now))
+            .filter(|&i| !busy(i) && groups[i].due().is_some_and(|due| due <= now))
             .collect();
         for i in due {
             let first = !groups[i].rendered;
@@ -56,7 +59,7 @@ impl Due<'_> {
             let started = Instant::now();
             let outcome = render_group(
                 self.prepared,
-                &groups[i].group,
+                &mut groups[i],
                 snapshot.clone(),
                 &redactor,
                 self.seen,
@@ -76,11 +79,15 @@ impl Due<'_> {
                 } else {
                     tracing::warn!(group = %run.group.name, retry_in_ms, "render failed; outputs unchanged; will retry");
                 }
+                // A refused shrink is written when its hold ends, events or not.
+                if let Some(at) = run.guards.hold_ends(&self.prepared.config).filter(|at| *at > now) {
+                    run.due_by(at);
+                }
             }
             rendered.push((i, started.elapsed(), changed));
             let run = &groups[i];
-            if changed && (!first || run.group.actions_on_start) {
-                to_run.extend(run.group.actions.iter().cloned());
+            if changed && (!first || run.group.actions_on_start) && !run.group.actions.is_empty() {
+                to_run.push((i, run.group.actions.clone()));
             } else if changed && !run.group.actions.is_empty() {
                 tracing::info!(group = %run.group.name, "first render after the start; actions skipped (actions_on_start: skip)");
             }
@@ -124,18 +131,19 @@ fn publish(
     });
 }
 
-/// One render of a group in a live run: render off the async threads and
-/// write; report it all. `checksums` holds each template output's sha256
+/// One render of a group in a live run: render off the async threads,
+/// weigh its guarded shrinks (`run.guards`) and write; report it all. `checksums` holds each template output's sha256
 /// between renders. `Ok(changed)`, or the error message.
 async fn render_group(
     prepared: &Arc<Prepared>,
-    group: &Group,
+    run: &mut group::Run,
     snapshot: StoresSnapshot,
     redactor: &Arc<Redactor>,
     seen: &BTreeMap<String, u64>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
 ) -> Result<bool, String> {
+    let (group, guards) = (&run.group, &mut run.guards);
     let started = Instant::now();
     let span = tracing::info_span!("render", group = %group.name);
     // What the snapshot holds: the newest event of each store, so that an
@@ -146,27 +154,36 @@ async fn render_group(
         .map(|(store, rv)| format!("{store}={rv}"))
         .collect::<Vec<_>>();
     span.in_scope(|| tracing::debug!(versions = %versions.join(","), "render started"));
-    let result = render_and_report(prepared, group, snapshot, redactor, telemetry, checksums)
+    let result = render_and_report(prepared, group, guards, snapshot, redactor, telemetry, checksums)
         .instrument(span)
         .await;
     let duration = started.elapsed();
-    telemetry.metrics.render_done(&group.name, result.is_ok(), duration);
+    telemetry.metrics.render_done(
+        &group.name,
+        result.as_ref().map(|_| ()).map_err(|(why, _)| *why),
+        duration,
+    );
+    let result = result.map_err(|(_, message)| message);
     telemetry
         .status
         .render_done(&group.name, duration, result.as_ref().err().cloned());
     result
 }
 
-/// Renders, writes and logs; `Ok(changed)`, or the error message.
+/// Renders, weighs the shrinks of guarded templates, writes and logs;
+/// `Ok(changed)`, or why it failed and the error message.
 async fn render_and_report(
     prepared: &Arc<Prepared>,
     group: &Group,
+    guards: &mut Guards,
     snapshot: StoresSnapshot,
     redactor: &Arc<Redactor>,
     telemetry: &Telemetry,
     checksums: &mut BTreeMap<String, String>,
-) -> Result<bool, String> {
+) -> Result<bool, (Failure, String)> {
     let started = Instant::now();
+    let allowed = guards.allowed(&prepared.config, &group.templates, started);
+    let may_shrink: BTreeSet<String> = allowed.keys().cloned().collect();
     let job = Arc::clone(prepared);
     let redactor = Arc::clone(redactor);
     let runtime = tokio::runtime::Handle::current();
@@ -182,9 +199,13 @@ async fn render_and_report(
             .render_some(&snapshot, |t| templates.contains(t))
             .map_err(Failed::Render)?;
         let render_ms = rendering.elapsed().as_millis() as u64;
+        let shrinks = guard_shrinks(&job, &rendered).map_err(|e| Failed::Write(Box::new(e.into()), None))?;
+        if shrinks.iter().any(|s| !may_shrink.contains(&s.template)) {
+            return Err(Failed::Guard(shrinks));
+        }
         let report = runtime
             .block_on(write(&job, &rendered, None, &redactor))
-            .map_err(Failed::Write)?;
+            .map_err(|e| Failed::Write(Box::new(e), Some(shrinks.clone())))?;
         let sums: Vec<(String, String, String)> = rendered
             .iter()
             .filter_map(|r| {
@@ -193,23 +214,48 @@ async fn render_and_report(
                 fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
             })
             .collect();
-        Ok((report, sums, render_ms))
+        Ok((report, sums, render_ms, shrinks))
     })
     .await
-    .map_err(|e| format!("the render task failed: {e}"))?;
-    let (report, sums, render_ms) = match written {
+    .map_err(|e| (Failure::Template, format!("the render task failed: {e}")))?;
+    let (report, sums, render_ms, shrinks) = match written {
         Ok(written) => written,
         Err(Failed::Render(errors)) => {
             for error in &errors {
                 tracing::error!(template = %error.template, error = %error.message, "render failed");
             }
-            return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            return Err((Failure::Template, message));
         }
-        Err(Failed::Write(error)) => {
+        Err(Failed::Guard(shrinks)) => {
+            guards.measured(&group.templates, &shrinks, started);
+            let refused: Vec<String> = shrinks
+                .iter()
+                .filter(|s| !allowed.contains_key(&s.template))
+                .map(|s| {
+                    let message = refusal(prepared, s);
+                    tracing::error!(template = %s.template, path = %s.path.display(), old = s.old, new = s.new, "shrink refused by the guard; previous files kept");
+                    message
+                })
+                .collect();
+            return Err((Failure::Guard, refused.join("; ")));
+        }
+        Err(Failed::Write(error, shrinks)) => {
+            if let Some(shrinks) = shrinks {
+                guards.measured(&group.templates, &shrinks, started);
+            }
             tracing::error!(%error, "writing outputs failed; previous files kept");
-            return Err(error.to_string());
+            return Err((Failure::Output, error.to_string()));
         }
     };
+    guards.written();
+    for s in &shrinks {
+        let why = match allowed.get(&s.template) {
+            Some(Allowed::Accepted) => "accepted by an operator",
+            _ => "it lasted the guard's hold",
+        };
+        tracing::warn!(template = %s.template, path = %s.path.display(), old = s.old, new = s.new, why, "shrink written");
+    }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     for (path, template, sum) in sums {
         telemetry.status.output_written(&path, &template, sum.clone());
@@ -236,10 +282,42 @@ async fn render_and_report(
     Ok(true)
 }
 
-/// Why a render wrote nothing.
+/// Why a render wrote nothing. The shrinks measured (of guarded templates,
+/// past their `max_shrink`) go with the failures that come after the guard;
+/// a write that failed measuring has none.
 enum Failed {
     Render(Vec<render::Error>),
-    Write(Error),
+    Guard(Vec<Shrink>),
+    Write(Box<Error>, Option<Vec<Shrink>>),
+}
+
+/// The shrinks past their `max_shrink` of the guarded templates rendered,
+/// measured against what is on disk now.
+fn guard_shrinks(prepared: &Prepared, rendered: &[render::Rendered]) -> Result<Vec<Shrink>, output::Error> {
+    let mut shrinks = Vec::new();
+    for r in rendered {
+        let template = &prepared.config.templates[&r.template];
+        if let Some(guard) = &template.guard
+            && let Some(shrink) = output::guard::measure(guard, &r.template, &template.output, &r.content)?
+        {
+            shrinks.push(shrink);
+        }
+    }
+    Ok(shrinks)
+}
+
+/// What a refused shrink tells the operator: what it would lose, and the
+/// two ways to let it through.
+fn refusal(prepared: &Prepared, shrink: &Shrink) -> String {
+    let hold = prepared.config.templates[&shrink.template]
+        .guard
+        .map(|g| humantime::format_duration(g.hold).to_string())
+        .unwrap_or_default();
+    format!(
+        "{shrink}; refused: to write it, run `kube-template accept -c {} {}` in the pod, or it is written once it lasted {hold}",
+        prepared.config.file.display(),
+        shrink.template
+    )
 }
 
 /// Files written per template in one write.

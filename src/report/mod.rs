@@ -29,13 +29,18 @@ pub use limiter::EventLimits;
 pub use status::{CHECKSUMS, LAST_RENDER_ERROR, LAST_RENDER_RESULT, LAST_RENDER_TIME, WriteRetry};
 
 /// `status:` — a ConfigMap whose annotations carry the last render's result.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusSettings {
     /// Name of the ConfigMap (it must exist; only its annotations are written).
+    #[schemars(
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub config_map: String,
     /// Its namespace; default: the pod's (`POD_NAMESPACE`).
     #[serde(default)]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub namespace: Option<String>,
 }
 

@@ -44,7 +44,7 @@ use super::{Event, SourceEvent, Watch, WatchSpec};
 use crate::object::document::Document;
 use crate::object::{Meta, ObjectId};
 use crate::telemetry::Telemetry;
-use crate::telemetry::status::Activity;
+use crate::telemetry::activity::Activity;
 
 /// The namespaces there are, by name, each as `{"metadata": {"labels": …}}`:
 /// what a namespace selector is matched against.

@@ -15,7 +15,7 @@ use crate::telemetry::Telemetry;
 pub(super) struct Stream {
     pub(super) scope: Scope,
     pub(super) index: usize,
-    pub(super) activity: Arc<crate::telemetry::status::Activity>,
+    pub(super) activity: Arc<crate::telemetry::activity::Activity>,
 }
 
 /// A watch and what its streams need, started at once or, for a kind the

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,12 +30,45 @@ pub struct WatchLabel {
     pub watch: String,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct RenderLabels {
     /// The group rendered (`default`: templates without `group:`).
     pub group: String,
     /// `success` or `failure`.
     pub result: String,
+    /// Why a render failed; no label on a success.
+    pub reason: Option<Failure>,
+}
+
+impl EncodeLabelSet for RenderLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let mut labels = vec![("group", self.group.as_str()), ("result", self.result.as_str())];
+        if let Some(reason) = self.reason {
+            labels.push(("reason", reason.label()));
+        }
+        labels.encode(encoder)
+    }
+}
+
+/// Why a render failed, as the `reason` label of a failed render says it.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Failure {
+    /// A template did not render (an error in it, or in what it read).
+    Template,
+    /// The outputs could not be written: `validate`, `check` or file I/O.
+    Output,
+    /// The loss guard refused a shrink (DESIGN 5.10).
+    Guard,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Template => "template",
+            Failure::Output => "output",
+            Failure::Guard => "guard",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "renders",
-            "Renders by group and result (success, failure)",
+            "Renders by group and result (success, failure), failures by reason (template, output, guard)",
             m.renders.clone(),
         );
         registry.register_with_unit(
@@ -202,17 +235,18 @@ impl Metrics {
         text
     }
 
-    /// Records the result and duration of a render of `group`.
-    pub fn render_done(&self, group: &str, ok: bool, duration: Duration) {
-        let result = if ok { "success" } else { "failure" };
+    /// Records the result (`Err` with why it failed) and duration of a
+    /// render of `group`.
+    pub fn render_done(&self, group: &str, result: Result<(), Failure>, duration: Duration) {
         self.renders
             .get_or_create(&RenderLabels {
                 group: group.into(),
-                result: result.into(),
+                result: if result.is_ok() { "success" } else { "failure" }.into(),
+                reason: result.err(),
             })
             .inc();
         self.render_duration.observe(duration.as_secs_f64());
-        if ok {
+        if result.is_ok() {
             *lock(&self.last_success_at) = Instant::now();
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)

@@ -2,6 +2,8 @@
 //! the problems its probes weigh), and the stream of render outcomes that
 //! reporters (Kubernetes Events, the status ConfigMap) follow.
 
+pub mod accept;
+pub mod activity;
 pub mod logging;
 pub mod metrics;
 pub mod problems;
@@ -41,6 +43,8 @@ pub struct RenderOutcome {
 pub struct Telemetry {
     pub metrics: Metrics,
     pub status: Status,
+    /// Operators' acceptances of refused shrinks, for the live pipeline.
+    pub accepts: accept::Accepts,
     outcomes: broadcast::Sender<Arc<RenderOutcome>>,
 }
 
@@ -49,6 +53,7 @@ impl Default for Telemetry {
         Telemetry {
             metrics: Metrics::new(),
             status: Status::default(),
+            accepts: accept::Accepts::default(),
             outcomes: broadcast::channel(16).0,
         }
     }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use kube::Client;
 
 use super::{Error, Result};
-use crate::telemetry::status::Activity;
+use crate::telemetry::activity::Activity;
 
 /// A client whose every chunk of a successful response body (list pages,
 /// watch events and bookmarks) counts as life of `activity`: this is how a
