@@ -25,6 +25,8 @@
 //! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`,
 //! `one replica`, `fleet`) runs only the rows whose scenario name contains
 //! the argument;
+//! `KUBE_TEMPLATE_BIN=path cargo bench --bench live` measures that binary
+//! instead of this build's (another profile's, say), with the same rows.
 //! `cargo bench --bench live -- serve 10000` only starts the server and
 //! prints its kubeconfig, to run the binary under a profiler by hand.
 
@@ -42,6 +44,12 @@ use std::time::{Duration, Instant};
 
 use fake_api::FakeApiServer;
 use serde_json::{Value, json};
+
+/// The binary under measurement: `KUBE_TEMPLATE_BIN` when set (to compare
+/// builds of other profiles with the same rows), else this build's.
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("KUBE_TEMPLATE_BIN").map_or_else(|| env!("CARGO_BIN_EXE_kube-template").into(), Into::into)
+}
 
 /// A ConfigMap of about 1 KB once the server has added its metadata.
 fn config_map(i: usize) -> Value {
@@ -101,7 +109,7 @@ fn inline(template: &str, output: &str) -> String {
 }
 
 fn sidecar(server: &FakeApiServer, dir: &Path, once: bool) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kube-template"));
+    let mut command = Command::new(binary());
     command
         .args(["--log-level", "warn", "run", "-c"])
         .arg(dir.join("config.yaml"));
@@ -155,7 +163,7 @@ fn rss(pid: u32) -> Option<(u64, u64, u64)> {
 /// `kube-template k8s-sidecar` with k8s-sidecar's variables `env`, writing
 /// to `dir/out` (`METHOD=LIST` when `once`).
 fn k8s_sidecar(server: &FakeApiServer, dir: &Path, env: &[(&str, &str)], once: bool) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kube-template"))
+    Command::new(binary())
         .arg("k8s-sidecar")
         .arg("--kubeconfig")
         .arg(server.kubeconfig_path())

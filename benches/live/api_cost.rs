@@ -58,7 +58,7 @@ struct Fleet(Vec<Child>);
 
 impl Fleet {
     fn spawn(&mut self, server: &FakeApiServer, dir: &Path, watch_timeout: Duration) {
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        let child = Command::new(super::binary())
             .args(["--log-level", "warn", "run", "-c"])
             .arg(dir.join("config.yaml"))
             .arg("--kubeconfig")
