@@ -526,7 +526,5 @@ pub mod owner;
 mod previous;
 mod stage;
 #[cfg(test)]
-mod stream_tests;
-#[cfg(test)]
 mod tests;
 pub mod validate;

@@ -352,3 +352,6 @@ fn about(e: io::Error, target: &Path) -> io::Error {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

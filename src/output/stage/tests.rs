@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::STAGING_PREFIX;
+use crate::output::{self, STAGING_PREFIX};
 use crate::pipeline::{self, Prepared};
 use crate::redact::Redactor;
 
@@ -26,11 +26,11 @@ fn cms(n: usize, value: impl Fn(usize) -> String) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn render(prepared: &Prepared, objects: &[serde_json::Value]) -> Result<super::Report, String> {
+async fn render(prepared: &Prepared, objects: &[serde_json::Value]) -> Result<output::Report, String> {
     let stores = pipeline::stores_from(&prepared.config, objects);
     let snapshot = pipeline::snapshot(&stores);
     let staged = pipeline::stage(prepared, &snapshot, |_| true, None).map_err(|e| e.to_string())?;
-    super::write_staged(staged, &Redactor::default())
+    output::write_staged(staged, &Redactor::default())
         .await
         .map_err(|e| e.to_string())
 }
