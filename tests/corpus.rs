@@ -332,3 +332,28 @@ fn a_good_config_and_template_do_change_the_outputs() {
         assert!(out.path().join(written).is_file(), "{name}: {written} not written");
     }
 }
+
+#[test]
+fn a_log_filter_that_does_not_parse_is_refused_naming_it() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let run = kube_template(&[
+        "check".as_ref(),
+        "-c".as_ref(),
+        config.as_os_str(),
+        "--log-level".as_ref(),
+        "kube_template=loud".as_ref(),
+    ]);
+    assert_eq!(run.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("--log-level `kube_template=loud` is not a log level"), "{stderr}");
+
+    let run = Command::new(env!("CARGO_BIN_EXE_kube-template"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info,x=[")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(run.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("RUST_LOG `info,x=[`"), "{stderr}");
+}

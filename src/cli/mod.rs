@@ -97,34 +97,26 @@ pub enum Command {
 /// Runs the command `cli` names, and gives the process's exit status.
 pub async fn main(cli: Cli) -> ExitCode {
     let log_level = cli.log_level.as_deref();
-    let init_logs = || telemetry::init(cli.log_format, log_level);
-    match cli.command {
+    let command = match cli.command {
         // Logs as its environment says.
-        Command::K8sSidecar(args) => sidecar::main(args, log_level).await,
-        Command::Run(args) => {
-            init_logs();
-            run::run(args, None).await
-        }
-        Command::Check { config } => {
-            init_logs();
-            offline::check(&config)
-        }
-        Command::Render { config, from, out } => {
-            init_logs();
-            offline::render(&config, &from, out.as_deref()).await
-        }
-        Command::Test { config, update, names } => {
-            init_logs();
-            offline::test(&config, &names, update).await
-        }
-        Command::Accept { config, template } => {
-            init_logs();
-            accept::main(&config, template.as_deref()).await
-        }
+        Command::K8sSidecar(args) => return sidecar::main(args, log_level).await,
         Command::Schema => {
             print!("{}", config::schema::json());
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
+        command => command,
+    };
+    if let Err(e) = telemetry::init(cli.log_format, log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match command {
+        Command::Run(args) => run::run(args, None).await,
+        Command::Check { config } => offline::check(&config),
+        Command::Render { config, from, out } => offline::render(&config, &from, out.as_deref()).await,
+        Command::Test { config, update, names } => offline::test(&config, &names, update).await,
+        Command::Accept { config, template } => accept::main(&config, template.as_deref()).await,
+        Command::K8sSidecar(_) | Command::Schema => unreachable!("answered above"),
     }
 }
 

@@ -68,7 +68,10 @@ pub async fn main(args: SidecarArgs, log_level: Option<&str>) -> ExitCode {
     } else {
         LogFormat::Text
     };
-    telemetry::init(format, Some(log_level.unwrap_or(settings.log_level)));
+    if let Err(e) = telemetry::init(format, Some(log_level.unwrap_or(settings.log_level))) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     for note in &settings.notes {
         tracing::info!(%note, "k8s-sidecar variable");
     }

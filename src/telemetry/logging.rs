@@ -19,14 +19,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// A log filter (`--log-level`, `RUST_LOG`, `LOG_LEVEL`) that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin} `{directives}` is not a log level or filter ({reason}); e.g. `debug` or `info,kube_template=trace`")]
+pub struct BadFilter {
+    origin: &'static str,
+    directives: String,
+    reason: String,
+}
+
 /// Installs the global subscriber. `level` (e.g. `info`, `kube_template=debug`)
-/// wins over `RUST_LOG`; logs go to stderr so stdout stays clean.
-pub fn init(format: LogFormat, level: Option<&str>) {
-    let directives = match level {
-        Some(level) => level.to_string(),
-        None => std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| "info".into()),
+/// wins over `RUST_LOG`; logs go to stderr so stdout stays clean. A filter
+/// that does not parse is an error rather than a silent `info`.
+pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), BadFilter> {
+    let (origin, directives) = match level {
+        Some(level) => ("--log-level", level.to_string()),
+        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
+            Ok(directives) => (EnvFilter::DEFAULT_ENV, directives),
+            Err(_) => ("the default", "info".into()),
+        },
     };
-    let filter = EnvFilter::try_new(quiet_kube(&directives)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(quiet_kube(&directives)).map_err(|e| BadFilter {
+        origin,
+        directives: directives.clone(),
+        reason: e.to_string(),
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -38,6 +55,7 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+    Ok(())
 }
 
 /// The crates whose own log lines say again, without naming the watch, what
