@@ -209,6 +209,8 @@ pub struct Staged {
     root: Option<PathBuf>,
     size: u64,
     checksum: String,
+    /// Last: dropped after the staged files.
+    made: MadeDirs,
 }
 
 impl Staged {
@@ -283,6 +285,9 @@ pub async fn write_staged(mut staged: Vec<Staged>, redactor: &Redactor) -> Resul
         }
     }
     let moved_aside = commit.finish();
+    for s in &mut staged {
+        s.made.keep();
+    }
     let mut report = Report::default();
     for s in staged {
         let changed = !s.written.is_empty() || !s.stale.is_empty();
@@ -359,20 +364,45 @@ fn validate(template: &Template, staged: &Staged) -> Result<()> {
     Ok(())
 }
 
-/// `create_dir_all`, giving the directories it creates `owner`.
-fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<()> {
-    let Some(owner) = owner else {
-        return fs::create_dir_all(dir);
-    };
-    let missing: Vec<&Path> = dir
+/// `create_dir_all`, giving the directories it creates `owner`; returns
+/// them, deepest first.
+fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<Vec<PathBuf>> {
+    if dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let missing: Vec<PathBuf> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_owned)
         .collect();
     fs::create_dir_all(dir)?;
-    for created in missing {
-        owner::ensure(owner, created)?;
+    if let Some(owner) = owner {
+        for created in &missing {
+            owner::ensure(owner, created)?;
+        }
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// Directories made for staged files, deepest first: removed when dropped
+/// if still empty (a failed render or check leaves no trace), unless the
+/// commit kept them.
+#[derive(Debug, Default)]
+struct MadeDirs(Vec<PathBuf>);
+
+impl MadeDirs {
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            // Fails, as it should, on a directory something was put in.
+            let _ = fs::remove_dir(dir);
+        }
+    }
 }
 
 /// The nearest ancestor of `dir` inside `root` that is a directory.

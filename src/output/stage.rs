@@ -17,8 +17,8 @@ use tempfile::NamedTempFile;
 
 use super::previous::{self, Found, Old, ensure_mode};
 use super::{
-    OutputTarget, Result, STAGING_PREFIX, Staged, StagedFile, Template, create_dirs, list_files, nearest_dir, owner,
-    refuse_file_and_directory, umask_keeps,
+    MadeDirs, OutputTarget, Result, STAGING_PREFIX, Staged, StagedFile, Template, create_dirs, list_files, nearest_dir,
+    owner, refuse_file_and_directory, umask_keeps,
 };
 use crate::render::{Emitted, Sink};
 
@@ -29,7 +29,6 @@ const BUFFER: usize = 64 * 1024;
 /// A template's output being staged: the [`Sink`] its render writes into.
 pub struct Stage {
     template: Template,
-    place: Place,
     target: OutputTarget,
     /// A single-file output's file, while the render writes it.
     open: Option<Pending>,
@@ -43,6 +42,8 @@ pub struct Stage {
     emitted: BTreeMap<String, (u64, [u8; 32])>,
     files: Vec<StagedFile>,
     unchanged: Vec<PathBuf>,
+    /// Last: the directories it made go after the temp files in them.
+    place: Place,
 }
 
 /// What staging a file needs of its template, and the directories known.
@@ -55,6 +56,8 @@ struct Place {
     /// staged in.
     made_dirs: BTreeMap<PathBuf, PathBuf>,
     fsync_dirs: BTreeSet<PathBuf>,
+    /// The directories that did not exist before.
+    created: MadeDirs,
 }
 
 /// One file on its way to its temp file.
@@ -83,6 +86,7 @@ impl Stage {
                 root: None,
                 made_dirs: BTreeMap::new(),
                 fsync_dirs: BTreeSet::new(),
+                created: MadeDirs::default(),
             },
             target: target.clone(),
             open: None,
@@ -98,7 +102,8 @@ impl Stage {
                 stage.open = Some(Pending::open(path.clone(), true).map_err(io("cannot read", path))?);
             }
             OutputTarget::Directory { path, .. } => {
-                create_dirs(path, template.owner).map_err(io("cannot create directory", path))?;
+                let created = create_dirs(path, template.owner).map_err(io("cannot create directory", path))?;
+                stage.place.created.0.extend(created);
                 let absolute = std::path::absolute(path).map_err(io("cannot resolve", path))?;
                 stage.place.made_dirs.insert(path.clone(), absolute);
                 stage.existing = list_files(path)
@@ -151,6 +156,7 @@ impl Stage {
             root: self.place.root,
             size: self.size,
             checksum,
+            made: std::mem::take(&mut self.place.created),
         })
     }
 
@@ -327,7 +333,12 @@ impl Place {
         let dir = target.parent().unwrap_or(Path::new("."));
         if !self.made_dirs.contains_key(dir) {
             let stage_in = match create_dirs(dir, self.owner) {
-                Ok(()) => dir.to_owned(),
+                Ok(created) => {
+                    // Deeper than those made before.
+                    let before = std::mem::take(&mut self.created.0);
+                    self.created.0 = created.into_iter().chain(before).collect();
+                    dir.to_owned()
+                }
                 // A file of the last render stands where this one needs a
                 // directory (`a`, now `a/b`): the commit moves it aside;
                 // until then the new file is staged in the nearest directory.

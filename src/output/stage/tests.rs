@@ -63,7 +63,7 @@ async fn a_render_failing_midway_through_a_directory_leaves_no_staged_file_and_t
     // Two files are staged (one new), then the render fails.
     let failing = prepared(
         dir.path(),
-        "    inline: \"{% for c in resources.cms %}{{ file(c.metadata.name, c.data.v) }}{% endfor %}{{ file('new', 'x') }}{{ nothing.here }}\"\n    directory: out\n",
+        "    inline: \"{% for c in resources.cms %}{{ file(c.metadata.name, c.data.v) }}{% endfor %}{{ file('new', 'x') }}{{ file('sub/new', 'x') }}{{ nothing.here }}\"\n    directory: out\n",
         "",
     );
     let error = render(&failing, &cms(2, |i| format!("new {i}"))).await.unwrap_err();
@@ -76,6 +76,16 @@ async fn a_render_failing_midway_through_a_directory_leaves_no_staged_file_and_t
         );
     }
     assert!(!out.join("new").exists());
+    assert!(!out.join("sub").exists(), "no directory made for the render is left");
+
+    // A first render that fails leaves no output directory behind either.
+    let fresh = prepared(
+        dir.path(),
+        "    inline: \"{{ file('a/b', 'x') }}{{ nothing.here }}\"\n    directory: fresh/out\n",
+        "",
+    );
+    render(&fresh, &[]).await.unwrap_err();
+    assert!(!dir.path().join("fresh").exists());
 }
 
 #[tokio::test]
