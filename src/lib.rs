@@ -28,8 +28,10 @@
 //! - [`store`] — ordered, non-unique, snapshot-able stores built from an
 //!   indexer: whole objects, or references with bodies fetched on demand
 //!   through a bounded cache.
-//! - [`render`] — the template environment, filters and the `resources` view.
-//! - [`output`] — atomic, change-only writes of files and directories, with `check`.
+//! - [`render`] — the template environment, filters and the `resources` view; a
+//!   render writes into a sink as it goes.
+//! - [`output`] — atomic, change-only writes of files and directories, staged while
+//!   the render produces them, with `check`.
 //! - [`action`] — commands and HTTP calls after a render that changed a file.
 //! - [`exec`] — exec mode: the command kube-template starts, reloads and
 //!   stops as its child.

@@ -5,7 +5,6 @@ pub mod group;
 mod guard;
 mod live;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use crate::action;
 use crate::config::{self, Config, Issue};
 use crate::object::Meta;
 use crate::object::document::Document;
-use crate::output::{self, Job, OutputTarget, Template};
+use crate::output::{self, OutputTarget, Template};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer, StoresSnapshot};
 use crate::source::own_writes::OwnWrites;
@@ -186,11 +185,11 @@ pub async fn render_and_write(
     let mut report = output::Report::default();
     let mut failed = Vec::new();
     for group in group::plan(&prepared.config, &prepared.renderer) {
-        let rendered = match prepared.renderer.render_some(snapshot, |t| group.templates.contains(t)) {
-            Ok(rendered) => write(prepared, &rendered, out_root, &redactor).await,
-            Err(errors) => Err(Error::Render(errors)),
+        let written = match stage(prepared, snapshot, |t| group.templates.contains(t), out_root) {
+            Ok(staged) => output::write_staged(staged, &redactor).await.map_err(Error::from),
+            Err(e) => Err(e),
         };
-        match rendered {
+        match written {
             Ok(done) => {
                 report.written.extend(done.written);
                 report.removed.extend(done.removed);
@@ -224,49 +223,39 @@ pub fn redactor(config: &Config, snapshot: &StoresSnapshot) -> Redactor {
     )
 }
 
-/// Writes rendered outputs (all or none), re-rooted under `out_root` if given.
-pub async fn write(
+/// Renders the templates whose name `wanted` accepts from `snapshot`, each
+/// straight into temp files beside its outputs (re-rooted under `out_root`
+/// if given): nothing is in place yet, and a failure leaves no temp file.
+/// Blocking work: file I/O as the templates render.
+pub fn stage(
     prepared: &Prepared,
-    rendered: &[render::Rendered],
+    snapshot: &StoresSnapshot,
+    wanted: impl Fn(&str) -> bool,
     out_root: Option<&Path>,
-    redactor: &Redactor,
-) -> Result<output::Report, Error> {
-    let targets: Vec<OutputTarget> = rendered
-        .iter()
-        .map(|r| {
-            let target = &prepared.config.templates[&r.template].output;
-            match out_root {
-                Some(root) => target.rerooted(root),
-                None => target.clone(),
-            }
-        })
-        .collect();
-    // A re-rooted render (`render --out`, template tests) is a preview, often
-    // made without the privileges `owner:` needs: it keeps the files' owner.
-    let templates: Vec<Cow<'_, Template>> = rendered
-        .iter()
-        .map(|r| {
-            let template = &prepared.config.templates[&r.template];
-            match (out_root, template.owner) {
-                (Some(_), Some(_)) => Cow::Owned(Template {
+) -> Result<Vec<output::Staged>, Error> {
+    let mut stages = Vec::new();
+    for (name, template) in prepared.config.templates.iter().filter(|(name, _)| wanted(name)) {
+        let stage = match out_root {
+            // A re-rooted render (`render --out`, template tests) is a
+            // preview, often made without the privileges `owner:` needs: it
+            // keeps the files' owner.
+            Some(root) => {
+                let preview = Template {
                     owner: None,
                     ..template.clone()
-                }),
-                _ => Cow::Borrowed(template),
+                };
+                output::Stage::new(&preview, &template.output.rerooted(root))?
             }
-        })
-        .collect();
-    let jobs: Vec<Job<'_>> = rendered
-        .iter()
-        .zip(&targets)
-        .zip(&templates)
-        .map(|((r, target), template)| Job {
-            template,
-            target,
-            content: &r.content,
-        })
-        .collect();
-    Ok(output::write_all(&jobs, redactor).await?)
+            None => output::Stage::new(template, &template.output)?,
+        };
+        stages.push((name.clone(), stage));
+    }
+    let rendered = prepared.renderer.render_into(snapshot, stages).map_err(Error::Render)?;
+    let staged = rendered
+        .into_iter()
+        .map(|(_, stage)| stage.finish())
+        .collect::<Result<_, _>>()?;
+    Ok(staged)
 }
 
 /// How a live run ends.

@@ -345,7 +345,10 @@ fn a_log_filter_that_does_not_parse_is_refused_naming_it() {
     ]);
     assert_eq!(run.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("--log-level `kube_template=loud` is not a log level"), "{stderr}");
+    assert!(
+        stderr.contains("--log-level `kube_template=loud` is not a log level"),
+        "{stderr}"
+    );
 
     let run = Command::new(env!("CARGO_BIN_EXE_kube-template"))
         .args(["check", "-c"])

@@ -2,29 +2,29 @@
 //! (DESIGN sections 1 and 5.6–5.7).
 //!
 //! A write goes in three steps over all templates of a render: stage every
-//! changed file as a temp file beside its target, run each template's `check`
-//! on its staged files, then — only if every check passed — rename them into
-//! place and remove stale files of directory outputs. A failure at any step
-//! before the renames leaves every previous file untouched; a failed rename
-//! puts back the files already replaced (`commit`), and stale files are
-//! removed only after every rename succeeded.
+//! changed file as a temp file beside its target (`stage`: while the render
+//! produces it), run each template's `validate` and `check` on its files,
+//! then — only if every one passed — rename them into place and remove stale
+//! files of directory outputs. A failure at any step before the renames
+//! leaves every previous file untouched; a failed rename puts back the files
+//! already replaced (`commit`), and stale files are removed only after every
+//! rename succeeded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempPath;
 
 use self::commit::Commit;
-use self::previous::{Old, ensure_mode, old_version};
 use crate::command;
 use crate::redact::Redactor;
-use crate::render::{Content, Syntax, TemplateSource};
+use crate::render::{Content, Sink, Syntax, TemplateSource};
 pub use guard::Guard;
 pub use owner::Owner;
+pub use stage::Stage;
 pub use validate::ValidateFormat;
 
 /// A validated template.
@@ -185,7 +185,7 @@ impl Report {
     }
 }
 
-/// One template's rendered content and where it goes.
+/// One template's rendered content, in memory, and where it goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
     pub template: &'a Template,
@@ -193,16 +193,43 @@ pub struct Job<'a> {
     pub content: &'a Content,
 }
 
-/// A template's changes, staged but not yet in place.
-struct Staged {
-    template: String,
+/// A template's changes, staged but not yet in place: what a [`Stage`]
+/// gives once its render is over. Dropping it removes its temp files.
+pub struct Staged {
+    /// Its template (re-rooted, as it was staged): its checks.
+    template: Template,
     fsync_dirs: BTreeSet<PathBuf>,
     files: Vec<StagedFile>,
+    /// Files whose new bytes are those already in place.
+    unchanged: Vec<PathBuf>,
     /// Targets renamed into place by the commit.
     written: Vec<PathBuf>,
     stale: Vec<PathBuf>,
     /// Directories (inside a directory output) that may be empty afterwards.
     root: Option<PathBuf>,
+    size: u64,
+    checksum: String,
+    /// Last: dropped after the staged files.
+    made: MadeDirs,
+}
+
+impl Staged {
+    /// The template it is the output of.
+    pub fn template(&self) -> &str {
+        &self.template.name
+    }
+
+    /// The new size: bytes of a single-file output, files of a directory
+    /// output (what the loss guard weighs).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The sha256 of the new output: of the file, or of every file's name,
+    /// length and sha256 of a directory output, by name.
+    pub fn checksum(&self) -> &str {
+        &self.checksum
+    }
 }
 
 /// A temp file beside the target it is to replace.
@@ -213,29 +240,54 @@ struct StagedFile {
     new: bool,
 }
 
-/// Writes all outputs of one render, or none of them. `redactor` holds the
-/// Secret values of the render, kept out of what a failing check printed.
+/// Writes all outputs of one render held in memory, or none of them.
+/// `redactor` holds the Secret values of the render, kept out of what a
+/// failing check printed.
 pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> {
-    for job in jobs {
-        validate(job)?;
-    }
     let mut staged = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let s = stage(job)?;
-        for staged in &s.files {
-            check(job.template, &staged.file, &staged.target, redactor).await?;
+        staged.push(stage(job)?);
+    }
+    write_staged(staged, redactor).await
+}
+
+/// Stages a job's content held in memory.
+pub fn stage(job: &Job<'_>) -> Result<Staged> {
+    let mut stage = Stage::new(job.template, job.target)?;
+    let written = match job.content {
+        Content::File(bytes) => stage.write_all(bytes),
+        Content::Directory(files) => files
+            .iter()
+            .try_for_each(|(name, bytes)| stage.file(name, bytes).map(drop)),
+    };
+    written.map_err(io_error(&job.template.name, "cannot stage", job.target.path()))?;
+    stage.finish()
+}
+
+/// Puts staged outputs in place, all or none of them: validates and checks
+/// them first. `redactor` holds the Secret values of the render, kept out
+/// of what a failing check printed.
+pub async fn write_staged(mut staged: Vec<Staged>, redactor: &Redactor) -> Result<Report> {
+    for s in &staged {
+        validate(&s.template, s)?;
+    }
+    for s in &staged {
+        for file in &s.files {
+            check(&s.template, &file.file, &file.target, redactor).await?;
         }
-        staged.push(s);
     }
     // Every rename first, all or nothing; only then stale files go.
     let mut commit = Commit::default();
     for s in &mut staged {
         for StagedFile { file, target, new } in std::mem::take(&mut s.files) {
-            commit.replace(&s.template, file, target.clone(), s.root.as_deref(), new)?;
+            commit.replace(&s.template.name, file, target.clone(), s.root.as_deref(), new)?;
             s.written.push(target);
         }
     }
     let moved_aside = commit.finish();
+    for s in &mut staged {
+        s.made.keep();
+    }
     let mut report = Report::default();
     for s in staged {
         let changed = !s.written.is_empty() || !s.stale.is_empty();
@@ -250,7 +302,7 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
                     return Err(Error::Io {
-                        template: s.template.clone(),
+                        template: s.template.name.clone(),
                         action: "cannot remove stale file",
                         path,
                         source,
@@ -262,160 +314,48 @@ pub async fn write_all(jobs: &[Job<'_>], redactor: &Redactor) -> Result<Report> 
             remove_empty_dirs(root, root);
         }
         for dir in &s.fsync_dirs {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| Error::Io {
-                    template: s.template.clone(),
-                    action: "cannot fsync directory",
-                    path: dir.clone(),
-                    source,
-                })?;
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(
+                &s.template.name,
+                "cannot fsync directory",
+                dir,
+            ))?;
         }
         if changed {
-            report.changed_templates.push(s.template);
+            report.changed_templates.push(s.template.name);
         }
     }
     Ok(report)
 }
 
-fn stage(job: &Job<'_>) -> Result<Staged> {
-    let template = &job.template.name;
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| Error::Io {
-            template: template.clone(),
-            action,
-            path,
-            source,
-        }
-    };
-    let mut staged = Staged {
-        template: template.clone(),
-        fsync_dirs: BTreeSet::new(),
-        files: Vec::new(),
-        written: Vec::new(),
-        stale: Vec::new(),
-        root: None,
-    };
-    // Files known not to exist need no read; directories known to exist no
-    // mkdir (each with its absolute form, where files are staged).
-    let mut absent: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut made_dirs: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    let wanted: BTreeMap<PathBuf, &[u8]> = match (job.target, job.content) {
-        (OutputTarget::File { path, .. }, Content::File(bytes)) => [(path.clone(), bytes.as_slice())].into(),
-        (OutputTarget::Directory { path, .. }, Content::Directory(files)) => {
-            create_dirs(path, job.template.owner).map_err(io("cannot create directory", path))?;
-            made_dirs.insert(
-                path.clone(),
-                std::path::absolute(path).map_err(io("cannot resolve", path))?,
-            );
-            let existing: BTreeSet<PathBuf> = list_files(path)
-                .map_err(io("cannot list directory", path))?
-                .into_iter()
-                .collect();
-            absent = files
-                .keys()
-                .map(PathBuf::from)
-                .filter(|rel| !existing.contains(rel))
-                .map(|rel| path.join(rel))
-                .collect();
-            staged.stale = existing
-                .into_iter()
-                .filter(|rel| !files.contains_key(rel.to_string_lossy().as_ref()))
-                .map(|rel| path.join(rel))
-                .collect();
-            staged.root = Some(path.clone());
-            files
-                .iter()
-                .map(|(name, bytes)| (path.join(name), bytes.as_slice()))
-                .collect()
-        }
-        _ => unreachable!("a template's content always matches its output kind"),
-    };
-    if let Some(root) = &staged.root {
-        refuse_file_and_directory(template, root, &wanted)?;
+/// An I/O error of `template` about `path`.
+fn io_error<'a>(
+    template: &'a str,
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> Error + use<'a> {
+    let path = path.to_owned();
+    move |source| Error::Io {
+        template: template.to_owned(),
+        action,
+        path,
+        source,
     }
-    for (target, bytes) in wanted {
-        let old = if absent.contains(&target) {
-            Ok(Old::None)
-        } else {
-            old_version(&target, bytes)
-        };
-        let new = match old {
-            Ok(Old::Same(meta)) => {
-                ensure_mode(&target, &meta, job.template.mode).map_err(io("cannot set the mode of", &target))?;
-                if let Some(owner) = job.template.owner {
-                    owner::ensure(owner, &target).map_err(io("cannot set the owner of", &target))?;
-                }
-                continue;
-            }
-            Ok(old) => matches!(old, Old::None),
-            Err(e) => return Err(io("cannot read", &target)(e)),
-        };
-        let dir = target.parent().unwrap_or(Path::new("."));
-        if !made_dirs.contains_key(dir) {
-            let stage_in = match create_dirs(dir, job.template.owner) {
-                Ok(()) => dir.to_owned(),
-                // A file of the last render stands where this one needs a
-                // directory (`a`, now `a/b`): the commit moves it aside;
-                // until then the new file is staged in the nearest directory.
-                Err(e) => staged
-                    .root
-                    .as_deref()
-                    .and_then(|root| nearest_dir(root, dir))
-                    .ok_or_else(|| io("cannot create directory", dir)(e))?,
-            };
-            let absolute = std::path::absolute(&stage_in).map_err(io("cannot resolve", dir))?;
-            made_dirs.insert(dir.to_owned(), absolute);
-        }
-        // An absolute directory spares the temp file a getcwd of its own.
-        let mut file = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .permissions(fs::Permissions::from_mode(job.template.mode))
-            .tempfile_in(&made_dirs[dir])
-            .map_err(io("cannot create a temp file in", dir))?;
-        file.write_all(bytes).map_err(io("cannot write", file.path()))?;
-        if !umask_keeps(job.template.mode) {
-            file.as_file()
-                .set_permissions(fs::Permissions::from_mode(job.template.mode))
-                .map_err(io("cannot set the mode of", file.path()))?;
-        }
-        if let Some(owner) = job.template.owner {
-            owner::apply_to(owner, file.as_file()).map_err(io("cannot set the owner of", file.path()))?;
-        }
-        if job.template.fsync {
-            file.as_file().sync_all().map_err(io("cannot fsync", file.path()))?;
-            staged.fsync_dirs.insert(dir.to_owned());
-        }
-        // Closed now: a directory output may stage more files than a process
-        // may keep open.
-        staged.files.push(StagedFile {
-            file: file.into_temp_path(),
-            target,
-            new,
-        });
-    }
-    Ok(staged)
 }
 
-/// Checks a job's files against its template's `validate:` format.
-fn validate(job: &Job<'_>) -> Result<()> {
-    let Some(format) = job.template.validate else {
+/// Checks a staged output's files against its template's `validate:`
+/// format, reading them back one at a time.
+fn validate(template: &Template, staged: &Staged) -> Result<()> {
+    let Some(format) = template.validate else {
         return Ok(());
     };
-    let files: Vec<(PathBuf, &[u8])> = match (job.target, job.content) {
-        (OutputTarget::File { path, .. }, Content::File(bytes)) => vec![(path.clone(), bytes)],
-        (OutputTarget::Directory { path, .. }, Content::Directory(files)) => files
-            .iter()
-            .map(|(name, bytes)| (path.join(name), bytes.as_slice()))
-            .collect(),
-        _ => unreachable!("a template's content always matches its output kind"),
-    };
-    for (file, bytes) in files {
-        if let Err(e) = validate::check(format, bytes) {
+    let staged_files = staged.files.iter().map(|f| (&f.target, f.file.as_ref()));
+    let unchanged = staged.unchanged.iter().map(|target| (target, target.as_path()));
+    for (target, path) in staged_files.chain(unchanged) {
+        let bytes = fs::read(path).map_err(io_error(&template.name, "cannot read back", target))?;
+        if let Err(e) = validate::check(format, &bytes) {
             return Err(Error::Invalid {
-                template: job.template.name.clone(),
-                file,
+                template: template.name.clone(),
+                file: target.clone(),
                 format: format.name(),
                 reason: e.reason,
             });
@@ -424,20 +364,45 @@ fn validate(job: &Job<'_>) -> Result<()> {
     Ok(())
 }
 
-/// `create_dir_all`, giving the directories it creates `owner`.
-fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<()> {
-    let Some(owner) = owner else {
-        return fs::create_dir_all(dir);
-    };
-    let missing: Vec<&Path> = dir
+/// `create_dir_all`, giving the directories it creates `owner`; returns
+/// them, deepest first.
+fn create_dirs(dir: &Path, owner: Option<Owner>) -> std::io::Result<Vec<PathBuf>> {
+    if dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let missing: Vec<PathBuf> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_owned)
         .collect();
     fs::create_dir_all(dir)?;
-    for created in missing {
-        owner::ensure(owner, created)?;
+    if let Some(owner) = owner {
+        for created in &missing {
+            owner::ensure(owner, created)?;
+        }
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// Directories made for staged files, deepest first: removed when dropped
+/// if still empty (a failed render or check leaves no trace), unless the
+/// commit kept them.
+#[derive(Debug, Default)]
+struct MadeDirs(Vec<PathBuf>);
+
+impl MadeDirs {
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for MadeDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            // Fails, as it should, on a directory something was put in.
+            let _ = fs::remove_dir(dir);
+        }
+    }
 }
 
 /// The nearest ancestor of `dir` inside `root` that is a directory.
@@ -449,10 +414,10 @@ fn nearest_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 /// A directory output cannot hold a file `a` and a file `a/b` at once.
-fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeMap<PathBuf, &[u8]>) -> Result<()> {
-    for target in wanted.keys() {
+fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeSet<PathBuf>) -> Result<()> {
+    for target in wanted {
         let parents = target.ancestors().skip(1).take_while(|a| *a != root);
-        if let Some(file) = parents.into_iter().find(|a| wanted.contains_key(*a)) {
+        if let Some(file) = parents.into_iter().find(|a| wanted.contains(*a)) {
             return Err(Error::FileAndDirectory {
                 template: template.to_owned(),
                 file: file.to_owned(),
@@ -589,6 +554,7 @@ mod commit;
 pub mod guard;
 pub mod owner;
 mod previous;
+mod stage;
 #[cfg(test)]
 mod tests;
 pub mod validate;

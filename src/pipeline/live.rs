@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::group::{self, Group};
 use super::guard::{Allowed, Guards};
-use super::{Error, Prepared, redactor, snapshot, stale_reads, write};
+use super::{Error, Prepared, redactor, snapshot, stage, stale_reads};
 use crate::action::Action;
 use crate::output::{self, guard::Shrink};
 use crate::redact::Redactor;
@@ -194,25 +194,28 @@ async fn render_and_report(
     // commands still run on the runtime.
     let written = tokio::task::spawn_blocking(move || {
         let rendering = Instant::now();
-        let rendered = job
-            .renderer
-            .render_some(&snapshot, |t| templates.contains(t))
-            .map_err(Failed::Render)?;
+        let staged = stage(&job, &snapshot, |t| templates.contains(t), None).map_err(|e| match e {
+            Error::Render(errors) => Failed::Render(errors),
+            other => Failed::Write(Box::new(other), None),
+        })?;
         let render_ms = rendering.elapsed().as_millis() as u64;
-        let shrinks = guard_shrinks(&job, &rendered).map_err(|e| Failed::Write(Box::new(e.into()), None))?;
+        let shrinks = guard_shrinks(&job, &staged).map_err(|e| Failed::Write(Box::new(e.into()), None))?;
         if shrinks.iter().any(|s| !may_shrink.contains(&s.template)) {
             return Err(Failed::Guard(shrinks));
         }
-        let report = runtime
-            .block_on(write(&job, &rendered, None, &redactor))
-            .map_err(|e| Failed::Write(Box::new(e), Some(shrinks.clone())))?;
-        let sums: Vec<(String, String, String)> = rendered
+        let sums: Vec<(String, String, String)> = staged
             .iter()
-            .filter_map(|r| {
-                let path = job.config.templates[&r.template].output.path().display().to_string();
-                let fresh = report.changed_templates.contains(&r.template) || !known.contains(&path);
-                fresh.then(|| (path, r.template.clone(), checksum(&r.content)))
+            .map(|s| {
+                let path = job.config.templates[s.template()].output.path().display().to_string();
+                (path, s.template().to_owned(), s.checksum().to_owned())
             })
+            .collect();
+        let report = runtime
+            .block_on(output::write_staged(staged, &redactor))
+            .map_err(|e| Failed::Write(Box::new(e.into()), Some(shrinks.clone())))?;
+        let sums: Vec<(String, String, String)> = sums
+            .into_iter()
+            .filter(|(path, template, _)| report.changed_templates.contains(template) || !known.contains(path))
             .collect();
         Ok((report, sums, render_ms, shrinks))
     })
@@ -291,14 +294,14 @@ enum Failed {
     Write(Box<Error>, Option<Vec<Shrink>>),
 }
 
-/// The shrinks past their `max_shrink` of the guarded templates rendered,
+/// The shrinks past their `max_shrink` of the guarded templates staged,
 /// measured against what is on disk now.
-fn guard_shrinks(prepared: &Prepared, rendered: &[render::Rendered]) -> Result<Vec<Shrink>, output::Error> {
+fn guard_shrinks(prepared: &Prepared, staged: &[output::Staged]) -> Result<Vec<Shrink>, output::Error> {
     let mut shrinks = Vec::new();
-    for r in rendered {
-        let template = &prepared.config.templates[&r.template];
+    for s in staged {
+        let template = &prepared.config.templates[s.template()];
         if let Some(guard) = &template.guard
-            && let Some(shrink) = output::guard::measure(guard, &r.template, &template.output, &r.content)?
+            && let Some(shrink) = output::guard::measure(guard, s.template(), &template.output, s.size())?
         {
             shrinks.push(shrink);
         }
@@ -334,23 +337,4 @@ fn count_by_template(prepared: &Prepared, report: &output::Report) -> BTreeMap<S
         *counts.entry(template).or_insert(0) += 1;
     }
     counts
-}
-
-/// The sha256 of a template's output: of the file, or of every file's name and
-/// bytes of a directory output.
-fn checksum(content: &render::Content) -> String {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    match content {
-        render::Content::File(bytes) => digest.update(bytes),
-        render::Content::Directory(files) => {
-            for (name, bytes) in files {
-                digest.update(name.as_bytes());
-                digest.update([0]);
-                digest.update((bytes.len() as u64).to_be_bytes());
-                digest.update(bytes);
-            }
-        }
-    }
-    digest.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,12 +2,14 @@
 //! `resources.<name>` (DESIGN section 4).
 //!
 //! Renders are level-triggered and deterministic: the same snapshot always
-//! gives the same bytes. A render produces every template's output in memory
-//! first; nothing is written unless all of them succeeded.
+//! gives the same bytes. A render hands each template's output to a
+//! [`Sink`] as it is produced; the caller decides what becomes of it (the
+//! pipeline stages it and writes nothing unless every template succeeded).
 
 mod filters;
 pub mod objects;
 pub mod reads;
+pub mod sink;
 pub mod syntax;
 pub mod urls;
 pub mod value;
@@ -15,14 +17,15 @@ pub mod value;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use minijinja::value::{Object, Value};
-use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 
 pub use objects::{Resources, StoresSnapshot};
 pub use reads::Reads;
+pub use sink::{Emitted, Memory, Sink};
 pub use syntax::{Pair, Syntax};
 pub use urls::Urls;
 
@@ -220,32 +223,55 @@ impl Renderer {
     }
 
     /// Renders the templates whose name `wanted` accepts (a group) against
-    /// one snapshot. All errors are returned, one per failing template.
+    /// one snapshot, in memory. All errors are returned, one per failing
+    /// template.
     pub fn render_some(
         &self,
         snapshot: &StoresSnapshot,
         wanted: impl Fn(&str) -> bool,
     ) -> Result<Vec<Rendered>, Vec<Error>> {
-        let jobs: Vec<&Job> = self.jobs.iter().filter(|job| wanted(&job.name)).collect();
+        let sinks = self
+            .jobs
+            .iter()
+            .filter(|job| wanted(&job.name))
+            .map(|job| (job.name.clone(), Memory::new(job.directory)))
+            .collect();
+        let rendered = self.render_into(snapshot, sinks)?;
+        Ok(rendered
+            .into_iter()
+            .map(|(template, sink)| Rendered {
+                template,
+                content: sink.into_content(),
+            })
+            .collect())
+    }
+
+    /// Renders each named template into its sink against one snapshot, and
+    /// gives the sinks back in the same order. All errors are returned, one
+    /// per failing template; the sinks of a failed render are dropped.
+    pub fn render_into<S: Sink>(
+        &self,
+        snapshot: &StoresSnapshot,
+        sinks: Vec<(String, S)>,
+    ) -> Result<Vec<(String, S)>, Vec<Error>> {
         let resources = Value::from_object(Resources::new(snapshot));
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
-        let results = if workers < 2 || jobs.len() < 2 {
-            jobs.iter().map(|job| self.render_one(job, &resources)).collect()
+        let names: Vec<String> = sinks.iter().map(|(name, _)| name.clone()).collect();
+        let results = if workers < 2 || sinks.len() < 2 {
+            sinks
+                .into_iter()
+                .map(|(name, sink)| self.render_named(&name, &resources, sink))
+                .collect()
         } else {
-            self.render_in_parallel(&jobs, workers.min(jobs.len()), &resources)
+            let workers = workers.min(sinks.len());
+            self.render_in_parallel(sinks, workers, &resources)
         };
-        let mut rendered = Vec::with_capacity(jobs.len());
+        let mut rendered = Vec::with_capacity(names.len());
         let mut errors = Vec::new();
-        for (job, result) in jobs.iter().zip(results) {
+        for (template, result) in names.into_iter().zip(results) {
             match result {
-                Ok(content) => rendered.push(Rendered {
-                    template: job.name.clone(),
-                    content,
-                }),
-                Err(message) => errors.push(Error {
-                    template: job.name.clone(),
-                    message,
-                }),
+                Ok(sink) => rendered.push((template, sink)),
+                Err(message) => errors.push(Error { template, message }),
             }
         }
         if errors.is_empty() { Ok(rendered) } else { Err(errors) }
@@ -253,9 +279,15 @@ impl Renderer {
 
     /// Renders the templates on `workers` threads (templates are independent
     /// and read the same immutable snapshot); results in template order.
-    fn render_in_parallel(&self, jobs: &[&Job], workers: usize, resources: &Value) -> Vec<Result<Content, String>> {
+    fn render_in_parallel<S: Sink>(
+        &self,
+        sinks: Vec<(String, S)>,
+        workers: usize,
+        resources: &Value,
+    ) -> Vec<Result<S, String>> {
         let next = AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<Content, String>>> = jobs.iter().map(|_| None).collect();
+        let jobs: Vec<Mutex<Option<(String, S)>>> = sinks.into_iter().map(|s| Mutex::new(Some(s))).collect();
+        let mut results: Vec<Option<Result<S, String>>> = jobs.iter().map(|_| None).collect();
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..workers)
                 .map(|_| {
@@ -264,7 +296,9 @@ impl Renderer {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(job) = jobs.get(i) else { break done };
-                            done.push((i, self.render_one(job, resources)));
+                            let taken = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+                            let (name, sink) = taken.expect("each job is taken by one worker");
+                            done.push((i, self.render_named(&name, resources, sink)));
                         }
                     })
                 })
@@ -283,27 +317,38 @@ impl Renderer {
             .collect()
     }
 
-    fn render_one(&self, job: &Job, resources: &Value) -> Result<Content, String> {
+    fn render_named<S: Sink>(&self, name: &str, resources: &Value, sink: S) -> Result<S, String> {
+        match self.jobs.iter().find(|job| job.name == name) {
+            Some(job) => self.render_one(job, resources, sink),
+            None => Err(format!("no template `{name}`")),
+        }
+    }
+
+    fn render_one<S: Sink>(&self, job: &Job, resources: &Value, sink: S) -> Result<S, String> {
         let template = self.envs[job.env]
             .1
             .get_template(&job.source)
             .map_err(|e| describe(&e))?;
-        let budget = Arc::new(Budget::new(self.max_output));
-        let sink = Arc::new(FileSink {
-            directory: job.directory,
+        let budget = Arc::new(sink::Budget::new(self.max_output));
+        // A single-file template writes its text into the sink; a directory
+        // template's `file()` holds it.
+        let (mut text, files) = if job.directory {
+            (None, Some(sink))
+        } else {
+            (Some(sink), None)
+        };
+        let files = Arc::new(sink::FileSink {
             budget: Arc::clone(&budget),
-            files: Mutex::default(),
+            sink: Mutex::new(files),
         });
         let ctx = minijinja::context! {
             resources => resources.clone(),
-            file => Value::from_dyn_object(Arc::clone(&sink)),
+            file => Value::from_dyn_object(Arc::clone(&files)),
             fetch_url => Value::from_object(urls::FetchUrl(self.urls.clone())),
         };
-        let mut text = Vec::new();
-        let writer = BudgetWriter {
-            out: &mut text,
+        let writer = sink::BudgetWriter {
+            out: text.as_mut(),
             budget: &budget,
-            counted: !job.directory,
         };
         if let Err(e) = template.render_captured_to(ctx, writer) {
             if budget.exceeded.load(Ordering::Relaxed) {
@@ -326,12 +371,9 @@ impl Renderer {
             }
             return Err(describe(&e));
         }
-        if job.directory {
-            let files = std::mem::take(&mut *sink.files.lock().unwrap_or_else(|e| e.into_inner()));
-            Ok(Content::Directory(files))
-        } else {
-            Ok(Content::File(text))
-        }
+        Ok(text
+            .or_else(|| files.take())
+            .expect("the sink is either the text's or file()'s"))
     }
 }
 
@@ -417,109 +459,6 @@ fn location(err: &minijinja::Error) -> String {
         (Some(name), Some(line)) => format!("{name} line {line}: "),
         (Some(name), None) => format!("{name}: "),
         _ => String::new(),
-    }
-}
-
-/// Bytes a template may still produce.
-#[derive(Debug)]
-struct Budget {
-    left: AtomicU64,
-    exceeded: AtomicBool,
-}
-
-impl Budget {
-    fn new(limit: u64) -> Budget {
-        Budget {
-            left: AtomicU64::new(limit),
-            exceeded: AtomicBool::new(false),
-        }
-    }
-
-    fn spend(&self, n: usize) -> bool {
-        let n = n as u64;
-        let ok = self
-            .left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n))
-            .is_ok();
-        if !ok {
-            self.exceeded.store(true, Ordering::Relaxed);
-        }
-        ok
-    }
-}
-
-struct BudgetWriter<'a> {
-    out: &'a mut Vec<u8>,
-    budget: &'a Budget,
-    /// Directory templates' own text is discarded, so it is not counted.
-    counted: bool,
-}
-
-impl io::Write for BudgetWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.counted {
-            return Ok(buf.len());
-        }
-        if !self.budget.spend(buf.len()) {
-            return Err(io::Error::other("output too large"));
-        }
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// `file(name, content)`: collects the files of a directory template.
-#[derive(Debug)]
-struct FileSink {
-    directory: bool,
-    budget: Arc<Budget>,
-    files: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-impl Object for FileSink {
-    fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, minijinja::Error> {
-        let invalid = |message: String| minijinja::Error::new(ErrorKind::InvalidOperation, message);
-        if !self.directory {
-            return Err(invalid(
-                "file() works only in templates with a `directory` output".into(),
-            ));
-        }
-        let (name, content): (&str, Value) = minijinja::value::from_args(args)?;
-        if !safe_relative(name) {
-            return Err(invalid(format!(
-                "file({name:?}): names must be relative paths without `..`, `.` or empty parts"
-            )));
-        }
-        let bytes = if let Some(s) = content.as_str() {
-            s.as_bytes().to_vec()
-        } else if let Some(b) = content.as_bytes() {
-            b.to_vec()
-        } else if content.is_undefined() {
-            return Err(minijinja::Error::new(
-                ErrorKind::UndefinedError,
-                format!("file({name:?}): the content is undefined"),
-            ));
-        } else {
-            content.to_string().into_bytes()
-        };
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = files.get(name) {
-            if *existing == bytes {
-                return Ok(Value::from(""));
-            }
-            return Err(invalid(format!(
-                "file({name:?}) was emitted twice with different content"
-            )));
-        }
-        if !self.budget.spend(bytes.len()) {
-            return Err(invalid("output too large".into()));
-        }
-        files.insert(name.to_string(), bytes);
-        Ok(Value::from(""))
     }
 }
 
