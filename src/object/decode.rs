@@ -10,10 +10,10 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::document::{Encoder, FALSE, FLOAT, INT, LIST, MAP, NULL, TRUE, UINT, descend, string_bytes};
-use super::{Document, FieldPath, Segment};
+use super::{Document, FieldPath, Json, Node, Segment};
 
 /// How to decode an object: what to leave out, and the `apiVersion` and
 /// `kind` it gets when it comes without them (list items of built-in kinds).
@@ -98,6 +98,9 @@ impl<'de> Visitor<'de> for Root<'_, '_> {
                 omit: paths,
                 version: metadata.then_some(&mut *resource_version),
             })?;
+            if metadata {
+                check_metadata(Node::within(&encoder.buf, value)).map_err(A::Error::custom)?;
+            }
             encoder.pending.extend([key, value]);
         }
         for (given, field, text) in [
@@ -113,6 +116,36 @@ impl<'de> Visitor<'de> for Root<'_, '_> {
         }
         encoder.sort_entries(start);
         Ok(encoder.table(MAP, start, 2))
+    }
+}
+
+/// Whether `metadata` holds what Kubernetes metadata holds in the fields
+/// whose type it fixes (as kube-rs's typed metadata required): an object the
+/// server should never have sent is reported, not stored.
+fn check_metadata(metadata: Node<'_>) -> Result<(), String> {
+    let strings = |node: Node<'_>| matches!(node.json(), Json::String(_));
+    let maps = |node: Node<'_>| matches!(node.json(), Json::Map(_));
+    let fits = |key: &str, node: Node<'_>| match (key, node.json()) {
+        (_, Json::Null) => true,
+        (
+            "name" | "namespace" | "uid" | "resourceVersion" | "generateName" | "selfLink" | "creationTimestamp"
+            | "deletionTimestamp",
+            json,
+        ) => matches!(json, Json::String(_)),
+        ("generation" | "deletionGracePeriodSeconds", json) => matches!(json, Json::Int(_)),
+        ("labels" | "annotations", Json::Map(map)) => map.entries().all(|(_, value)| strings(value)),
+        ("finalizers", Json::List(list)) => list.items().all(strings),
+        ("ownerReferences" | "managedFields", Json::List(list)) => list.items().all(maps),
+        ("labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields", _) => false,
+        _ => true,
+    };
+    match metadata.json() {
+        Json::Null => Ok(()),
+        Json::Map(map) => match map.entries().find(|(key, value)| !fits(key, *value)) {
+            Some((key, _)) => Err(format!("metadata.{key} is not of the type Kubernetes gives it")),
+            None => Ok(()),
+        },
+        _ => Err("metadata is not a mapping".to_string()),
     }
 }
 
@@ -379,7 +412,16 @@ mod tests {
 
     #[test]
     fn what_is_not_an_object_is_an_error() {
-        for text in ["[]", "\"x\"", "null", "{\"metadata\":{\"resourceVersion\":5}}"] {
+        for text in [
+            "[]",
+            "\"x\"",
+            "null",
+            "{\"metadata\":{\"resourceVersion\":5}}",
+            "{\"metadata\":{\"labels\":7}}",
+            "{\"metadata\":{\"annotations\":{\"a\":1}}}",
+            "{\"metadata\":{\"name\":[]}}",
+            "{\"metadata\":3}",
+        ] {
             let result = shape(&[]).decode(&mut serde_json::Deserializer::from_str(text));
             assert!(result.is_err(), "{text}");
         }

@@ -308,6 +308,11 @@ pub enum Json<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// The value at `at` of a document being written.
+    pub(super) fn within(buf: &'a [u8], at: u32) -> Node<'a> {
+        Node { buf, at }
+    }
+
     /// Where this node is in its document (see [`Document::node`]).
     pub fn offset(self) -> u32 {
         self.at
