@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::document::{Encoder, FALSE, FLOAT, INT, LIST, MAP, NULL, TRUE, UINT, descend, string_bytes};
-use super::{Document, FieldPath, Json, Node, Segment};
+use super::document::{Encoder, FALSE, FLOAT, INT, LIST, MAP, NULL, STRING, TRUE, UINT, descend, string_bytes};
+use super::{Document, FieldPath, Node, Segment};
 
 /// How to decode an object: what to leave out, and the `apiVersion` and
 /// `kind` it gets when it comes without them (list items of built-in kinds).
@@ -77,11 +77,11 @@ impl<'de> Visitor<'de> for Root<'_, '_> {
         let start = encoder.pending.len();
         let (mut api_version, mut kind) = (false, false);
         while let Some(key) = map.next_key_seed(Key { encoder: &mut *encoder })? {
-            let name = std::str::from_utf8(string_bytes(&encoder.buf, key)).unwrap_or_default();
-            api_version |= name == "apiVersion";
-            kind |= name == "kind";
-            let metadata = name == "metadata";
-            let inner = descend(omit, |s| matches!(s, Segment::Field(f) if f == name));
+            let name = string_bytes(&encoder.buf, key);
+            api_version |= name == b"apiVersion";
+            kind |= name == b"kind";
+            let metadata = name == b"metadata";
+            let inner = descend(omit, |s| matches!(s, Segment::Field(f) if f.as_bytes() == name));
             if inner.as_ref().is_some_and(|inner| inner.omitted) {
                 // The key was written already: unwritten, it goes.
                 encoder.buf.truncate(key as usize);
@@ -123,26 +123,30 @@ impl<'de> Visitor<'de> for Root<'_, '_> {
 /// whose type it fixes (as kube-rs's typed metadata required): an object the
 /// server should never have sent is reported, not stored.
 fn check_metadata(metadata: Node<'_>) -> Result<(), String> {
-    let strings = |node: Node<'_>| matches!(node.json(), Json::String(_));
-    let maps = |node: Node<'_>| matches!(node.json(), Json::Map(_));
-    let fits = |key: &str, node: Node<'_>| match (key, node.json()) {
-        (_, Json::Null) => true,
+    // By tag: the strings were written from `&str`, valid already.
+    let strings = |node: Node<'_>| node.tag() == STRING;
+    let maps = |node: Node<'_>| node.tag() == MAP;
+    let fits = |key: &[u8], node: Node<'_>| match (key, node.tag()) {
+        (_, NULL) => true,
         (
-            "name" | "namespace" | "uid" | "resourceVersion" | "generateName" | "selfLink" | "creationTimestamp"
-            | "deletionTimestamp",
-            json,
-        ) => matches!(json, Json::String(_)),
-        ("generation" | "deletionGracePeriodSeconds", json) => matches!(json, Json::Int(_)),
-        ("labels" | "annotations", Json::Map(map)) => map.entries().all(|(_, value)| strings(value)),
-        ("finalizers", Json::List(list)) => list.items().all(strings),
-        ("ownerReferences" | "managedFields", Json::List(list)) => list.items().all(maps),
-        ("labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields", _) => false,
+            b"name" | b"namespace" | b"uid" | b"resourceVersion" | b"generateName" | b"selfLink" | b"creationTimestamp"
+            | b"deletionTimestamp",
+            tag,
+        ) => tag == STRING,
+        (b"generation" | b"deletionGracePeriodSeconds", tag) => tag == INT,
+        (b"labels" | b"annotations", MAP) => node.raw_entries().all(|(_, value)| strings(value)),
+        (b"finalizers", LIST) => node.raw_items().all(strings),
+        (b"ownerReferences" | b"managedFields", LIST) => node.raw_items().all(maps),
+        (b"labels" | b"annotations" | b"finalizers" | b"ownerReferences" | b"managedFields", _) => false,
         _ => true,
     };
-    match metadata.json() {
-        Json::Null => Ok(()),
-        Json::Map(map) => match map.entries().find(|(key, value)| !fits(key, *value)) {
-            Some((key, _)) => Err(format!("metadata.{key} is not of the type Kubernetes gives it")),
+    match metadata.tag() {
+        NULL => Ok(()),
+        MAP => match metadata.raw_entries().find(|(key, value)| !fits(key, *value)) {
+            Some((key, _)) => Err(format!(
+                "metadata.{} is not of the type Kubernetes gives it",
+                String::from_utf8_lossy(key)
+            )),
             None => Ok(()),
         },
         _ => Err("metadata is not a mapping".to_string()),
@@ -296,10 +300,10 @@ impl<'de> Visitor<'de> for Value<'_, '_> {
         } = self;
         let start = encoder.pending.len();
         while let Some(key) = map.next_key_seed(Key { encoder: &mut *encoder })? {
-            let name = std::str::from_utf8(string_bytes(&encoder.buf, key)).unwrap_or_default();
-            let inner = descend(omit, |s| matches!(s, Segment::Field(f) if f == name));
+            let name = string_bytes(&encoder.buf, key);
+            let inner = descend(omit, |s| matches!(s, Segment::Field(f) if f.as_bytes() == name));
             let omitted = inner.as_ref().is_some_and(|inner| inner.omitted);
-            if let Some(version) = version.as_deref_mut().filter(|_| name == "resourceVersion") {
+            if let Some(version) = version.as_deref_mut().filter(|_| name == b"resourceVersion") {
                 // Watches resume from it, whatever the stores keep.
                 let text: String = map.next_value()?;
                 if omitted {

@@ -30,7 +30,7 @@ pub(super) const TRUE: u8 = 2;
 pub(super) const INT: u8 = 3;
 pub(super) const UINT: u8 = 4;
 pub(super) const FLOAT: u8 = 5;
-const STRING: u8 = 6;
+pub(super) const STRING: u8 = 6;
 pub(super) const LIST: u8 = 7;
 pub(super) const MAP: u8 = 8;
 
@@ -311,6 +311,25 @@ impl<'a> Node<'a> {
     /// The value at `at` of a document being written.
     pub(super) fn within(buf: &'a [u8], at: u32) -> Node<'a> {
         Node { buf, at }
+    }
+
+    /// The type byte of the value (see the module's encoding).
+    pub(super) fn tag(self) -> u8 {
+        self.buf[self.at as usize]
+    }
+
+    /// The entries of a mapping, keys as written.
+    pub(super) fn raw_entries(self) -> impl Iterator<Item = (&'a [u8], Node<'a>)> {
+        let table = self.table();
+        (0..table.len).map(move |i| {
+            let at = table.entries + 8 * i;
+            (string_bytes(self.buf, read_u32(self.buf, at)), table.node(at + 4))
+        })
+    }
+
+    /// The items of a list.
+    pub(super) fn raw_items(self) -> impl Iterator<Item = Node<'a>> {
+        self.table().items()
     }
 
     /// Where this node is in its document (see [`Document::node`]).
