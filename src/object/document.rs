@@ -24,15 +24,15 @@ use serde_json::Value;
 
 use crate::object::{FieldPath, Segment};
 
-const NULL: u8 = 0;
-const FALSE: u8 = 1;
-const TRUE: u8 = 2;
-const INT: u8 = 3;
-const UINT: u8 = 4;
-const FLOAT: u8 = 5;
-const STRING: u8 = 6;
-const LIST: u8 = 7;
-const MAP: u8 = 8;
+pub(super) const NULL: u8 = 0;
+pub(super) const FALSE: u8 = 1;
+pub(super) const TRUE: u8 = 2;
+pub(super) const INT: u8 = 3;
+pub(super) const UINT: u8 = 4;
+pub(super) const FLOAT: u8 = 5;
+pub(super) const STRING: u8 = 6;
+pub(super) const LIST: u8 = 7;
+pub(super) const MAP: u8 = 8;
 
 /// Mappings up to this size are searched from the start, not bisected.
 const LINEAR_LOOKUP: u32 = 8;
@@ -52,17 +52,27 @@ impl Document {
 
     /// Encodes `value` without the fields at `omit` (`ignore_fields`).
     pub fn from_json_without(value: &Value, omit: &[FieldPath]) -> Document {
+        let omit: Vec<&[Segment]> = omit.iter().map(FieldPath::segments).collect();
+        Document::encode(|encoder| Ok::<_, std::convert::Infallible>(encoder.value(value, &omit)))
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// Builds a document with `write`, which writes the root value with the
+    /// encoder and returns its offset.
+    pub(super) fn encode<E>(write: impl FnOnce(&mut Encoder) -> Result<u32, E>) -> Result<Document, E> {
         thread_local! {
             /// Scratch space, so that encoding an object allocates only its
             /// document.
             static ENCODER: RefCell<Encoder> = RefCell::default();
         }
-        let omit: Vec<&[Segment]> = omit.iter().map(FieldPath::segments).collect();
         ENCODER.with_borrow_mut(|encoder| {
             encoder.buf.clear();
-            let root = encoder.value(value, &omit);
-            encoder.buf.extend_from_slice(&root.to_le_bytes());
-            let document = Document(Arc::from(&encoder.buf[..]));
+            encoder.pending.clear();
+            let root = write(encoder);
+            let document = root.map(|root| {
+                encoder.buf.extend_from_slice(&root.to_le_bytes());
+                Document(Arc::from(&encoder.buf[..]))
+            });
             // A huge object should not pin its size in every thread.
             if encoder.buf.capacity() > SCRATCH_KEPT {
                 *encoder = Encoder::default();
@@ -129,17 +139,17 @@ fn read_8(buf: &[u8], at: u32) -> [u8; 8] {
 /// Writes values children first; `pending` holds the offsets of the items of
 /// the lists and mappings being written.
 #[derive(Default)]
-struct Encoder {
-    buf: Vec<u8>,
-    pending: Vec<u32>,
+pub(super) struct Encoder {
+    pub(super) buf: Vec<u8>,
+    pub(super) pending: Vec<u32>,
 }
 
 impl Encoder {
-    fn offset(&self) -> u32 {
+    pub(super) fn offset(&self) -> u32 {
         u32::try_from(self.buf.len()).expect("an object is smaller than 4 GiB")
     }
 
-    fn string(&mut self, text: &str) -> u32 {
+    pub(super) fn string(&mut self, text: &str) -> u32 {
         let at = self.offset();
         self.buf.push(STRING);
         let len = u32::try_from(text.len()).expect("a string is smaller than 4 GiB");
@@ -201,26 +211,34 @@ impl Encoder {
     }
 
     /// Sorts the pending (key, value) pairs from `start` by key bytes, in
-    /// case the map was not ordered already.
-    fn sort_entries(&mut self, start: usize) {
+    /// case the map was not ordered already, keeping one entry per key.
+    pub(super) fn sort_entries(&mut self, start: usize) {
         let buf = &self.buf;
         let key = |at: u32| string_bytes(buf, at);
         let pairs = &self.pending[start..];
         let sorted = pairs
             .chunks(2)
             .zip(pairs.chunks(2).skip(1))
-            .all(|(a, b)| key(a[0]) <= key(b[0]));
+            .all(|(a, b)| key(a[0]) < key(b[0]));
         if !sorted {
             let mut entries: Vec<[u32; 2]> = pairs.chunks(2).map(|p| [p[0], p[1]]).collect();
+            // Stable: of a key given twice (JSON text may), the last stays,
+            // as in a `serde_json::Map`.
             entries.sort_by(|a, b| key(a[0]).cmp(key(b[0])));
             self.pending.truncate(start);
-            self.pending.extend(entries.into_iter().flatten());
+            for entry in entries {
+                let len = self.pending.len();
+                if len > start && key(self.pending[len - 2]) == key(entry[0]) {
+                    self.pending.truncate(len - 2);
+                }
+                self.pending.extend(entry);
+            }
         }
     }
 
     /// Writes a list or mapping header over the pending offsets from `start`
     /// (`width` offsets per item) and returns its offset.
-    fn table(&mut self, tag: u8, start: usize, width: usize) -> u32 {
+    pub(super) fn table(&mut self, tag: u8, start: usize, width: usize) -> u32 {
         let at = self.offset();
         let count = (self.pending.len() - start) / width;
         self.buf.push(tag);
@@ -233,15 +251,15 @@ impl Encoder {
 }
 
 /// The omitted paths below one child.
-struct Inner<'p> {
+pub(super) struct Inner<'p> {
     /// The child itself is omitted.
-    omitted: bool,
-    paths: Vec<&'p [Segment]>,
+    pub(super) omitted: bool,
+    pub(super) paths: Vec<&'p [Segment]>,
 }
 
 /// Which of `omit` go through the child that `step` matches; `None` (and no
 /// allocation) when none does, the usual case.
-fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> bool) -> Option<Inner<'p>> {
+pub(super) fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> bool) -> Option<Inner<'p>> {
     let mut inner: Option<Inner<'p>> = None;
     for path in omit {
         let Some((first, rest)) = path.split_first() else {
@@ -263,7 +281,7 @@ fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> bool) -> Optio
     inner
 }
 
-fn string_bytes(buf: &[u8], at: u32) -> &[u8] {
+pub(super) fn string_bytes(buf: &[u8], at: u32) -> &[u8] {
     let len = read_u32(buf, at + 1) as usize;
     let start = at as usize + 5;
     &buf[start..start + len]
@@ -290,6 +308,30 @@ pub enum Json<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// The value at `at` of a document being written.
+    pub(super) fn within(buf: &'a [u8], at: u32) -> Node<'a> {
+        Node { buf, at }
+    }
+
+    /// The type byte of the value (see the module's encoding).
+    pub(super) fn tag(self) -> u8 {
+        self.buf[self.at as usize]
+    }
+
+    /// The entries of a mapping, keys as written.
+    pub(super) fn raw_entries(self) -> impl Iterator<Item = (&'a [u8], Node<'a>)> {
+        let table = self.table();
+        (0..table.len).map(move |i| {
+            let at = table.entries + 8 * i;
+            (string_bytes(self.buf, read_u32(self.buf, at)), table.node(at + 4))
+        })
+    }
+
+    /// The items of a list.
+    pub(super) fn raw_items(self) -> impl Iterator<Item = Node<'a>> {
+        self.table().items()
+    }
+
     /// Where this node is in its document (see [`Document::node`]).
     pub fn offset(self) -> u32 {
         self.at

@@ -2,6 +2,7 @@
 //! compact documents, field paths into them, their identity, and the label
 //! and field selectors that match them.
 
+pub mod decode;
 pub mod document;
 mod meta;
 pub mod path;

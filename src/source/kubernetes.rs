@@ -1,5 +1,6 @@
-//! The Kubernetes API as a source: kube-rs watchers over `DynamicObject`, for
-//! any kind the server serves (CRDs included), resolved by discovery at start.
+//! The Kubernetes API as a source: kube-rs watchers for any kind the server
+//! serves (CRDs included), resolved by discovery at start, whose objects are
+//! decoded straight into documents (see [`decode`]).
 //!
 //! Each watch runs one kube-rs watcher per namespace (or one for all), with
 //! server-side selectors, backoff on errors and resume from the last
@@ -22,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 mod activity;
+mod decode;
 mod fetch;
 mod watch_errors;
 
@@ -29,9 +31,11 @@ pub use activity::watched_client;
 pub use fetch::ApiFetch;
 
 use super::{Event, Scope, SourceEvent, Watch};
+use crate::object::decode::Shape;
 use crate::object::document::Document;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::WatchLabel;
+use decode::{Shaped, Watched};
 use watch_errors::{connection_lost, describe, lacks_streaming_lists};
 
 /// Why the Kubernetes source could not start or stopped.
@@ -304,12 +308,17 @@ async fn run_watch(
         let start = |streaming| watcher(api.clone(), config(streaming)).default_backoff();
         pump.run(start, |meta| watch.document(&metadata_json(meta, ar))).await?;
     } else {
-        let api: Api<DynamicObject> = match &scope {
+        let api: Api<Watched> = match &scope {
             Some(namespace) => Api::namespaced_with(client, namespace, ar),
             None => Api::all_with(client, ar),
         };
-        let start = |streaming| watcher(api.clone(), config(streaming)).default_backoff();
-        pump.run(start, |object| watch.document(&to_json(object, ar))).await?;
+        let shape = Arc::new(Shape {
+            omit: watch.omit.clone(),
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+        let start = |streaming| Shaped::new(watcher(api.clone(), config(streaming)).default_backoff(), shape.clone());
+        pump.run(start, |object: Watched| object.document).await?;
     }
     Ok(())
 }
