@@ -360,3 +360,30 @@ fn a_log_filter_that_does_not_parse_is_refused_naming_it() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("RUST_LOG `info,x=[`"), "{stderr}");
 }
+
+#[test]
+fn a_config_named_relative_to_the_working_directory_writes_a_file_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("config.yaml"),
+        "templates:\n  t:\n    path: out.txt\n    inline: \"hi\\n\"\n",
+    );
+    fs::create_dir(dir.path().join("manifests")).unwrap();
+    for once in [false, true] {
+        let run = if once {
+            Command::new(env!("CARGO_BIN_EXE_kube-template"))
+                .args(["run", "-c", "config.yaml", "--from", "manifests", "--once"])
+                .current_dir(dir.path())
+                .output()
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_kube-template"))
+                .args(["render", "-c", "config.yaml", "--from", "manifests"])
+                .current_dir(dir.path())
+                .output()
+        }
+        .expect("the binary runs");
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(fs::read_to_string(dir.path().join("out.txt")).unwrap(), "hi\n");
+        fs::remove_file(dir.path().join("out.txt")).unwrap();
+    }
+}

@@ -200,7 +200,7 @@ type Failure = (&'static str, Option<PathBuf>, io::Error);
 /// names into an output directory, so a name that is free stays free.
 fn aside_name(path: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = super::dir_of(path);
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let candidate = dir.join(format!("{STAGING_PREFIX}aside-{}-{n}", std::process::id()));
@@ -213,10 +213,7 @@ fn aside_name(path: &Path) -> PathBuf {
 /// A link to (or else a copy of) the file at `target`, which exists, under
 /// a staging name.
 fn keep(target: &Path) -> io::Result<TempPath> {
-    let dir = match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = super::dir_of(target);
     let mut builder = tempfile::Builder::new();
     builder.prefix(STAGING_PREFIX);
     let kept = match builder.make_in(dir, |path| fs::hard_link(target, path)) {

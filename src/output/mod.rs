@@ -471,6 +471,15 @@ fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The directory a file `path` is in: `.` for a bare name (whose
+/// `parent()` is the empty path, which no system call takes).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Removes the staged files a killed earlier run left beside single-file
 /// outputs (directory outputs lose theirs at every write); returns them.
 /// Only names of our own making go: the staging prefix and tempfile's six
@@ -479,7 +488,7 @@ pub fn remove_leftovers<'a>(targets: impl IntoIterator<Item = &'a OutputTarget>)
     let dirs: BTreeSet<&Path> = targets
         .into_iter()
         .filter_map(|t| match t {
-            OutputTarget::File { path, .. } => Some(path.parent().unwrap_or(Path::new("."))),
+            OutputTarget::File { path, .. } => Some(dir_of(path)),
             OutputTarget::Directory { .. } => None,
         })
         .collect();

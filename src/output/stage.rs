@@ -313,9 +313,7 @@ impl Pending {
         }
         if place.fsync {
             file.as_file().sync_all()?;
-            place
-                .fsync_dirs
-                .insert(self.target.parent().unwrap_or(Path::new(".")).to_owned());
+            place.fsync_dirs.insert(super::dir_of(&self.target).to_owned());
         }
         // Closed now: a directory output may stage more files than a process
         // may keep open.
@@ -330,7 +328,7 @@ impl Pending {
 impl Place {
     /// A temp file in `target`'s directory, made if need be.
     fn temp_file(&mut self, target: &Path) -> io::Result<NamedTempFile> {
-        let dir = target.parent().unwrap_or(Path::new("."));
+        let dir = super::dir_of(target);
         if !self.made_dirs.contains_key(dir) {
             let stage_in = match create_dirs(dir, self.owner) {
                 Ok(created) => {
