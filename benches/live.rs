@@ -124,12 +124,13 @@ fn sidecar(server: &FakeApiServer, dir: &Path, once: bool) -> Child {
         .unwrap()
 }
 
-/// Peak resident memory of a process in bytes, from /proc (`None` once it is gone).
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
+/// One `Name:  N kB` field of `/proc/PID/FILE` (`status`, `smaps_rollup`), in
+/// bytes (`None` once the process is gone).
+fn proc_kib(pid: u32, file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let kib: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -138,21 +139,15 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Peak resident memory of a process in bytes, from /proc (`None` once it is gone).
+fn peak_rss(pid: u32) -> Option<u64> {
+    proc_kib(pid, "status", "VmHWM:")
+}
+
 /// Resident memory of a process: (total, anonymous, file-backed) in bytes,
 /// from /proc (`None` once it is gone).
 fn rss(pid: u32) -> Option<(u64, u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    };
+    let field = |name: &str| proc_kib(pid, "status", name);
     Some((
         field("VmRSS:")?,
         field("RssAnon:")?,

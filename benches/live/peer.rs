@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::fake_api::FakeApiServer;
-use super::rss;
+use super::{proc_kib, rss};
 
 /// How to enable the rows, printed when they are skipped.
 pub const HOW_TO_ENABLE: &str = "kiwigrid/k8s-sidecar rows skipped: set K8S_SIDECAR_SRC to a checkout's directory holding sidecar.py, and K8S_SIDECAR_PYTHON to a python with its requirements installed (default python3)";
@@ -135,16 +135,7 @@ pub fn kill_tree(mut child: Child) {
 
 /// A process's proportional set size in bytes, from /proc.
 fn proportional(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kib: u64 = rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    proc_kib(pid, "smaps_rollup", "Pss:")
 }
 
 /// Checks that two output directories hold the same file names, and the same
