@@ -158,18 +158,24 @@ fn rss(pid: u32) -> Option<(u64, u64, u64)> {
 /// `kube-template k8s-sidecar` with k8s-sidecar's variables `env`, writing
 /// to `dir/out` (`METHOD=LIST` when `once`).
 fn k8s_sidecar(server: &FakeApiServer, dir: &Path, env: &[(&str, &str)], once: bool) -> Child {
-    Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .arg("k8s-sidecar")
         .arg("--kubeconfig")
-        .arg(server.kubeconfig_path())
+        .arg(server.kubeconfig_path());
+    sidecar_job(&mut command, dir, env, once).spawn().unwrap()
+}
+
+/// The k8s-sidecar job both programs run (ours and the Python peer): its
+/// variables `env`, writing to `dir/out`, `METHOD=LIST` when `once`.
+fn sidecar_job<'c>(command: &'c mut Command, dir: &Path, env: &[(&str, &str)], once: bool) -> &'c mut Command {
+    command
         .envs(env.iter().copied())
         .env("FOLDER", dir.join("out"))
         .env("METHOD", if once { "LIST" } else { "WATCH" })
         .env("HEALTH_PORT", "0")
         .env("LOG_LEVEL", "WARN")
         .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// Starts `run` in watch mode, waits until `ready` holds for its scratch

@@ -10,10 +10,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use super::fake_api::FakeApiServer;
-use super::{proc_kib, rss};
+use super::{proc_kib, rss, sidecar_job};
 
 /// How to enable the rows, printed when they are skipped.
 pub const HOW_TO_ENABLE: &str = "kiwigrid/k8s-sidecar rows skipped: set K8S_SIDECAR_SRC to a checkout's directory holding sidecar.py, and K8S_SIDECAR_PYTHON to a python with its requirements installed (default python3)";
@@ -60,17 +60,13 @@ impl Peer {
     /// k8s-sidecar with its variables `env`, writing to `dir/out`
     /// (`METHOD=LIST` when `once`, else `WATCH`).
     pub fn spawn(&self, server: &FakeApiServer, dir: &Path, env: &[(&str, &str)], once: bool) -> Child {
-        Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        command
             .arg("-c")
             .arg(LAUNCHER)
             .arg(&self.src)
-            .env("KUBECONFIG", server.kubeconfig_path())
-            .envs(env.iter().copied())
-            .env("FOLDER", dir.join("out"))
-            .env("METHOD", if once { "LIST" } else { "WATCH" })
-            .env("HEALTH_PORT", "0")
-            .env("LOG_LEVEL", "WARN")
-            .stdout(Stdio::null())
+            .env("KUBECONFIG", server.kubeconfig_path());
+        sidecar_job(&mut command, dir, env, once)
             .spawn()
             .unwrap_or_else(|e| panic!("K8S_SIDECAR_PYTHON={}: {e}", self.python.display()))
     }
