@@ -37,6 +37,11 @@ pub(super) const MAP: u8 = 8;
 /// Mappings up to this size are searched from the start, not bisected.
 const LINEAR_LOOKUP: u32 = 8;
 
+/// How much of a document's end [`Document::warm`] reads, and in steps of
+/// what.
+const WARM_BYTES: usize = 4096;
+const CACHE_LINE: usize = 64;
+
 /// Scratch space kept between encodings, per thread.
 const SCRATCH_KEPT: usize = 1 << 20;
 
@@ -96,6 +101,19 @@ impl Document {
             buf: &self.0,
             at: offset,
         }
+    }
+
+    /// Reads one byte of each cache line of the document's last
+    /// [`WARM_BYTES`] (the root's table and, children being written first,
+    /// the mappings it points to), all at once.
+    ///
+    /// Reading a field walks a chain of dependent offsets (table, key, value);
+    /// over a store larger than the CPU's caches each step would wait on
+    /// memory in turn, while these reads wait together. Returns a value to
+    /// pass to [`std::hint::black_box`] so the reads are kept.
+    pub fn warm(&self) -> u8 {
+        let tail = &self.0[self.0.len().saturating_sub(WARM_BYTES)..];
+        tail.iter().step_by(CACHE_LINE).fold(0, |acc, byte| acc ^ byte)
     }
 
     /// Bytes held.
@@ -441,6 +459,12 @@ impl<'a> Table<'a> {
         })
     }
 
+    /// Whether entry `index` of a mapping is under `key`.
+    pub fn has_key(self, index: usize, key: &str) -> bool {
+        index < self.len()
+            && string_bytes(self.buf, read_u32(self.buf, self.entries + 8 * index as u32)) == key.as_bytes()
+    }
+
     /// The entries of a mapping, in key order.
     pub fn entries(self) -> impl ExactSizeIterator<Item = (&'a str, Node<'a>)> + 'a {
         (0..self.len()).map(move |i| self.entry(i).expect("in range"))
@@ -448,22 +472,31 @@ impl<'a> Table<'a> {
 
     /// The value under `key` in a mapping.
     pub fn get(self, key: &str) -> Option<Node<'a>> {
+        self.value(self.position(key)?)
+    }
+
+    /// The value of entry `index` of a mapping.
+    pub fn value(self, index: usize) -> Option<Node<'a>> {
+        (index < self.len()).then(|| self.node(self.entries + 8 * index as u32 + 4))
+    }
+
+    /// The index of the entry under `key` in a mapping (see [`Table::entry`]).
+    pub fn position(self, key: &str) -> Option<usize> {
         let key_at = |i: u32| read_u32(self.buf, self.entries + 8 * i);
         if self.len <= LINEAR_LOOKUP {
             // Small mappings (most of an object's): lengths rule out most
             // keys without comparing bytes.
             return (0..self.len)
                 .find(|&i| string_bytes(self.buf, key_at(i)) == key.as_bytes())
-                .map(|i| self.node(self.entries + 8 * i + 4));
+                .map(|i| i as usize);
         }
         let (mut low, mut high) = (0, self.len);
         while low < high {
             let mid = low + (high - low) / 2;
-            let at = self.entries + 8 * mid;
             match string_bytes(self.buf, key_at(mid)).cmp(key.as_bytes()) {
                 Ordering::Less => low = mid + 1,
                 Ordering::Greater => high = mid,
-                Ordering::Equal => return Some(self.node(at + 4)),
+                Ordering::Equal => return Some(mid as usize),
             }
         }
         None
