@@ -113,11 +113,30 @@ impl Budget {
     }
 }
 
+/// How much text [`BudgetWriter`] gathers before passing it to the sink.
+const CHUNK: usize = 16 * 1024;
+
 /// A single-file template's text on its way to the sink, counted against
 /// the budget; `None` (a directory template's own text) discards it.
+///
+/// A template writes in pieces of a few bytes (each `{{ }}` and the text
+/// between them); the sink gets them in chunks of [`CHUNK`] bytes, and the
+/// rest on [`io::Write::flush`], which the render must call.
 pub(super) struct BudgetWriter<'a, S> {
-    pub(super) out: Option<&'a mut S>,
-    pub(super) budget: &'a Budget,
+    out: Option<&'a mut S>,
+    budget: &'a Budget,
+    pending: Vec<u8>,
+}
+
+impl<'a, S: Sink> BudgetWriter<'a, S> {
+    pub(super) fn new(out: Option<&'a mut S>, budget: &'a Budget) -> BudgetWriter<'a, S> {
+        let pending = if out.is_some() {
+            Vec::with_capacity(CHUNK)
+        } else {
+            Vec::new()
+        };
+        BudgetWriter { out, budget, pending }
+    }
 }
 
 impl<S: Sink> io::Write for BudgetWriter<'_, S> {
@@ -128,11 +147,23 @@ impl<S: Sink> io::Write for BudgetWriter<'_, S> {
         if !self.budget.spend(buf.len()) {
             return Err(io::Error::other("output too large"));
         }
-        out.write_all(buf)?;
+        if self.pending.len() + buf.len() > CHUNK {
+            out.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        if buf.len() >= CHUNK {
+            out.write_all(buf)?;
+        } else {
+            self.pending.extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(&self.pending)?;
+            self.pending.clear();
+        }
         Ok(())
     }
 }
