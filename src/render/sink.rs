@@ -113,15 +113,18 @@ impl Budget {
     }
 }
 
-/// How much text [`BudgetWriter`] gathers before passing it to the sink.
-const CHUNK: usize = 16 * 1024;
+/// How much text [`BudgetWriter`] gathers before passing it to the sink:
+/// whole chunks of the size a staged file takes without copying them into
+/// its own buffer (a sink buffering them would keep the spare room of a
+/// grown buffer per output until the group is written).
+const CHUNK: usize = 64 * 1024;
 
 /// A single-file template's text on its way to the sink, counted against
 /// the budget; `None` (a directory template's own text) discards it.
 ///
 /// A template writes in pieces of a few bytes (each `{{ }}` and the text
-/// between them); the sink gets them in chunks of [`CHUNK`] bytes, and the
-/// rest on [`io::Write::flush`], which the render must call.
+/// between them); the sink gets them in chunks of exactly [`CHUNK`] bytes,
+/// and the rest on [`io::Write::flush`], which the render must call.
 pub(super) struct BudgetWriter<'a, S> {
     out: Option<&'a mut S>,
     budget: &'a Budget,
@@ -147,14 +150,15 @@ impl<S: Sink> io::Write for BudgetWriter<'_, S> {
         if !self.budget.spend(buf.len()) {
             return Err(io::Error::other("output too large"));
         }
-        if self.pending.len() + buf.len() > CHUNK {
-            out.write_all(&self.pending)?;
-            self.pending.clear();
-        }
-        if buf.len() >= CHUNK {
-            out.write_all(buf)?;
-        } else {
-            self.pending.extend_from_slice(buf);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(CHUNK - self.pending.len()));
+            self.pending.extend_from_slice(now);
+            rest = later;
+            if self.pending.len() == CHUNK {
+                out.write_all(&self.pending)?;
+                self.pending.clear();
+            }
         }
         Ok(buf.len())
     }

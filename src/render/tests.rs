@@ -143,20 +143,20 @@ fn many_templates_render_in_their_order_and_each_error_names_its_template() {
 
 #[test]
 fn output_larger_than_a_chunk_arrives_whole_and_the_limit_still_holds() {
-    let objects: Vec<Json> = (0..3000).map(|i| cm(&format!("n{i:04}"), "a")).collect();
+    let objects: Vec<Json> = (0..9000).map(|i| cm(&format!("n{i:04}"), "a")).collect();
     let template = "{% for c in resources.cms %}{{ c.metadata.name }} {{ c.data.v }}\n{% endfor %}";
     let text = single(template, &objects).unwrap();
-    let expected: String = (0..3000).map(|i| format!("n{i:04} <&>\n")).collect();
+    let expected: String = (0..9000).map(|i| format!("n{i:04} <&>\n")).collect();
     assert_eq!(text, expected);
 
     let yaml = serde_json::to_string(template).unwrap();
-    let limited = format!("  t:\n    inline: {yaml}\n    path: t.txt\nrender:\n  max_output_bytes: 20000\n");
+    let limited = format!("  t:\n    inline: {yaml}\n    path: t.txt\nrender:\n  max_output_bytes: 80000\n");
     let (renderer, snapshot) = setup(&limited, &objects);
     let errors = renderer.render_all(&snapshot).unwrap_err();
     assert!(
         errors[0]
             .to_string()
-            .contains("larger than render.max_output_bytes (20000 bytes)"),
+            .contains("larger than render.max_output_bytes (80000 bytes)"),
         "{}",
         errors[0]
     );
