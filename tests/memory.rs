@@ -2,9 +2,13 @@
 //! an on-demand store: position text, identity, version, ordered map and
 //! identity map shares; for a full store the document besides), measured
 //! with a counting allocator. Allocator overhead is not included; see the
-//! README for resident-memory figures.
+//! README for resident-memory figures. And what a run gives back of its
+//! start-up before it lists.
+
+mod support;
 
 use std::alloc::System;
+use std::time::Duration;
 
 use kube_template::index::Indexer;
 use kube_template::index::OnMissingKey;
@@ -13,6 +17,9 @@ use kube_template::store::full::FullStore;
 use kube_template::store::on_demand::OnDemandStore;
 use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use support::case::{Case, config_map as small_config_map, within};
+use support::fake_api::FakeApiServer;
+use support::sidecar::WAIT;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -107,4 +114,36 @@ fn a_listed_full_store_keeps_at_most_one_fifth_more_than_its_objects_json() {
     // Documents about their JSON's size, and the ordered map, the identity
     // map and the positions around 15% of it.
     assert!(kept <= 1.2, "{kept:.3}× the objects' JSON");
+}
+
+#[test]
+fn a_run_gives_back_its_start_ups_code_pages_before_it_lists() {
+    // This process's allocations would be counted by the other tests.
+    let _counting = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(within(Duration::from_secs(60), async {
+        let server = FakeApiServer::start().await;
+        server.apply(small_config_map("a", "1"));
+        let case = Case::new(
+            "watched_resources:\n  cms: {api_version: v1, kind: ConfigMap}\n\
+             templates:\n  t: {inline: \"{% for cm in resources.cms %}{{ cm.metadata.name }}{% endfor %}\", path: out.txt}\n",
+        );
+        let mut sidecar = case.spawn_against(&server, &["--once"]);
+        let status = sidecar.exit(WAIT).await;
+        let log = sidecar.log();
+        assert!(status.success(), "exited {status}\n{log}");
+        assert_eq!(case.read("out.txt").as_deref(), Some("a"));
+        let trimmed = log
+            .find("memory only the start-up needed given back")
+            .unwrap_or_else(|| panic!("no trim before the listing\n{log}"));
+        let listed = log.find("initial list done").expect("the listing is logged");
+        assert!(trimmed < listed, "trimmed after the listing\n{log}");
+        let mapped: u64 = log[..trimmed]
+            .rsplit("mapped_bytes=")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("mapped_bytes logged");
+        assert!(mapped > 0, "nothing given back\n{log}");
+    }));
 }
