@@ -144,21 +144,26 @@ fn read_u32(buf: &[u8], at: u32) -> u32 {
 }
 
 /// The width in bytes of the integers after the type byte `tag`.
+#[inline]
 fn width(tag: u8) -> u32 {
-    match tag >> WIDTH_SHIFT {
-        0 => 1,
-        1 => 2,
-        _ => 4,
-    }
+    // Codes 0, 1 and 2 (3 is never written).
+    1 << ((tag >> WIDTH_SHIFT) & 3).min(2)
 }
 
 /// The unsigned integer of `width` bytes at `at`.
+#[inline]
 fn read_uint(buf: &[u8], at: u32, width: u32) -> u32 {
     let i = at as usize;
-    match width {
-        1 => u32::from(buf[i]),
-        2 => u32::from(u16::from_le_bytes([buf[i], buf[i + 1]])),
-        _ => read_u32(buf, at),
+    match buf.get(i..i + 4) {
+        // Four bytes read at once and masked, without a branch per width: in
+        // a finished document every integer has four bytes after its start
+        // (the root's offset ends it); one being written may not.
+        Some(four) => u32::from_le_bytes(four.try_into().expect("four bytes")) & (u32::MAX >> (32 - 8 * width)),
+        None => match width {
+            1 => u32::from(buf[i]),
+            2 => u32::from(u16::from_le_bytes([buf[i], buf[i + 1]])),
+            _ => read_u32(buf, at),
+        },
     }
 }
 
@@ -196,7 +201,7 @@ impl Encoder {
         let len = u32::try_from(text.len()).expect("a string is smaller than 4 GiB");
         let (bits, width) = width_for(len);
         self.buf.push(STRING | bits);
-        self.buf.extend_from_slice(&len.to_le_bytes()[..width]);
+        self.push_uint(len, width);
         self.buf.extend_from_slice(text.as_bytes());
         at
     }
@@ -289,11 +294,22 @@ impl Encoder {
         let farthest = self.pending[start..].iter().min().map_or(0, |first| at - first);
         let (bits, width) = width_for(count.max(farthest));
         self.buf.push(tag | bits);
-        self.buf.extend_from_slice(&count.to_le_bytes()[..width]);
-        for offset in self.pending.drain(start..) {
-            self.buf.extend_from_slice(&(at - offset).to_le_bytes()[..width]);
+        self.push_uint(count, width);
+        for i in start..self.pending.len() {
+            let offset = self.pending[i];
+            self.push_uint(at - offset, width);
         }
+        self.pending.truncate(start);
         at
+    }
+
+    /// Appends the low `width` bytes of `value`: four written and the rest
+    /// dropped, as a copy of a length known only at run time is a call.
+    #[inline]
+    fn push_uint(&mut self, value: u32, width: usize) {
+        let end = self.buf.len() + width;
+        self.buf.extend_from_slice(&value.to_le_bytes());
+        self.buf.truncate(end);
     }
 }
 
@@ -328,7 +344,21 @@ pub(super) fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> boo
     inner
 }
 
+#[inline]
 pub(super) fn string_bytes(buf: &[u8], at: u32) -> &[u8] {
+    let i = at as usize;
+    // A one-byte length (every key but the longest, most values) is read
+    // without the general case's steps: lookups compare keys by the many.
+    if buf[i] == STRING {
+        let len = usize::from(buf[i + 1]);
+        return &buf[i + 2..i + 2 + len];
+    }
+    wide_string_bytes(buf, at)
+}
+
+/// [`string_bytes`] of a string whose length takes two or four bytes.
+#[cold]
+fn wide_string_bytes(buf: &[u8], at: u32) -> &[u8] {
     let width = width(buf[at as usize]);
     let len = read_uint(buf, at + 1, width) as usize;
     let start = (at + 1 + width) as usize;
@@ -401,6 +431,7 @@ impl<'a> Node<'a> {
         }
     }
 
+    #[inline]
     fn table(self) -> Table<'a> {
         let width = width(self.buf[self.at as usize]);
         Table {
@@ -471,6 +502,7 @@ impl<'a> Table<'a> {
     }
 
     /// The value the reference at `at` refers to.
+    #[inline]
     fn node(self, at: u32) -> Node<'a> {
         Node {
             buf: self.buf,
