@@ -230,23 +230,28 @@ fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
 
 /// Runs a one-shot job [`RUNS`] times, each into a fresh scratch directory
 /// in `place` (`spawn` starts it there): the medians of wall time and peak
-/// RSS, and the last run's directory.
-fn median_once(place: Place, mut spawn: impl FnMut(&Path) -> Child) -> ((Duration, u64), tempfile::TempDir) {
-    let scratch = || place.scratch().expect("a scratch directory there");
-    let mut dir = scratch();
+/// RSS. The directories are pushed to `kept`, the last run's last, for the
+/// caller to delete once every program of its row has run: on ext4, inodes
+/// freed in the last minutes are skipped by the allocator ("recently
+/// deleted"), so a run right after 20k deletions spends seconds in the
+/// kernel creating its files, whichever program it is.
+fn median_once(
+    place: Place,
+    kept: &mut Vec<tempfile::TempDir>,
+    mut spawn: impl FnMut(&Path) -> Child,
+) -> (Duration, u64) {
     let (mut walls, mut peaks) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
-        if run > 0 {
-            dir = scratch();
-        }
+    for _ in 0..RUNS {
+        let dir = place.scratch().expect("a scratch directory there");
         let started = Instant::now();
         let (wall, peak) = run_once_of(spawn(dir.path()), started);
         walls.push(wall);
         peaks.push(peak);
+        kept.push(dir);
     }
     walls.sort_unstable();
     peaks.sort_unstable();
-    ((walls[RUNS / 2], peaks[RUNS / 2]), dir)
+    (walls[RUNS / 2], peaks[RUNS / 2])
 }
 
 /// Measures idle memory [`RUNS`] times, each in a fresh scratch directory:
@@ -551,12 +556,16 @@ fn main() {
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
         let env = [("LABEL", "tier"), ("NAMESPACE", "ALL"), ("UNIQUE_FILENAMES", "true")];
-        let (measured, ours) = median_once(place, |dir| k8s_sidecar(&server, dir, &env, true));
-        assert_eq!(std::fs::read_dir(ours.path().join("out")).unwrap().count(), 2 * count);
+        // Every run's files, deleted at the end of the row (see median_once).
+        let mut kept = Vec::new();
+        let out = |kept: &[tempfile::TempDir]| kept.last().expect("a run").path().join("out");
+        let measured = median_once(place, &mut kept, |dir| k8s_sidecar(&server, dir, &env, true));
+        let ours = out(&kept);
+        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 2 * count);
         rows.push(Row::once(scenario, count, json_bytes, measured));
         for peer in &peers {
-            let (measured, theirs) = median_once(place, |dir| peer.spawn(&server, dir, &env, true));
-            let files = peer::same_files(&ours.path().join("out"), &theirs.path().join("out"), peer, 1_000);
+            let measured = median_once(place, &mut kept, |dir| peer.spawn(&server, dir, &env, true));
+            let files = peer::same_files(&ours, &out(&kept), peer, 1_000);
             notes.push(format!(
                 "{} LIST on {}: the same {files} file names as kube-template's, the same contents in every 1000th",
                 peer.name(),
