@@ -15,8 +15,9 @@
 //! jobs (medians of [`RUNS`]). With `K8S_SIDECAR_SRC` (a k8s-sidecar checkout's
 //! directory holding `sidecar.py`) and `K8S_SIDECAR_PYTHON` (a python with its
 //! requirements) set, the same jobs are run by k8s-sidecar itself against the same
-//! server, and its files are checked against ours (`live/peer.rs`); without them,
-//! the table says how to enable those rows.
+//! server, and with `K8S_SIDECAR_RS_BIN` (the binary of its Rust rewrite,
+//! vplme/k8s-sidecar-rs) by that too; each one's files are checked against ours
+//! (`live/peer.rs`). Without them, the table says how to enable those rows.
 //!
 //! Two more tables say what replicas cost the API server (`api_cost`): one
 //! replica's requests, bytes and connections at start and idle, and a fleet
@@ -166,7 +167,7 @@ fn k8s_sidecar(server: &FakeApiServer, dir: &Path, env: &[(&str, &str)], once: b
     sidecar_job(&mut command, dir, env, once).spawn().unwrap()
 }
 
-/// The k8s-sidecar job both programs run (ours and the Python peer): its
+/// The k8s-sidecar job every program runs (ours and the peers): its
 /// variables `env`, writing to `dir/out`, `METHOD=LIST` when `once`.
 fn sidecar_job<'c>(command: &'c mut Command, dir: &Path, env: &[(&str, &str)], once: bool) -> &'c mut Command {
     command
@@ -229,23 +230,28 @@ fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
 
 /// Runs a one-shot job [`RUNS`] times, each into a fresh scratch directory
 /// in `place` (`spawn` starts it there): the medians of wall time and peak
-/// RSS, and the last run's directory.
-fn median_once(place: Place, mut spawn: impl FnMut(&Path) -> Child) -> ((Duration, u64), tempfile::TempDir) {
-    let scratch = || place.scratch().expect("a scratch directory there");
-    let mut dir = scratch();
+/// RSS. The directories are pushed to `kept`, the last run's last, for the
+/// caller to delete once every program of its row has run: on ext4, inodes
+/// freed in the last minutes are skipped by the allocator ("recently
+/// deleted"), so a run right after 20k deletions spends seconds in the
+/// kernel creating its files, whichever program it is.
+fn median_once(
+    place: Place,
+    kept: &mut Vec<tempfile::TempDir>,
+    mut spawn: impl FnMut(&Path) -> Child,
+) -> (Duration, u64) {
     let (mut walls, mut peaks) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
-        if run > 0 {
-            dir = scratch();
-        }
+    for _ in 0..RUNS {
+        let dir = place.scratch().expect("a scratch directory there");
         let started = Instant::now();
         let (wall, peak) = run_once_of(spawn(dir.path()), started);
         walls.push(wall);
         peaks.push(peak);
+        kept.push(dir);
     }
     walls.sort_unstable();
     peaks.sort_unstable();
-    ((walls[RUNS / 2], peaks[RUNS / 2]), dir)
+    (walls[RUNS / 2], peaks[RUNS / 2])
 }
 
 /// Measures idle memory [`RUNS`] times, each in a fresh scratch directory:
@@ -537,9 +543,9 @@ fn main() {
         rows.push(Row::idle(scenario, 50, json_bytes, idle));
     }
     // The same two jobs through `kube-template k8s-sidecar`, configured as
-    // kiwigrid/k8s-sidecar is, then by kiwigrid/k8s-sidecar itself when a
-    // checkout is named (README, Replacing k8s-sidecar); medians of [`RUNS`].
-    let peer = peer::Peer::from_env();
+    // kiwigrid/k8s-sidecar is, then by each peer program that the environment
+    // names (README, Replacing k8s-sidecar); medians of [`RUNS`].
+    let (peers, skipped) = peer::Peer::from_env();
     let mut notes = Vec::new();
     for place in [Place::Disk, Place::Tmpfs] {
         let job = format!("10k ConfigMaps → 20k files on {}, METHOD=LIST", place.name());
@@ -550,18 +556,23 @@ fn main() {
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
         let env = [("LABEL", "tier"), ("NAMESPACE", "ALL"), ("UNIQUE_FILENAMES", "true")];
-        let (measured, ours) = median_once(place, |dir| k8s_sidecar(&server, dir, &env, true));
-        assert_eq!(std::fs::read_dir(ours.path().join("out")).unwrap().count(), 2 * count);
+        // Every run's files, deleted at the end of the row (see median_once).
+        let mut kept = Vec::new();
+        let out = |kept: &[tempfile::TempDir]| kept.last().expect("a run").path().join("out");
+        let measured = median_once(place, &mut kept, |dir| k8s_sidecar(&server, dir, &env, true));
+        let ours = out(&kept);
+        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 2 * count);
         rows.push(Row::once(scenario, count, json_bytes, measured));
-        if let Some(peer) = &peer {
-            let (measured, theirs) = median_once(place, |dir| peer.spawn(&server, dir, &env, true));
-            let files = peer::same_files(&ours.path().join("out"), &theirs.path().join("out"), 1_000);
+        for peer in &peers {
+            let measured = median_once(place, &mut kept, |dir| peer.spawn(&server, dir, &env, true));
+            let files = peer::same_files(&ours, &out(&kept), peer, 1_000);
             notes.push(format!(
-                "kiwigrid/k8s-sidecar LIST on {}: the same {files} file names as kube-template's, the same contents in every 1000th",
+                "{} LIST on {}: the same {files} file names as kube-template's, the same contents in every 1000th",
+                peer.name(),
                 place.name()
             ));
             rows.push(Row::once(
-                format!("kiwigrid/k8s-sidecar (Python): {job}"),
+                format!("{}: {job}", peer.name()),
                 count,
                 json_bytes,
                 measured,
@@ -581,9 +592,9 @@ fn main() {
             |m| m.0,
         );
         rows.push(Row::idle(scenario, 50, json_bytes, idle));
-        if let Some(peer) = &peer {
-            // Its watcher process opens the watch after the initial list has
-            // written the files: settled is after that.
+        for peer in &peers {
+            // Both open their watch after the initial list has written the
+            // files: settled is after that.
             let ready = |dir: &Path| ready(dir) && server.open_watches("configmaps") == 1;
             let measure = |dir: &Path| {
                 // Readiness counts open watches: the previous run's first close.
@@ -600,16 +611,17 @@ fn main() {
             };
             let idle = median_idle(measure, |m| m.rss.0);
             notes.push(format!(
-                "kiwigrid/k8s-sidecar idle: {} processes (main + watcher), RSS summed over them (pages the fork shares counted in each); their PSS summed: {:.1} MiB",
+                "{} idle: {} process(es), RSS summed over them (pages a fork shares counted in each); their PSS summed: {:.1} MiB",
+                peer.name(),
                 idle.processes,
                 idle.pss as f64 / MIB
             ));
-            let scenario = "kiwigrid/k8s-sidecar (Python): idle, WATCH 50 ConfigMaps of 8 KB".to_string();
+            let scenario = format!("{}: idle, WATCH 50 ConfigMaps of 8 KB", peer.name());
             rows.push(Row::idle(scenario, 50, json_bytes, idle.rss));
         }
     }
-    if peer.is_none() && rows.iter().any(|row| row.scenario.starts_with("k8s-sidecar:")) {
-        notes.push(peer::HOW_TO_ENABLE.to_string());
+    if rows.iter().any(|row| row.scenario.starts_with("k8s-sidecar:")) {
+        notes.extend(skipped);
     }
     if !rows.is_empty() {
         print(&rows, baseline);
@@ -620,7 +632,7 @@ fn main() {
     if wanted("api cost: one replica") {
         api_cost::one_replica(&runtime);
     }
-    if let Some(peer) = &peer
+    if let Some(peer) = peers.iter().find(|peer| matches!(peer, peer::Peer::Python { .. }))
         && wanted("api cost: one replica of kiwigrid/k8s-sidecar")
     {
         api_cost::peer_replica(&runtime, peer);

@@ -202,6 +202,15 @@ pub async fn run(args: RunArgs, preset: Option<Preset>) -> ExitCode {
         }
         _ => None,
     };
+    // The start (the config, TLS, discovery) is over: its code pages need
+    // not stay resident while the listings fill the stores, where a run's
+    // memory peaks. What the listing and the render run is mapped back.
+    let trimmed = telemetry::resident::trim();
+    tracing::debug!(
+        mapped_bytes = trimmed.mapped_bytes,
+        mappings = trimmed.mappings,
+        "memory only the start-up needed given back"
+    );
     let trimmer = (!once).then(|| trim_after_first_render(&telemetry));
     let options = pipeline::RunOptions { once, sync_deadline };
     let result = pipeline::run(prepared, sources, options, Arc::clone(&telemetry), shutdown).await;

@@ -8,11 +8,18 @@
 //! sorted by key (looked up by binary search), each list with a table of its
 //! items, and the last four bytes give the root.
 //!
-//! Encoding, all integers little-endian, offsets from the buffer's start:
-//! `0` null, `1` false, `2` true, `3` i64, `4` u64, `5` f64 (8 bytes each),
-//! `6` string (u32 length, UTF-8 bytes), `7` list (u32 count, u32 offset per
-//! item), `8` mapping (u32 count, u32 key offset and u32 value offset per
-//! entry; keys are strings).
+//! Encoding, all integers little-endian: a type byte, then its payload.
+//! The type's low four bits say what it is: `0` null, `1` false, `2` true,
+//! `3` i64, `4` u64, `5` f64 (8 bytes each), `6` string (length, UTF-8
+//! bytes), `7` list (count, one reference per item), `8` mapping (count, a
+//! key reference and a value reference per entry; keys are strings). Its
+//! next two bits say how wide the length, the count and the references are:
+//! `0` one byte, `1` two, `2` four; each string and table takes the narrowest
+//! that fits, so that most of an object's are one or two bytes, and a
+//! document stays within a few bytes of its JSON. A reference is the distance
+//! back from its table to the value (values are written before the tables
+//! that refer to them, so a table only spans its own children). The last
+//! four bytes give the root's offset from the buffer's start.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -33,6 +40,11 @@ pub(super) const FLOAT: u8 = 5;
 pub(super) const STRING: u8 = 6;
 pub(super) const LIST: u8 = 7;
 pub(super) const MAP: u8 = 8;
+
+/// The bits of a type byte that say what the value is.
+const KIND: u8 = 0x0f;
+/// The bits of a type byte that say how wide its integers are.
+const WIDTH_SHIFT: u8 = 4;
 
 /// Mappings up to this size are searched from the start, not bisected.
 const LINEAR_LOOKUP: u32 = 8;
@@ -149,6 +161,41 @@ fn read_u32(buf: &[u8], at: u32) -> u32 {
     u32::from_le_bytes(buf[at..at + 4].try_into().expect("four bytes"))
 }
 
+/// The width in bytes of the integers after the type byte `tag`.
+#[inline]
+fn width(tag: u8) -> u32 {
+    // Codes 0, 1 and 2 (3 is never written).
+    1 << ((tag >> WIDTH_SHIFT) & 3).min(2)
+}
+
+/// The unsigned integer of `width` bytes at `at`.
+#[inline]
+fn read_uint(buf: &[u8], at: u32, width: u32) -> u32 {
+    let i = at as usize;
+    match buf.get(i..i + 4) {
+        // Four bytes read at once and masked, without a branch per width: in
+        // a finished document every integer has four bytes after its start
+        // (the root's offset ends it); one being written may not.
+        Some(four) => u32::from_le_bytes(four.try_into().expect("four bytes")) & (u32::MAX >> (32 - 8 * width)),
+        None => match width {
+            1 => u32::from(buf[i]),
+            2 => u32::from(u16::from_le_bytes([buf[i], buf[i + 1]])),
+            _ => read_u32(buf, at),
+        },
+    }
+}
+
+/// The width bits and the width in bytes of integers up to `max`.
+fn width_for(max: u32) -> (u8, usize) {
+    if max <= u32::from(u8::MAX) {
+        (0, 1)
+    } else if max <= u32::from(u16::MAX) {
+        (1 << WIDTH_SHIFT, 2)
+    } else {
+        (2 << WIDTH_SHIFT, 4)
+    }
+}
+
 fn read_8(buf: &[u8], at: u32) -> [u8; 8] {
     let at = at as usize;
     buf[at..at + 8].try_into().expect("eight bytes")
@@ -169,9 +216,10 @@ impl Encoder {
 
     pub(super) fn string(&mut self, text: &str) -> u32 {
         let at = self.offset();
-        self.buf.push(STRING);
         let len = u32::try_from(text.len()).expect("a string is smaller than 4 GiB");
-        self.buf.extend_from_slice(&len.to_le_bytes());
+        let (bits, width) = width_for(len);
+        self.buf.push(STRING | bits);
+        self.push_uint(len, width);
         self.buf.extend_from_slice(text.as_bytes());
         at
     }
@@ -258,13 +306,28 @@ impl Encoder {
     /// (`width` offsets per item) and returns its offset.
     pub(super) fn table(&mut self, tag: u8, start: usize, width: usize) -> u32 {
         let at = self.offset();
-        let count = (self.pending.len() - start) / width;
-        self.buf.push(tag);
-        self.buf.extend_from_slice(&(count as u32).to_le_bytes());
-        for offset in self.pending.drain(start..) {
-            self.buf.extend_from_slice(&offset.to_le_bytes());
+        let count = ((self.pending.len() - start) / width) as u32;
+        // The first item written is the farthest back; a sorted mapping's
+        // first entry need not be, so take the least offset.
+        let farthest = self.pending[start..].iter().min().map_or(0, |first| at - first);
+        let (bits, width) = width_for(count.max(farthest));
+        self.buf.push(tag | bits);
+        self.push_uint(count, width);
+        for i in start..self.pending.len() {
+            let offset = self.pending[i];
+            self.push_uint(at - offset, width);
         }
+        self.pending.truncate(start);
         at
+    }
+
+    /// Appends the low `width` bytes of `value`: four written and the rest
+    /// dropped, as a copy of a length known only at run time is a call.
+    #[inline]
+    fn push_uint(&mut self, value: u32, width: usize) {
+        let end = self.buf.len() + width;
+        self.buf.extend_from_slice(&value.to_le_bytes());
+        self.buf.truncate(end);
     }
 }
 
@@ -299,9 +362,24 @@ pub(super) fn descend<'p>(omit: &[&'p [Segment]], step: impl Fn(&Segment) -> boo
     inner
 }
 
+#[inline]
 pub(super) fn string_bytes(buf: &[u8], at: u32) -> &[u8] {
-    let len = read_u32(buf, at + 1) as usize;
-    let start = at as usize + 5;
+    let i = at as usize;
+    // A one-byte length (every key but the longest, most values) is read
+    // without the general case's steps: lookups compare keys by the many.
+    if buf[i] == STRING {
+        let len = usize::from(buf[i + 1]);
+        return &buf[i + 2..i + 2 + len];
+    }
+    wide_string_bytes(buf, at)
+}
+
+/// [`string_bytes`] of a string whose length takes two or four bytes.
+#[cold]
+fn wide_string_bytes(buf: &[u8], at: u32) -> &[u8] {
+    let width = width(buf[at as usize]);
+    let len = read_uint(buf, at + 1, width) as usize;
+    let start = (at + 1 + width) as usize;
     &buf[start..start + len]
 }
 
@@ -333,15 +411,15 @@ impl<'a> Node<'a> {
 
     /// The type byte of the value (see the module's encoding).
     pub(super) fn tag(self) -> u8 {
-        self.buf[self.at as usize]
+        self.buf[self.at as usize] & KIND
     }
 
     /// The entries of a mapping, keys as written.
     pub(super) fn raw_entries(self) -> impl Iterator<Item = (&'a [u8], Node<'a>)> {
         let table = self.table();
         (0..table.len).map(move |i| {
-            let at = table.entries + 8 * i;
-            (string_bytes(self.buf, read_u32(self.buf, at)), table.node(at + 4))
+            let at = table.entries + 2 * table.width * i;
+            (string_bytes(self.buf, table.node(at).at), table.node(at + table.width))
         })
     }
 
@@ -357,7 +435,7 @@ impl<'a> Node<'a> {
 
     pub fn json(self) -> Json<'a> {
         let payload = self.at + 1;
-        match self.buf[self.at as usize] {
+        match self.tag() {
             FALSE => Json::Bool(false),
             TRUE => Json::Bool(true),
             INT => Json::Int(i64::from_le_bytes(read_8(self.buf, payload))),
@@ -371,11 +449,15 @@ impl<'a> Node<'a> {
         }
     }
 
+    #[inline]
     fn table(self) -> Table<'a> {
+        let width = width(self.buf[self.at as usize]);
         Table {
             buf: self.buf,
-            len: read_u32(self.buf, self.at + 1),
-            entries: self.at + 5,
+            at: self.at,
+            width,
+            len: read_uint(self.buf, self.at + 1, width),
+            entries: self.at + 1 + width,
         }
     }
 
@@ -419,8 +501,12 @@ impl<'a> Node<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Table<'a> {
     buf: &'a [u8],
+    /// Offset of the table, which its references count back from.
+    at: u32,
+    /// Bytes per reference.
+    width: u32,
     len: u32,
-    /// Offset of the first entry's offsets.
+    /// Offset of the first entry's references.
     entries: u32,
 }
 
@@ -433,36 +519,42 @@ impl<'a> Table<'a> {
         self.len == 0
     }
 
+    /// The value the reference at `at` refers to.
+    #[inline]
     fn node(self, at: u32) -> Node<'a> {
         Node {
             buf: self.buf,
-            at: read_u32(self.buf, at),
+            at: self.at - read_uint(self.buf, at, self.width),
         }
     }
 
     /// Item `index` of a list.
     pub fn item(self, index: usize) -> Option<Node<'a>> {
-        (index < self.len()).then(|| self.node(self.entries + 4 * index as u32))
+        (index < self.len()).then(|| self.node(self.entries + self.width * index as u32))
     }
 
     /// The items of a list.
     pub fn items(self) -> impl ExactSizeIterator<Item = Node<'a>> + 'a {
-        (0..self.len).map(move |i| self.node(self.entries + 4 * i))
+        (0..self.len).map(move |i| self.node(self.entries + self.width * i))
     }
 
     /// Entry `index` of a mapping: key and value.
     pub fn entry(self, index: usize) -> Option<(&'a str, Node<'a>)> {
         (index < self.len()).then(|| {
-            let at = self.entries + 8 * index as u32;
+            let at = self.entries + 2 * self.width * index as u32;
             let key = self.node(at).as_str().unwrap_or_default();
-            (key, self.node(at + 4))
+            (key, self.node(at + self.width))
         })
     }
 
     /// Whether entry `index` of a mapping is under `key`.
     pub fn has_key(self, index: usize, key: &str) -> bool {
-        index < self.len()
-            && string_bytes(self.buf, read_u32(self.buf, self.entries + 8 * index as u32)) == key.as_bytes()
+        index < self.len() && self.key_bytes(index as u32) == key.as_bytes()
+    }
+
+    /// The key of entry `index` of a mapping, as written.
+    fn key_bytes(self, index: u32) -> &'a [u8] {
+        string_bytes(self.buf, self.node(self.entries + 2 * self.width * index).at)
     }
 
     /// The entries of a mapping, in key order.
@@ -477,23 +569,22 @@ impl<'a> Table<'a> {
 
     /// The value of entry `index` of a mapping.
     pub fn value(self, index: usize) -> Option<Node<'a>> {
-        (index < self.len()).then(|| self.node(self.entries + 8 * index as u32 + 4))
+        (index < self.len()).then(|| self.node(self.entries + 2 * self.width * index as u32 + self.width))
     }
 
     /// The index of the entry under `key` in a mapping (see [`Table::entry`]).
     pub fn position(self, key: &str) -> Option<usize> {
-        let key_at = |i: u32| read_u32(self.buf, self.entries + 8 * i);
         if self.len <= LINEAR_LOOKUP {
             // Small mappings (most of an object's): lengths rule out most
             // keys without comparing bytes.
             return (0..self.len)
-                .find(|&i| string_bytes(self.buf, key_at(i)) == key.as_bytes())
+                .find(|&i| self.key_bytes(i) == key.as_bytes())
                 .map(|i| i as usize);
         }
         let (mut low, mut high) = (0, self.len);
         while low < high {
             let mid = low + (high - low) / 2;
-            match string_bytes(self.buf, key_at(mid)).cmp(key.as_bytes()) {
+            match self.key_bytes(mid).cmp(key.as_bytes()) {
                 Ordering::Less => low = mid + 1,
                 Ordering::Greater => high = mid,
                 Ordering::Equal => return Some(mid as usize),
@@ -608,7 +699,7 @@ mod tests {
     }
 
     #[test]
-    fn a_document_is_about_the_size_of_its_json() {
+    fn a_document_is_no_bigger_than_its_json_but_for_a_few_bytes() {
         let value = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "config-000001", "namespace": "team-01", "uid": "0b0c6f3e-1d4b-4f5e-9a51-0c7f8a3b2d01",
@@ -617,9 +708,33 @@ mod tests {
         });
         let json_size = value.to_string().len();
         let size = Document::from_json(&value).size();
-        assert!(
-            size <= json_size + json_size / 5,
-            "{size} bytes for {json_size} bytes of JSON"
+        // Strings and small tables cost what their quotes, colons and commas
+        // do in JSON; the root's offset and the two-byte references of the
+        // top mapping are the difference.
+        assert!(size <= json_size + 24, "{size} bytes for {json_size} bytes of JSON");
+    }
+
+    #[test]
+    fn long_strings_and_wide_tables_read_back_whatever_their_width() {
+        let long = "y".repeat(70_000);
+        let many: Vec<Value> = (0..300).map(|i| json!(format!("item-{i}"))).collect();
+        let wide: serde_json::Map<String, Value> = (0..300).map(|i| (format!("k{i:03}"), json!(i))).collect();
+        let value = json!({"a": "short", "b": "z".repeat(300), "c": long, "list": many, "map": wide, "tail": [1]});
+        let doc = Document::from_json(&value);
+        assert_eq!(doc.to_json(), value);
+        let root = doc.root();
+        assert_eq!(root.get("c").and_then(Node::as_str).map(str::len), Some(70_000));
+        assert_eq!(
+            root.get("list").and_then(|l| l.item(299)).and_then(Node::as_str),
+            Some("item-299")
         );
+        assert!(matches!(
+            root.get("map").and_then(|m| m.get("k150")).map(Node::json),
+            Some(Json::Int(150))
+        ));
+        assert!(matches!(
+            root.get("tail").and_then(|t| t.item(0)).map(Node::json),
+            Some(Json::Int(1))
+        ));
     }
 }

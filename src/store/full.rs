@@ -142,6 +142,18 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_is_stored_in_key_order_and_an_object_listed_twice_keeps_its_last() {
+        let mut s = store(&["metadata.labels.app"], OnMissingKey::Empty);
+        s.apply(obj("9", "a", "gone", "web"));
+        s.reset_scope(None, vec![obj("2", "a", "two", "web"), obj("1", "a", "one", "db")]);
+        assert_eq!(names(&s.snapshot()), ["one", "two"]);
+        s.reset_scope(None, vec![obj("1", "a", "one", "web"), obj("1", "a", "renamed", "db")]);
+        assert_eq!(names(&s.snapshot()), ["renamed"]);
+        assert_eq!(s.len(), 1);
+        assert!(s.delete(&obj("1", "a", "renamed", "db")) && s.is_empty());
+    }
+
+    #[test]
     fn a_snapshot_does_not_change_when_the_store_does() {
         let mut s = store(&["metadata.name"], OnMissingKey::Empty);
         s.apply(obj("1", "a", "one", "web"));

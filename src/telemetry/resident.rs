@@ -4,11 +4,13 @@
 //! lists, the first render) runs code from all over the binary. Each page of
 //! code it touches stays mapped, and the kernel maps its neighbours along with
 //! it (fault-around), so after the start most of the executable counts as
-//! resident although an idle watch runs a small part of it. Once the first
-//! render is done, [`trim`] unmaps the clean, read-only file mappings (code
-//! and constants of the executable and its libraries): the pages stay in the
-//! page cache, and what runs again is mapped again on its first use. It also
-//! hands the allocator's free pages back to the kernel.
+//! resident although an idle watch runs a small part of it. [`trim`] unmaps
+//! the clean, read-only file mappings (code and constants of the executable
+//! and its libraries): the pages stay in the page cache, and what runs again
+//! is mapped again on its first use. It also hands the allocator's free pages
+//! back to the kernel. `run` calls it twice: once the start-up is over and
+//! before the listings fill the stores (where the memory peaks, a one-shot's
+//! too), and after the first render.
 
 use std::fs;
 

@@ -11,7 +11,7 @@ async fn undefined_value_errors_name_the_template_line_and_expression_everywhere
     within_deadline(async {
         let ns = api.namespace("undefined").await;
         let client = api.client(Who::Admin).await;
-        apply(&client, &ns, &config_maps(), config_map("a", json!({"app": "web"}), json!({"v": "1"}))).await;
+        apply_a(&client, &ns).await;
         apply(&client, &ns, &config_maps(), config_map("status", json!({}), json!({}))).await;
         let uid = pod(&client, &ns, "web-0").await;
         let case = Case::new(&format!(

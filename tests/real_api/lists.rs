@@ -11,13 +11,7 @@ async fn streaming_lists_fall_back_to_paged_lists_when_the_server_lacks_watchlis
     within_deadline(async {
         let ns = api.namespace("streaming-fallback").await;
         let client = api.client(Who::Admin).await;
-        apply(
-            &client,
-            &ns,
-            &config_maps(),
-            config_map("a", json!({"app": "web"}), json!({"v": "1"})),
-        )
-        .await;
+        apply_a(&client, &ns).await;
         let case = Case::new(&config_maps_config(&ns));
         let mut sidecar = case.spawn(api, Who::Admin, &["--once", "--streaming-lists"], &[]);
         let status = sidecar.exit(Duration::from_secs(30)).await;

@@ -170,6 +170,17 @@ fn config_map(name: &str, labels: Value, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data})
 }
 
+/// ConfigMap `a` (`app=web`, `v: "1"`): what `config_maps_config` renders as `a=1`.
+async fn apply_a(client: &kube::Client, namespace: &str) {
+    apply(
+        client,
+        namespace,
+        &config_maps(),
+        config_map("a", json!({"app": "web"}), json!({"v": "1"})),
+    )
+    .await;
+}
+
 /// A config watching ConfigMaps of `namespace` into `cms`, listed as `name=v`.
 fn config_maps_config(namespace: &str) -> String {
     format!(

@@ -16,13 +16,7 @@ async fn the_sidecar_recovers_by_itself_from_a_kill_9_of_the_api_server() {
     within_deadline(async {
         let ns = api.namespace("restart").await;
         let client = api.client(Who::Admin).await;
-        apply(
-            &client,
-            &ns,
-            &config_maps(),
-            config_map("a", json!({"app": "web"}), json!({"v": "1"})),
-        )
-        .await;
+        apply_a(&client, &ns).await;
         let case = Case::new(&config_maps_config(&ns));
         let sidecar = case.spawn(api, Who::Admin, &[], &[]);
         let admin = sidecar.admin().await;

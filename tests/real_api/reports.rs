@@ -12,7 +12,7 @@ async fn events_on_the_pod_pass_validation_even_with_a_note_over_the_limit() {
         let ns = api.namespace("events").await;
         let client = api.client(Who::Admin).await;
         let uid = pod(&client, &ns, "web-0").await;
-        apply(&client, &ns, &config_maps(), config_map("a", json!({"app": "web"}), json!({"v": "1"}))).await;
+        apply_a(&client, &ns).await;
         // The check fails with a 2000-byte first line until the file `ok` exists.
         let case = Case::new(&format!(
             "watched_resources:\n  cms: {{api_version: v1, kind: ConfigMap, namespaces: [{ns}], label_selector: \"app=web\"}}\n\
