@@ -49,6 +49,11 @@ const WIDTH_SHIFT: u8 = 4;
 /// Mappings up to this size are searched from the start, not bisected.
 const LINEAR_LOOKUP: u32 = 8;
 
+/// How much of a document's end [`Document::warm`] reads, and in steps of
+/// what.
+const WARM_BYTES: usize = 4096;
+const CACHE_LINE: usize = 64;
+
 /// Scratch space kept between encodings, per thread.
 const SCRATCH_KEPT: usize = 1 << 20;
 
@@ -108,6 +113,19 @@ impl Document {
             buf: &self.0,
             at: offset,
         }
+    }
+
+    /// Reads one byte of each cache line of the document's last
+    /// [`WARM_BYTES`] (the root's table and, children being written first,
+    /// the mappings it points to), all at once.
+    ///
+    /// Reading a field walks a chain of dependent offsets (table, key, value);
+    /// over a store larger than the CPU's caches each step would wait on
+    /// memory in turn, while these reads wait together. Returns a value to
+    /// pass to [`std::hint::black_box`] so the reads are kept.
+    pub fn warm(&self) -> u8 {
+        let tail = &self.0[self.0.len().saturating_sub(WARM_BYTES)..];
+        tail.iter().step_by(CACHE_LINE).fold(0, |acc, byte| acc ^ byte)
     }
 
     /// Bytes held.
@@ -529,6 +547,16 @@ impl<'a> Table<'a> {
         })
     }
 
+    /// Whether entry `index` of a mapping is under `key`.
+    pub fn has_key(self, index: usize, key: &str) -> bool {
+        index < self.len() && self.key_bytes(index as u32) == key.as_bytes()
+    }
+
+    /// The key of entry `index` of a mapping, as written.
+    fn key_bytes(self, index: u32) -> &'a [u8] {
+        string_bytes(self.buf, self.node(self.entries + 2 * self.width * index).at)
+    }
+
     /// The entries of a mapping, in key order.
     pub fn entries(self) -> impl ExactSizeIterator<Item = (&'a str, Node<'a>)> + 'a {
         (0..self.len()).map(move |i| self.entry(i).expect("in range"))
@@ -536,22 +564,30 @@ impl<'a> Table<'a> {
 
     /// The value under `key` in a mapping.
     pub fn get(self, key: &str) -> Option<Node<'a>> {
-        let entry = |i: u32| self.entries + 2 * self.width * i;
-        let key_at = |i: u32| string_bytes(self.buf, self.node(entry(i)).at);
+        self.value(self.position(key)?)
+    }
+
+    /// The value of entry `index` of a mapping.
+    pub fn value(self, index: usize) -> Option<Node<'a>> {
+        (index < self.len()).then(|| self.node(self.entries + 2 * self.width * index as u32 + self.width))
+    }
+
+    /// The index of the entry under `key` in a mapping (see [`Table::entry`]).
+    pub fn position(self, key: &str) -> Option<usize> {
         if self.len <= LINEAR_LOOKUP {
             // Small mappings (most of an object's): lengths rule out most
             // keys without comparing bytes.
             return (0..self.len)
-                .find(|&i| key_at(i) == key.as_bytes())
-                .map(|i| self.node(entry(i) + self.width));
+                .find(|&i| self.key_bytes(i) == key.as_bytes())
+                .map(|i| i as usize);
         }
         let (mut low, mut high) = (0, self.len);
         while low < high {
             let mid = low + (high - low) / 2;
-            match key_at(mid).cmp(key.as_bytes()) {
+            match self.key_bytes(mid).cmp(key.as_bytes()) {
                 Ordering::Less => low = mid + 1,
                 Ordering::Greater => high = mid,
-                Ordering::Equal => return Some(self.node(entry(mid) + self.width)),
+                Ordering::Equal => return Some(mid as usize),
             }
         }
         None

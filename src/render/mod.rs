@@ -346,11 +346,15 @@ impl Renderer {
             file => Value::from_dyn_object(Arc::clone(&files)),
             fetch_url => Value::from_object(urls::FetchUrl(self.urls.clone())),
         };
-        let writer = sink::BudgetWriter {
-            out: text.as_mut(),
-            budget: &budget,
-        };
-        if let Err(e) = template.render_captured_to(ctx, writer) {
+        let mut writer = sink::BudgetWriter::new(text.as_mut(), &budget);
+        let rendered = template.render_captured_to(ctx, &mut writer).and_then(|_| {
+            io::Write::flush(&mut writer).map_err(|e| {
+                // What minijinja makes of a failed write during the render.
+                minijinja::Error::new(ErrorKind::WriteFailure, "I/O error during rendering").with_source(e)
+            })
+        });
+        drop(writer);
+        if let Err(e) = rendered {
             if budget.exceeded.load(Ordering::Relaxed) {
                 // minijinja drops the line of a failed write; the file at least.
                 let at = match location(&e) {
@@ -385,6 +389,13 @@ fn environment(base_dir: &Path) -> Environment<'static> {
     env.set_debug(true);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    // Strings, most of what templates print, go out as they are rather than
+    // through `Display` (padding and precision that `{{ }}` never uses).
+    // Undefined values are caught before any formatter, as by the default.
+    env.set_formatter(|out, state, value| match value.as_str() {
+        Some(text) if *state.auto_escape() == AutoEscape::None => Ok(out.write_str(text)?),
+        _ => minijinja::escape_formatter(out, state, value),
+    });
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
             .keep_trailing_newline(true)

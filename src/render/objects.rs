@@ -180,7 +180,10 @@ impl Object for StoreView {
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         match &self.store {
             // A loop makes each object a value only when it reaches it.
-            StoreSnapshot::Full(s) => Enumerator::Iter(Box::new(documents(s, None).into_iter().map(|d| document(&d)))),
+            StoreSnapshot::Full(s) => Enumerator::Iter(Box::new(documents(s, None).into_iter().map(|d| {
+                std::hint::black_box(d.warm());
+                document(&d)
+            }))),
             StoreSnapshot::OnDemand { .. } => Enumerator::Iter(Box::new(Bodies {
                 view: Arc::clone(self),
                 last: None,

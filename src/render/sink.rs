@@ -113,11 +113,33 @@ impl Budget {
     }
 }
 
+/// How much text [`BudgetWriter`] gathers before passing it to the sink:
+/// whole chunks of the size a staged file takes without copying them into
+/// its own buffer (a sink buffering them would keep the spare room of a
+/// grown buffer per output until the group is written).
+const CHUNK: usize = 64 * 1024;
+
 /// A single-file template's text on its way to the sink, counted against
 /// the budget; `None` (a directory template's own text) discards it.
+///
+/// A template writes in pieces of a few bytes (each `{{ }}` and the text
+/// between them); the sink gets them in chunks of exactly [`CHUNK`] bytes,
+/// and the rest on [`io::Write::flush`], which the render must call.
 pub(super) struct BudgetWriter<'a, S> {
-    pub(super) out: Option<&'a mut S>,
-    pub(super) budget: &'a Budget,
+    out: Option<&'a mut S>,
+    budget: &'a Budget,
+    pending: Vec<u8>,
+}
+
+impl<'a, S: Sink> BudgetWriter<'a, S> {
+    pub(super) fn new(out: Option<&'a mut S>, budget: &'a Budget) -> BudgetWriter<'a, S> {
+        let pending = if out.is_some() {
+            Vec::with_capacity(CHUNK)
+        } else {
+            Vec::new()
+        };
+        BudgetWriter { out, budget, pending }
+    }
 }
 
 impl<S: Sink> io::Write for BudgetWriter<'_, S> {
@@ -128,11 +150,24 @@ impl<S: Sink> io::Write for BudgetWriter<'_, S> {
         if !self.budget.spend(buf.len()) {
             return Err(io::Error::other("output too large"));
         }
-        out.write_all(buf)?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(rest.len().min(CHUNK - self.pending.len()));
+            self.pending.extend_from_slice(now);
+            rest = later;
+            if self.pending.len() == CHUNK {
+                out.write_all(&self.pending)?;
+                self.pending.clear();
+            }
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(&self.pending)?;
+            self.pending.clear();
+        }
         Ok(())
     }
 }

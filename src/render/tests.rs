@@ -140,3 +140,44 @@ fn many_templates_render_in_their_order_and_each_error_names_its_template() {
         .collect();
     assert_eq!(texts, expected);
 }
+
+#[test]
+fn output_larger_than_a_chunk_arrives_whole_and_the_limit_still_holds() {
+    let objects: Vec<Json> = (0..9000).map(|i| cm(&format!("n{i:04}"), "a")).collect();
+    let template = "{% for c in resources.cms %}{{ c.metadata.name }} {{ c.data.v }}\n{% endfor %}";
+    let text = single(template, &objects).unwrap();
+    let expected: String = (0..9000).map(|i| format!("n{i:04} <&>\n")).collect();
+    assert_eq!(text, expected);
+
+    let yaml = serde_json::to_string(template).unwrap();
+    let limited = format!("  t:\n    inline: {yaml}\n    path: t.txt\nrender:\n  max_output_bytes: 80000\n");
+    let (renderer, snapshot) = setup(&limited, &objects);
+    let errors = renderer.render_all(&snapshot).unwrap_err();
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("larger than render.max_output_bytes (80000 bytes)"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn strings_print_as_they_are_unless_a_block_turns_escaping_on() {
+    let objects = [cm("x", "a")];
+    assert_eq!(
+        single(
+            "{{ resources.cms[0].data.v }} {% autoescape true %}{{ resources.cms[0].data.v }}{% endautoescape %} {{ 1.5 }} {{ none }}",
+            &objects
+        )
+        .unwrap(),
+        "<&> &lt;&amp;&gt; 1.5 None"
+    );
+}
+
+#[test]
+fn a_mapping_read_by_several_keys_gives_each_its_own_value() {
+    let objects = [cm("x", "a")];
+    let template = "{% set c = resources.cms[0] %}{{ c.metadata.name }} {{ c.data.v }} {{ c.metadata.labels.app }} {{ c.data | length }} {{ c.metadata.namespace }}";
+    assert_eq!(single(template, &objects).unwrap(), "x <&> a 1 ns");
+}

@@ -5,7 +5,7 @@
 //! shared document, so applying an object costs no conversion and a render
 //! converts only the fields it reads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use serde_json::Value as Json;
@@ -28,6 +28,10 @@ pub fn from_json(json: Json) -> Value {
 struct Node {
     doc: Document,
     offset: u32,
+    /// The first mapping or list looked up by key in this mapping, and the
+    /// index of its entry: a template reads `cm.metadata` again for each of
+    /// `cm.metadata.name`, `cm.metadata.namespace`, … and finds it here.
+    child: OnceLock<(usize, Value)>,
 }
 
 impl Node {
@@ -42,18 +46,28 @@ impl Node {
 
 /// Scalars become plain values; mappings and lists lazy nodes.
 fn node_value(doc: &Document, node: document::Node<'_>) -> Value {
-    match node.json() {
+    node_value_and_kind(doc, node).0
+}
+
+/// [`node_value`], and whether it is a mapping or list.
+fn node_value_and_kind(doc: &Document, node: document::Node<'_>) -> (Value, bool) {
+    let scalar = match node.json() {
         document::Json::Null => Value::from(()),
         document::Json::Bool(b) => Value::from(b),
         document::Json::Int(i) => Value::from(i),
         document::Json::UInt(u) => Value::from(u),
         document::Json::Float(f) => Value::from(f),
         document::Json::String(s) => Value::from(s),
-        document::Json::List(_) | document::Json::Map(_) => Value::from_object(Node {
-            doc: doc.clone(),
-            offset: node.offset(),
-        }),
-    }
+        document::Json::List(_) | document::Json::Map(_) => {
+            let node = Node {
+                doc: doc.clone(),
+                offset: node.offset(),
+                child: OnceLock::new(),
+            };
+            return (Value::from_object(node), true);
+        }
+    };
+    (scalar, false)
 }
 
 impl Object for Node {
@@ -74,6 +88,25 @@ impl Object for Node {
             table.item(usize::try_from(index).ok()?)?
         };
         Some(node_value(&self.doc, child))
+    }
+
+    // `cm.metadata.name` looks its keys up by string: no key value to make.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        let document::Json::Map(map) = self.doc.node(self.offset).json() else {
+            return self.get_value(&Value::from(key));
+        };
+        if let Some((index, child)) = self.child.get()
+            && map.has_key(*index, key)
+        {
+            return Some(child.clone());
+        }
+        let index = map.position(key)?;
+        let (value, container) = node_value_and_kind(&self.doc, map.value(index)?);
+        if container {
+            // Taken by the first container only; a later one is made anew.
+            let _ = self.child.set((index, value.clone()));
+        }
+        Some(value)
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
