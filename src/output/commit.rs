@@ -1,5 +1,5 @@
-//! The commit step of a write: staged files renamed into place, all or
-//! nothing (DESIGN 5.11). Each replaced file's previous version is kept (a
+//! The commit step of a write: staged files renamed (anonymous ones linked)
+//! into place, all or nothing (DESIGN 5.11). Each replaced file's previous version is kept (a
 //! hard link, or a copy where links fail) until every rename succeeded; if one
 //! fails, the files already replaced are restored and the ones created are
 //! removed.
@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tempfile::TempPath;
 
-use super::{Error, STAGING_PREFIX};
+use super::anonymous::Anonymous;
+use super::{Error, STAGING_PREFIX, Staging};
 
 /// One step of a commit, and how to undo it.
 enum Step {
-    /// A file renamed onto `target`; `previous` is what was there (none:
+    /// A file renamed or linked onto `target`; `previous` is what was there (none:
     /// undoing removes the file).
     Replaced {
         target: PathBuf,
@@ -40,14 +41,14 @@ pub(super) struct Commit {
 }
 
 impl Commit {
-    /// Renames `staged` onto `target`, keeping what was there. `root` is the
+    /// Renames (links) `staged` onto `target`, keeping what was there. `root` is the
     /// directory output `target` belongs to, inside which what is in the way
     /// may be moved aside; `new`: nothing was at `target` when it was staged.
     /// On an error the commit is rolled back before it is returned.
     pub(super) fn replace(
         &mut self,
         template: &str,
-        staged: TempPath,
+        staged: Staging,
         target: PathBuf,
         root: Option<&Path>,
         new: bool,
@@ -66,26 +67,33 @@ impl Commit {
         }
     }
 
-    fn try_replace(&mut self, staged: TempPath, target: &Path, root: Option<&Path>, new: bool) -> Result<(), Failure> {
+    fn try_replace(&mut self, staged: Staging, target: &Path, root: Option<&Path>, new: bool) -> Result<(), Failure> {
         if let Some(root) = root {
             self.clear_the_way(root, target)?;
         }
-        // A target that was absent most likely still is: a rename that
-        // replaces nothing is the whole step. If something came (or the file
-        // system cannot refuse to replace), the file goes the long way.
-        let staged = if new {
-            match staged.persist_noclobber(target) {
-                Ok(()) => {
-                    self.done.push(Step::Replaced {
-                        target: target.to_owned(),
-                        previous: None,
-                    });
-                    return Ok(());
+        // A target that was absent most likely still is: a rename (a link)
+        // that replaces nothing is the whole step. If something came (or the
+        // file system cannot refuse to replace), the file goes the long way.
+        let placed = match staged {
+            Staging::Named(staged) if new => staged.persist_noclobber(target).map_err(|refused| refused.path),
+            Staging::Named(staged) => Err(staged),
+            Staging::Anonymous(staged) => match staged.link(target) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(named(&staged, target).map_err(|e| ("cannot stage", None, e))?)
                 }
-                Err(refused) => refused.path,
+                Err(e) => return Err(("cannot link", None, e)),
+            },
+        };
+        let staged = match placed {
+            Ok(()) => {
+                self.done.push(Step::Replaced {
+                    target: target.to_owned(),
+                    previous: None,
+                });
+                return Ok(());
             }
-        } else {
-            staged
+            Err(staged) => staged,
         };
         // One look at the target serves both: a directory in the way is
         // moved aside (inside a directory output), a file is kept.
@@ -208,6 +216,14 @@ fn aside_name(path: &Path) -> PathBuf {
             return candidate;
         }
     }
+}
+
+/// `staged`, given a staging name beside `target` to go the long way.
+fn named(staged: &Anonymous, target: &Path) -> io::Result<TempPath> {
+    let named = tempfile::Builder::new()
+        .prefix(STAGING_PREFIX)
+        .make_in(super::dir_of(target), |path| staged.link(path))?;
+    Ok(named.into_temp_path())
 }
 
 /// A link to (or else a copy of) the file at `target`, which exists, under

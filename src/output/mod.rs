@@ -22,6 +22,7 @@ use self::commit::Commit;
 use crate::command;
 use crate::redact::Redactor;
 use crate::render::{Content, Sink, Syntax, TemplateSource};
+pub use anonymous::raise_open_files_limit;
 pub use guard::Guard;
 pub use owner::Owner;
 pub use stage::Stage;
@@ -234,10 +235,27 @@ impl Staged {
 
 /// A temp file beside the target it is to replace.
 struct StagedFile {
-    file: TempPath,
+    file: Staging,
     target: PathBuf,
     /// Nothing was at `target` when the file was staged.
     new: bool,
+}
+
+/// A staged file's bytes: a closed temp file under a staging name, or (a new
+/// file) an open anonymous one, which has no name until the commit.
+enum Staging {
+    Named(TempPath),
+    Anonymous(anonymous::Anonymous),
+}
+
+impl Staging {
+    /// Its whole content.
+    fn read_back(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Staging::Named(path) => fs::read(path),
+            Staging::Anonymous(file) => file.read_back(),
+        }
+    }
 }
 
 /// Writes all outputs of one render held in memory, or none of them.
@@ -348,10 +366,10 @@ fn validate(template: &Template, staged: &Staged) -> Result<()> {
     let Some(format) = template.validate else {
         return Ok(());
     };
-    let staged_files = staged.files.iter().map(|f| (&f.target, f.file.as_ref()));
-    let unchanged = staged.unchanged.iter().map(|target| (target, target.as_path()));
-    for (target, path) in staged_files.chain(unchanged) {
-        let bytes = fs::read(path).map_err(io_error(&template.name, "cannot read back", target))?;
+    let staged_files = staged.files.iter().map(|f| (&f.target, f.file.read_back()));
+    let unchanged = staged.unchanged.iter().map(|target| (target, fs::read(target)));
+    for (target, bytes) in staged_files.chain(unchanged) {
+        let bytes = bytes.map_err(io_error(&template.name, "cannot read back", target))?;
         if let Err(e) = validate::check(format, &bytes) {
             return Err(Error::Invalid {
                 template: template.name.clone(),
@@ -527,10 +545,13 @@ fn remove_empty_dirs(root: &Path, dir: &Path) -> bool {
 
 /// Runs the template's `check` on a staged file; errors name the file it
 /// would have replaced (the staged name is random).
-async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Redactor) -> Result<()> {
+async fn check(template: &Template, staged: &Staging, target: &Path, redactor: &Redactor) -> Result<()> {
     if template.check.is_empty() {
         return Ok(());
     }
+    let Staging::Named(staged) = staged else {
+        unreachable!("a template with a check stages named files only");
+    };
     let file = staged.to_string_lossy();
     let argv: Vec<String> = template.check.iter().map(|a| a.replace("{file}", &file)).collect();
     match command::run(&argv, template.check_timeout).await {
@@ -559,6 +580,7 @@ async fn check(template: &Template, staged: &Path, target: &Path, redactor: &Red
     }
 }
 
+mod anonymous;
 mod commit;
 pub mod guard;
 pub mod owner;

@@ -1,5 +1,6 @@
 //! A template's output staged while it renders: each of its files goes to a
-//! temp file beside its target as the render produces it, so that no render
+//! temp file beside its target as the render produces it (a new file to an
+//! anonymous one where it can, see `anonymous`), so that no render
 //! holds its whole output in memory. Bytes are compared with the file at the
 //! target as they come; a file found unchanged gets no temp file at all, and
 //! one that differs from byte N on gets the old file's first N bytes copied
@@ -11,14 +12,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
+use super::anonymous::{self, Anonymous, Budget};
 use super::previous::{self, Found, Old, ensure_mode};
 use super::{
-    MadeDirs, OutputTarget, Result, STAGING_PREFIX, Staged, StagedFile, Template, create_dirs, list_files, nearest_dir,
-    owner, refuse_file_and_directory, umask_keeps,
+    MadeDirs, OutputTarget, Result, STAGING_PREFIX, Staged, StagedFile, Staging, Template, create_dirs, list_files,
+    nearest_dir, owner, refuse_file_and_directory, umask_keeps,
 };
 use crate::render::{Emitted, Sink};
 
@@ -58,6 +61,12 @@ struct Place {
     fsync_dirs: BTreeSet<PathBuf>,
     /// The directories that did not exist before.
     created: MadeDirs,
+    /// Anonymous files for new files, within this budget; none for a
+    /// template whose `check` needs each file's path.
+    anonymous: Option<Arc<Budget>>,
+    /// Directories (absolute) whose file system has no anonymous files, or
+    /// where they do not pay.
+    no_anonymous: BTreeSet<PathBuf>,
 }
 
 /// One file on its way to its temp file.
@@ -68,14 +77,41 @@ struct Pending {
     existed: bool,
     /// The first bytes, found equal to the old file's: not written yet.
     same: u64,
-    temp: Option<NamedTempFile>,
+    temp: Option<Temp>,
     buffer: Vec<u8>,
+}
+
+/// A file being written: named beside its target, or anonymous.
+enum Temp {
+    Named(NamedTempFile),
+    Anonymous(Anonymous),
+}
+
+impl Temp {
+    fn file(&self) -> &fs::File {
+        match self {
+            Temp::Named(file) => file.as_file(),
+            Temp::Anonymous(file) => file.file(),
+        }
+    }
+
+    fn file_mut(&mut self) -> &mut fs::File {
+        match self {
+            Temp::Named(file) => file.as_file_mut(),
+            Temp::Anonymous(file) => file.file_mut(),
+        }
+    }
 }
 
 impl Stage {
     /// Starts staging `template`'s output to `target` (its own, or re-rooted):
     /// a directory output's directory is made and listed.
     pub fn new(template: &Template, target: &OutputTarget) -> Result<Stage> {
+        Stage::with_budget(template, target, Budget::process())
+    }
+
+    /// [`Stage::new`], with at most `budget`'s anonymous files open.
+    pub(super) fn with_budget(template: &Template, target: &OutputTarget, budget: Arc<Budget>) -> Result<Stage> {
         let io = |action, path: &Path| super::io_error(&template.name, action, path);
         let mut stage = Stage {
             template: template.clone(),
@@ -87,6 +123,8 @@ impl Stage {
                 made_dirs: BTreeMap::new(),
                 fsync_dirs: BTreeSet::new(),
                 created: MadeDirs::default(),
+                anonymous: template.check.is_empty().then_some(budget),
+                no_anonymous: BTreeSet::new(),
             },
             target: target.clone(),
             open: None,
@@ -105,7 +143,7 @@ impl Stage {
                 let created = create_dirs(path, template.owner).map_err(io("cannot create directory", path))?;
                 stage.place.created.0.extend(created);
                 let absolute = std::path::absolute(path).map_err(io("cannot resolve", path))?;
-                stage.place.made_dirs.insert(path.clone(), absolute);
+                stage.place.know(path.clone(), absolute);
                 stage.existing = list_files(path)
                     .map_err(io("cannot list directory", path))?
                     .into_iter()
@@ -273,15 +311,15 @@ impl Pending {
             self.diverge(place)?;
         }
         let temp = self.temp.as_mut().expect("a temp file once the bytes differ");
-        temp.write_all(bytes)
+        temp.file_mut().write_all(bytes)
     }
 
     /// Makes the temp file, with the bytes found equal to the old file's.
     fn diverge(&mut self, place: &mut Place) -> io::Result<()> {
-        let mut temp = place.temp_file(&self.target)?;
+        let mut temp = place.temp_file(&self.target, !self.existed)?;
         if self.same > 0 {
             let old = self.old.as_mut().expect("equal bytes were read from the old file");
-            old.copy_prefix(self.same, &mut temp)?;
+            old.copy_prefix(self.same, temp.file_mut())?;
         }
         self.old = None;
         self.temp = Some(temp);
@@ -304,21 +342,26 @@ impl Pending {
             }
             self.diverge(place)?;
         }
-        let file = self.temp.take().expect("a temp file once the bytes differ");
+        let temp = self.temp.take().expect("a temp file once the bytes differ");
+        let file = temp.file();
         if !umask_keeps(place.mode) {
-            file.as_file().set_permissions(fs::Permissions::from_mode(place.mode))?;
+            file.set_permissions(fs::Permissions::from_mode(place.mode))?;
         }
         if let Some(owner) = place.owner {
-            owner::apply_to(owner, file.as_file())?;
+            owner::apply_to(owner, file)?;
         }
         if place.fsync {
-            file.as_file().sync_all()?;
+            file.sync_all()?;
             place.fsync_dirs.insert(super::dir_of(&self.target).to_owned());
         }
-        // Closed now: a directory output may stage more files than a process
-        // may keep open.
+        let file = match temp {
+            // Closed now: a directory output may stage more files than a
+            // process may keep open (anonymous ones are within a budget).
+            Temp::Named(file) => Staging::Named(file.into_temp_path()),
+            Temp::Anonymous(file) => Staging::Anonymous(file),
+        };
         Ok(Some(StagedFile {
-            file: file.into_temp_path(),
+            file,
             target: self.target,
             new: !self.existed,
         }))
@@ -326,8 +369,18 @@ impl Pending {
 }
 
 impl Place {
-    /// A temp file in `target`'s directory, made if need be.
-    fn temp_file(&mut self, target: &Path) -> io::Result<NamedTempFile> {
+    /// Records that `dir` exists, its files staged in `absolute`.
+    fn know(&mut self, dir: PathBuf, absolute: PathBuf) {
+        if self.anonymous.is_some() && !anonymous::pays_in(&absolute) {
+            self.no_anonymous.insert(absolute.clone());
+        }
+        self.made_dirs.insert(dir, absolute);
+    }
+
+    /// A temp file in `target`'s directory, made if need be: anonymous for
+    /// a `new` file (nothing at `target`) while the budget and the file
+    /// system allow.
+    fn temp_file(&mut self, target: &Path, new: bool) -> io::Result<Temp> {
         let dir = super::dir_of(target);
         if !self.made_dirs.contains_key(dir) {
             let stage_in = match create_dirs(dir, self.owner) {
@@ -343,13 +396,28 @@ impl Place {
                 Err(e) => self.root.as_deref().and_then(|root| nearest_dir(root, dir)).ok_or(e)?,
             };
             let absolute = std::path::absolute(&stage_in)?;
-            self.made_dirs.insert(dir.to_owned(), absolute);
+            self.know(dir.to_owned(), absolute);
+        }
+        let stage_in = &self.made_dirs[dir];
+        if let Some(budget) = self.anonymous.as_ref().filter(|_| new)
+            && !self.no_anonymous.contains(stage_in)
+        {
+            match Anonymous::create(stage_in, self.mode, budget) {
+                Ok(Some(file)) => return Ok(Temp::Anonymous(file)),
+                Ok(None) => {}
+                Err(error) if anonymous::unsupported(&error) => {
+                    tracing::debug!(dir = %stage_in.display(), %error, "no anonymous files here: staging named files");
+                    self.no_anonymous.insert(stage_in.clone());
+                }
+                Err(e) => return Err(e),
+            }
         }
         // An absolute directory spares the temp file a getcwd of its own.
         tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .permissions(fs::Permissions::from_mode(self.mode))
-            .tempfile_in(&self.made_dirs[dir])
+            .tempfile_in(stage_in)
+            .map(Temp::Named)
     }
 }
 

@@ -385,3 +385,93 @@ async fn an_output_that_does_not_validate_changes_nothing_and_names_its_file() {
     );
     assert_eq!(fs::read_to_string(dir.path().join("out/a.json")).unwrap(), "{}");
 }
+
+/// A scratch directory beside the build's output, not in a temp directory
+/// that may be a tmpfs, where new files are staged named.
+fn on_disk() -> tempfile::TempDir {
+    tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap()
+}
+
+/// Stages `names` (each with content `"v-" + name`) into template `t`'s
+/// directory output with at most `budget` anonymous files open.
+fn stage_files(t: &Template, names: &[&str], budget: usize) -> Staged {
+    let mut stage = Stage::with_budget(t, &t.output, anonymous::Budget::new(budget)).unwrap();
+    for name in names {
+        stage.file(name, format!("v-{name}").as_bytes()).unwrap();
+    }
+    stage.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_new_file_has_no_directory_entry_until_the_commit_links_it() {
+    let dir = on_disk();
+    let out = dir.path().join("out");
+    let t = template(dir.path(), "    directory: out\n");
+    let staged = stage_files(&t, &["a", "sub/b"], 16);
+    // Its directory is made, but no staging name is in either.
+    assert_eq!(names_in(&out), ["sub"]);
+    assert_eq!(names_in(&out.join("sub")), Vec::<String>::new());
+
+    let report = write_staged(vec![staged], &Redactor::default()).await.unwrap();
+    assert_eq!(report.written, [out.join("a"), out.join("sub/b")]);
+    assert_eq!(names_in(&out), ["a", "sub"]);
+    assert_eq!(fs::read(out.join("sub/b")).unwrap(), b"v-sub/b");
+}
+
+#[tokio::test]
+async fn a_dropped_stage_leaves_nothing_anonymous_or_named() {
+    for budget in [16, 0] {
+        let dir = on_disk();
+        let t = template(dir.path(), "    directory: out\n");
+        drop(stage_files(&t, &["a", "sub/b"], budget));
+        assert_eq!(names_in(dir.path()), Vec::<String>::new(), "budget {budget}");
+    }
+}
+
+#[tokio::test]
+async fn past_its_budget_a_stage_stages_named_files_and_commits_them_all() {
+    let dir = on_disk();
+    let out = dir.path().join("out");
+    let t = template(dir.path(), "    directory: out\n");
+    let names = ["a", "b", "c", "d", "e"];
+    let staged = stage_files(&t, &names, 2);
+    let named = names_in(&out);
+    assert_eq!(named.len(), 3, "{named:?}");
+    assert!(named.iter().all(|n| n.starts_with(STAGING_PREFIX)), "{named:?}");
+
+    write_staged(vec![staged], &Redactor::default()).await.unwrap();
+    assert_eq!(names_in(&out), names);
+    for name in names {
+        assert_eq!(fs::read_to_string(out.join(name)).unwrap(), format!("v-{name}"));
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_appears_before_its_link_is_replaced_all_the_same() {
+    let dir = on_disk();
+    let out = dir.path().join("out");
+    let t = template(dir.path(), "    directory: out\n");
+    let staged = stage_files(&t, &["a"], 16);
+    fs::write(out.join("a"), "theirs").unwrap();
+
+    let report = write_staged(vec![staged], &Redactor::default()).await.unwrap();
+    assert_eq!(report.written, [out.join("a")]);
+    assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "v-a");
+    assert_eq!(names_in(&out), ["a"], "nothing staged or kept is left");
+}
+
+#[tokio::test]
+async fn a_failed_commit_removes_the_new_files_it_linked() {
+    let dir = on_disk();
+    let root = dir.path();
+    let templates = three_templates(root);
+    write_three(&templates, &[("x", "1")], "1", "1").await.unwrap();
+
+    // `z` is new: linked, then unlinked when `b` fails.
+    fs::write(root.join("sabotage"), "").unwrap();
+    let error = write_three(&templates, &[("x", "1"), ("z", "2")], "2", "2")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("b/b.txt"), "{error}");
+    assert_eq!(names_in(&root.join("a")), ["x"]);
+}
