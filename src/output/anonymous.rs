@@ -197,6 +197,22 @@ mod tests {
     }
 
     #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
+        if let Some(hard) = hard {
+            // One below: the other tests of this process keep their files.
+            let lowered = Rlimit {
+                current: Some(hard - 1),
+                maximum: Some(hard),
+            };
+            rustix::process::setrlimit(Resource::Nofile, lowered).unwrap();
+        }
+        raise_open_files_limit();
+        let limit = rustix::process::getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum);
+    }
+
+    #[test]
     fn a_budget_gives_no_more_than_its_limit_and_takes_back_what_is_dropped() {
         let budget = Budget::new(2);
         let (a, b) = (budget.take(), budget.take());
