@@ -266,6 +266,19 @@ pub fn peer_replica(runtime: &tokio::runtime::Runtime, peer: &Peer) {
         assert!(Instant::now() < deadline, "k8s-sidecar never synced");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Its first watch starts with no resourceVersion, so the server sends
+    // every object again as ADDED, possibly after the files are written: that
+    // belongs to the start, not to the idle window.
+    let mut sent = server.traffic().bytes_sent;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = server.traffic().bytes_sent;
+        if now == sent {
+            break;
+        }
+        sent = now;
+        assert!(Instant::now() < deadline, "k8s-sidecar's first watch never went quiet");
+    }
     let start = server.traffic();
     let (lists, watches, gets) = verbs(&server);
     std::thread::sleep(window);
