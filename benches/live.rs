@@ -39,7 +39,7 @@ mod fake_api;
 mod peer;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -228,30 +228,38 @@ fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
     }
 }
 
-/// Runs a one-shot job [`RUNS`] times, each into a fresh scratch directory
-/// in `place` (`spawn` starts it there): the medians of wall time and peak
-/// RSS. The directories are pushed to `kept`, the last run's last, for the
-/// caller to delete once every program of its row has run: on ext4, inodes
-/// freed in the last minutes are skipped by the allocator ("recently
+/// Runs one-shot jobs [`RUNS`] times each, each run into a fresh scratch
+/// directory in `place` (`spawns` start them there), taking turns run by run
+/// so that no program always runs first: the medians of wall time and peak
+/// RSS of each. The directories are pushed to `kept` (the last round's last,
+/// in the order of `spawns`), for the caller to delete once every row has run: on ext4,
+/// inodes freed in the last minutes are skipped by the allocator ("recently
 /// deleted"), so a run right after 20k deletions spends seconds in the
 /// kernel creating its files, whichever program it is.
 fn median_once(
     place: Place,
     kept: &mut Vec<tempfile::TempDir>,
-    mut spawn: impl FnMut(&Path) -> Child,
-) -> (Duration, u64) {
-    let (mut walls, mut peaks) = (Vec::new(), Vec::new());
+    spawns: &mut [&mut dyn FnMut(&Path) -> Child],
+) -> Vec<(Duration, u64)> {
+    let mut measured = vec![(Vec::new(), Vec::new()); spawns.len()];
     for _ in 0..RUNS {
-        let dir = place.scratch().expect("a scratch directory there");
-        let started = Instant::now();
-        let (wall, peak) = run_once_of(spawn(dir.path()), started);
-        walls.push(wall);
-        peaks.push(peak);
-        kept.push(dir);
+        for (spawn, (walls, peaks)) in spawns.iter_mut().zip(&mut measured) {
+            let dir = place.scratch().expect("a scratch directory there");
+            let started = Instant::now();
+            let (wall, peak) = run_once_of(spawn(dir.path()), started);
+            walls.push(wall);
+            peaks.push(peak);
+            kept.push(dir);
+        }
     }
-    walls.sort_unstable();
-    peaks.sort_unstable();
-    (walls[RUNS / 2], peaks[RUNS / 2])
+    measured
+        .into_iter()
+        .map(|(mut walls, mut peaks)| {
+            walls.sort_unstable();
+            peaks.sort_unstable();
+            (walls[RUNS / 2], peaks[RUNS / 2])
+        })
+        .collect()
 }
 
 /// Measures idle memory [`RUNS`] times, each in a fresh scratch directory:
@@ -547,6 +555,8 @@ fn main() {
     // names (README, Replacing k8s-sidecar); medians of [`RUNS`].
     let (peers, skipped) = peer::Peer::from_env();
     let mut notes = Vec::new();
+    // Every run's files, deleted once both rows have run (see median_once).
+    let mut kept = Vec::new();
     for place in [Place::Disk, Place::Tmpfs] {
         let job = format!("10k ConfigMaps → 20k files on {}, METHOD=LIST", place.name());
         let scenario = format!("k8s-sidecar: {job}");
@@ -556,16 +566,24 @@ fn main() {
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
         let env = [("LABEL", "tier"), ("NAMESPACE", "ALL"), ("UNIQUE_FILENAMES", "true")];
-        // Every run's files, deleted at the end of the row (see median_once).
-        let mut kept = Vec::new();
-        let out = |kept: &[tempfile::TempDir]| kept.last().expect("a run").path().join("out");
-        let measured = median_once(place, &mut kept, |dir| k8s_sidecar(&server, dir, &env, true));
-        let ours = out(&kept);
-        assert_eq!(std::fs::read_dir(&ours).unwrap().count(), 2 * count);
-        rows.push(Row::once(scenario, count, json_bytes, measured));
-        for peer in &peers {
-            let measured = median_once(place, &mut kept, |dir| peer.spawn(&server, dir, &env, true));
-            let files = peer::same_files(&ours, &out(&kept), peer, 1_000);
+        let (server, env) = (&server, &env);
+        let mut ours = |dir: &Path| k8s_sidecar(server, dir, env, true);
+        let mut theirs: Vec<_> = peers
+            .iter()
+            .map(|peer| move |dir: &Path| peer.spawn(server, dir, env, true))
+            .collect();
+        let mut spawns: Vec<&mut dyn FnMut(&Path) -> Child> = vec![&mut ours];
+        spawns.extend(theirs.iter_mut().map(|spawn| spawn as &mut dyn FnMut(&Path) -> Child));
+        let measured = median_once(place, &mut kept, &mut spawns);
+        // Each program's last run, in the order of `spawns`.
+        let outs: Vec<PathBuf> = kept[kept.len() - spawns.len()..]
+            .iter()
+            .map(|dir| dir.path().join("out"))
+            .collect();
+        assert_eq!(std::fs::read_dir(&outs[0]).unwrap().count(), 2 * count);
+        rows.push(Row::once(scenario, count, json_bytes, measured[0]));
+        for ((peer, out), measured) in peers.iter().zip(&outs[1..]).zip(&measured[1..]) {
+            let files = peer::same_files(&outs[0], out, peer, 1_000);
             notes.push(format!(
                 "{} LIST on {}: the same {files} file names as kube-template's, the same contents in every 1000th",
                 peer.name(),
@@ -575,7 +593,7 @@ fn main() {
                 format!("{}: {job}", peer.name()),
                 count,
                 json_bytes,
-                measured,
+                *measured,
             ));
         }
     }

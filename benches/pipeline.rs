@@ -26,33 +26,13 @@ use kube_template::store::on_demand::OnDemandStore;
 use serde_json::{Value, json};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
+#[path = "../tests/support/objects.rs"]
+mod objects;
+
+use objects::{config_map, uid};
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-fn uid(i: usize) -> String {
-    format!("{i:08x}-1d4b-4f5e-9a51-0c7f8a3b2d01")
-}
-
-/// A ConfigMap of about 1 KB.
-fn config_map(i: usize) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": format!("config-{i:06}"),
-            "namespace": format!("team-{:02}", i % 40),
-            "uid": uid(i),
-            "resourceVersion": format!("{}", 100_000 + i),
-            "creationTimestamp": "2026-11-01T10:00:00Z",
-            "labels": {"app": format!("app-{}", i % 100), "tier": "backend"},
-            "annotations": {"owner": "platform-team@example.com"},
-        },
-        "data": {
-            "settings.json": "x".repeat(700),
-            "mode": "production",
-        }
-    })
-}
 
 /// An EndpointSlice of about 3 KB: eight endpoints of one Service.
 fn endpoint_slice(i: usize) -> Value {

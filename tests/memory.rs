@@ -19,6 +19,7 @@ use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use support::case::{Case, config_map as small_config_map, within};
 use support::fake_api::FakeApiServer;
+use support::objects::config_map;
 use support::sidecar::WAIT;
 
 #[global_allocator]
@@ -68,24 +69,6 @@ fn an_on_demand_reference_costs_at_most_200_bytes() {
     );
     assert!(default_key <= 200.0, "{default_key:.1} bytes per reference");
     assert!(label_key <= 200.0, "{label_key:.1} bytes per reference");
-}
-
-/// A ConfigMap of about 1 KB, as the live bench's.
-fn config_map(i: usize) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": format!("config-{i:06}"),
-            "namespace": format!("team-{:02}", i % 40),
-            "uid": format!("{:08x}-1d4b-4f5e-9a51-0c7f8a3b2d01", i),
-            "resourceVersion": format!("{}", 1_000_000 + i),
-            "creationTimestamp": "2026-11-29T12:00:00Z",
-            "labels": {"app": format!("app-{}", i % 100), "tier": "backend"},
-            "annotations": {"owner": "platform-team@example.com"},
-        },
-        "data": {"settings.json": "x".repeat(700), "mode": "production"}
-    })
 }
 
 #[test]

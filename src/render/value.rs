@@ -46,28 +46,19 @@ impl Node {
 
 /// Scalars become plain values; mappings and lists lazy nodes.
 fn node_value(doc: &Document, node: document::Node<'_>) -> Value {
-    node_value_and_kind(doc, node).0
-}
-
-/// [`node_value`], and whether it is a mapping or list.
-fn node_value_and_kind(doc: &Document, node: document::Node<'_>) -> (Value, bool) {
-    let scalar = match node.json() {
+    match node.json() {
         document::Json::Null => Value::from(()),
         document::Json::Bool(b) => Value::from(b),
         document::Json::Int(i) => Value::from(i),
         document::Json::UInt(u) => Value::from(u),
         document::Json::Float(f) => Value::from(f),
         document::Json::String(s) => Value::from(s),
-        document::Json::List(_) | document::Json::Map(_) => {
-            let node = Node {
-                doc: doc.clone(),
-                offset: node.offset(),
-                child: OnceLock::new(),
-            };
-            return (Value::from_object(node), true);
-        }
-    };
-    (scalar, false)
+        document::Json::List(_) | document::Json::Map(_) => Value::from_object(Node {
+            doc: doc.clone(),
+            offset: node.offset(),
+            child: OnceLock::new(),
+        }),
+    }
 }
 
 impl Object for Node {
@@ -101,8 +92,9 @@ impl Object for Node {
             return Some(child.clone());
         }
         let index = map.position(key)?;
-        let (value, container) = node_value_and_kind(&self.doc, map.value(index)?);
-        if container {
+        let value = node_value(&self.doc, map.value(index)?);
+        // Only mappings and lists are objects here (see `node_value`).
+        if value.as_object().is_some() {
             // Taken by the first container only; a later one is made anew.
             let _ = self.child.set((index, value.clone()));
         }

@@ -361,10 +361,10 @@ impl<T: Clone> Index<T> {
     }
 
     /// Replaces every entry with `items` (see [`Index::replace_scope`]),
-    /// built at once from the sorted items: a B-tree filled one entry at a
-    /// time leaves its nodes about half full, one built from sorted entries
-    /// fills them, which halves what a listing's tree costs.
-    fn replace_all(&mut self, mut items: Vec<(Slot, T)>) {
+    /// built at once: a B-tree filled one entry at a time leaves its nodes
+    /// about half full, while collecting into one sorts the items and fills
+    /// its nodes, which halves what a listing's tree costs.
+    fn replace_all(&mut self, items: Vec<(Slot, T)>) {
         self.entries = Arc::default();
         self.slots.clear();
         self.slots.reserve(items.len());
@@ -383,7 +383,6 @@ impl<T: Clone> Index<T> {
             }
             return;
         }
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(namespaces) = &mut self.namespaces {
             namespaces.clear();
             for (slot, _) in &items {

@@ -8,6 +8,8 @@ pub mod fake_api;
 pub mod files;
 #[allow(dead_code)]
 pub mod http;
+#[allow(dead_code)]
+pub mod objects;
 pub mod real_api;
 #[allow(dead_code)]
 pub mod sidecar;
