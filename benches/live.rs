@@ -9,7 +9,9 @@
 //! - the peak resident memory (`VmHWM` from /proc), and what it holds beyond
 //!   the baseline of a run with no objects, per byte of object JSON;
 //! - for the `event` rows, the p50/p99 of watch event → file replaced over
-//!   single-object updates with `wait.min: 0`.
+//!   single-object updates with `wait.min: 0`;
+//! - for the `idle` and `memory` rows, the resident memory a few seconds after
+//!   the first render (anonymous and file-backed).
 //!
 //! The `k8s-sidecar` rows run `kube-template k8s-sidecar` on kiwigrid/k8s-sidecar's
 //! jobs (medians of [`RUNS`]). With `K8S_SIDECAR_SRC` (a k8s-sidecar checkout's
@@ -24,7 +26,7 @@
 //! of [`FLEET`] replicas against one server.
 //!
 //! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`,
-//! `one replica`, `fleet`) runs only the rows whose scenario name contains
+//! `memory`, `idle`, `one replica`, `fleet`) runs only the rows whose scenario name contains
 //! the argument;
 //! `KUBE_TEMPLATE_BIN=path cargo bench --bench live` measures that binary
 //! instead of this build's (another profile's, say), with the same rows.
@@ -540,6 +542,21 @@ fn main() {
             latency: Some((at(0.50), at(0.99))),
             idle: None,
         });
+    }
+    // What a full store holds once the first render is done (DESIGN 9,
+    // memory, full store), beside the same process holding nothing.
+    for count in [0, 100_000] {
+        let scenario = format!("memory: full store, idle after the first render (N={count})");
+        if !wanted(&scenario) {
+            continue;
+        }
+        let (server, json_bytes) = server_with(&runtime, count);
+        let ready = |dir: &Path| dir.join("out.txt").exists();
+        let measure = |dir: &Path| {
+            write_config(dir, &one_file, "");
+            idle_rss(&server, dir, ready, SETTLE)
+        };
+        rows.push(Row::idle(scenario, count, json_bytes, median_idle(measure, |m| m.0)));
     }
     // k8s-sidecar's everyday job: a few dashboards, one file per data key,
     // then nothing for hours.
