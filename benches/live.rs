@@ -3,13 +3,15 @@
 //!
 //! `cargo bench --bench live` prints one table. Each row starts the fake
 //! server with N generated ConfigMaps (~1 KB of JSON each), runs
-//! `kube-template run` on them and reports:
+//! `kube-template run` on them and reports (medians of [`RUNS`] runs):
 //! - the time from start to the first render written (`run --once`: the
 //!   process exits once it is written);
 //! - the peak resident memory (`VmHWM` from /proc), and what it holds beyond
 //!   the baseline of a run with no objects, per byte of object JSON;
 //! - for the `event` rows, the p50/p99 of watch event → file replaced over
-//!   single-object updates with `wait.min: 0`.
+//!   single-object updates with `wait.min: 0`;
+//! - for the `idle` and `memory` rows, the resident memory a few seconds after
+//!   the first render (anonymous and file-backed).
 //!
 //! The `k8s-sidecar` rows run `kube-template k8s-sidecar` on kiwigrid/k8s-sidecar's
 //! jobs (medians of [`RUNS`]). With `K8S_SIDECAR_SRC` (a k8s-sidecar checkout's
@@ -24,7 +26,7 @@
 //! of [`FLEET`] replicas against one server.
 //!
 //! `cargo bench --bench live -- sync` (or `templates`, `files`, `event`,
-//! `one replica`, `fleet`) runs only the rows whose scenario name contains
+//! `memory`, `idle`, `one replica`, `fleet`) runs only the rows whose scenario name contains
 //! the argument;
 //! `KUBE_TEMPLATE_BIN=path cargo bench --bench live` measures that binary
 //! instead of this build's (another profile's, say), with the same rows.
@@ -205,13 +207,23 @@ fn wait_settled(child: &mut Child, dir: &Path, ready: impl Fn(&Path) -> bool, se
     std::thread::sleep(settle);
 }
 
-/// Runs `run --once` to the end: wall time and peak RSS.
-fn run_once(server: &FakeApiServer, dir: &Path) -> (Duration, u64) {
-    let started = Instant::now();
-    run_once_of(sidecar(server, dir, true), started)
+/// Runs `run --once` to the end [`RUNS`] times, each in a fresh scratch
+/// directory in `place` that `config` writes the config into: the medians
+/// of wall time and peak RSS (see [`median_once`]).
+fn run_once(
+    server: &FakeApiServer,
+    place: Place,
+    kept: &mut Vec<tempfile::TempDir>,
+    config: impl Fn(&Path),
+) -> (Duration, u64) {
+    let mut spawn = |dir: &Path| {
+        config(dir);
+        sidecar(server, dir, true)
+    };
+    median_once(place, kept, &mut [&mut spawn])[0]
 }
 
-/// [`run_once`] of a `child` started at `started`.
+/// Runs `child`, started at `started`, to the end: wall time and peak RSS.
 fn run_once_of(mut child: Child, started: Instant) -> (Duration, u64) {
     let mut peak = 0;
     loop {
@@ -379,7 +391,7 @@ impl Place {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Runs of each `k8s-sidecar` row, of which the median is reported.
+/// Runs of each one-shot and idle row, of which the median is reported.
 const RUNS: usize = 3;
 /// Time an idle sidecar is left after its first render before its memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -450,6 +462,9 @@ fn main() {
     }
     let wanted = |scenario: &str| args.is_empty() || args.iter().any(|a| scenario.contains(a.as_str()));
     let mut rows = Vec::new();
+    // Every one-shot run's directory, deleted once every row has run (see
+    // median_once).
+    let mut kept = Vec::new();
 
     let one_file = [("t".to_string(), inline(LINES, "path: out.txt"))];
     let mut baseline = None;
@@ -459,9 +474,7 @@ fn main() {
             continue;
         }
         let (server, json_bytes) = server_with(&runtime, count);
-        let dir = tempfile::tempdir().unwrap();
-        write_config(dir.path(), &one_file, "");
-        let measured = run_once(&server, dir.path());
+        let measured = run_once(&server, Place::Disk, &mut kept, |dir| write_config(dir, &one_file, ""));
         if count == 0 {
             baseline = Some(measured.1);
         }
@@ -475,12 +488,11 @@ fn main() {
         }
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
-        let dir = tempfile::tempdir().unwrap();
         let entries: Vec<_> = (0..templates)
             .map(|t| (format!("t{t}"), inline(LINES, &format!("path: out-{t}.txt"))))
             .collect();
-        write_config(dir.path(), &entries, "");
-        rows.push(Row::once(scenario, count, json_bytes, run_once(&server, dir.path())));
+        let measured = run_once(&server, Place::Disk, &mut kept, |dir| write_config(dir, &entries, ""));
+        rows.push(Row::once(scenario, count, json_bytes, measured));
     }
 
     // On disk and in memory: creating 10k files costs what the disk makes it cost.
@@ -489,15 +501,15 @@ fn main() {
             "files: one file per object in a directory output on {}, run --once",
             place.name()
         );
-        let dir = match place.scratch() {
-            Some(dir) if wanted(&scenario) => dir,
-            _ => continue,
-        };
+        if place.scratch().is_none() || !wanted(&scenario) {
+            continue;
+        }
         let count = 10_000;
         let (server, json_bytes) = server_with(&runtime, count);
         let template = "{% for cm in resources.cms %}{{ file(cm.metadata.namespace ~ '_' ~ cm.metadata.name, cm.data['settings.json']) }}{% endfor %}";
-        write_config(dir.path(), &[("t".into(), inline(template, "directory: out"))], "");
-        rows.push(Row::once(scenario, count, json_bytes, run_once(&server, dir.path())));
+        let entries = [("t".to_string(), inline(template, "directory: out"))];
+        let measured = run_once(&server, place, &mut kept, |dir| write_config(dir, &entries, ""));
+        rows.push(Row::once(scenario, count, json_bytes, measured));
     }
 
     for (count, samples, place) in [
@@ -531,6 +543,21 @@ fn main() {
             idle: None,
         });
     }
+    // What a full store holds once the first render is done (DESIGN 9,
+    // memory, full store), beside the same process holding nothing.
+    for count in [0, 100_000] {
+        let scenario = format!("memory: full store, idle after the first render (N={count})");
+        if !wanted(&scenario) {
+            continue;
+        }
+        let (server, json_bytes) = server_with(&runtime, count);
+        let ready = |dir: &Path| dir.join("out.txt").exists();
+        let measure = |dir: &Path| {
+            write_config(dir, &one_file, "");
+            idle_rss(&server, dir, ready, SETTLE)
+        };
+        rows.push(Row::idle(scenario, count, json_bytes, median_idle(measure, |m| m.0)));
+    }
     // k8s-sidecar's everyday job: a few dashboards, one file per data key,
     // then nothing for hours.
     let scenario = "idle: watch 50 ConfigMaps of 8 KB, one file per key".to_string();
@@ -539,15 +566,14 @@ fn main() {
         let json_bytes = (0..50)
             .map(|i| serde_json::to_vec(&server.apply(dashboard(i, 8 * 1024))).unwrap().len() as u64)
             .sum();
-        let dir = tempfile::tempdir().unwrap();
         let template = "{% for cm in resources.cms %}{% for key, text in cm.data | items %}{{ file(key, text) }}{% endfor %}{% endfor %}";
-        write_config(
-            dir.path(),
-            &[("t".into(), inline(template, "directory: out"))],
-            "admin: {listen: \"127.0.0.1:0\"}\n",
-        );
+        let entries = [("t".to_string(), inline(template, "directory: out"))];
         let ready = |dir: &Path| dir.join("out/dashboard-049.json").exists();
-        let idle = idle_rss(&server, dir.path(), ready, SETTLE);
+        let measure = |dir: &Path| {
+            write_config(dir, &entries, "admin: {listen: \"127.0.0.1:0\"}\n");
+            idle_rss(&server, dir, ready, SETTLE)
+        };
+        let idle = median_idle(measure, |m| m.0);
         rows.push(Row::idle(scenario, 50, json_bytes, idle));
     }
     // The same two jobs through `kube-template k8s-sidecar`, configured as
@@ -555,8 +581,6 @@ fn main() {
     // names (README, Replacing k8s-sidecar); medians of [`RUNS`].
     let (peers, skipped) = peer::Peer::from_env();
     let mut notes = Vec::new();
-    // Every run's files, deleted once both rows have run (see median_once).
-    let mut kept = Vec::new();
     for place in [Place::Disk, Place::Tmpfs] {
         let job = format!("10k ConfigMaps → 20k files on {}, METHOD=LIST", place.name());
         let scenario = format!("k8s-sidecar: {job}");

@@ -26,10 +26,10 @@ use crate::source::{self, Event, Scope, Sources};
 use crate::store::AnyStore;
 use crate::store::full::FullStore;
 use crate::store::on_demand::{BodyCache, OnDemandStore};
-use crate::telemetry::Telemetry;
 use crate::telemetry::activity::Activity;
 use crate::telemetry::metrics::{EventLabels, StoreLabel};
 use crate::telemetry::problems::{Problem, Readiness};
+use crate::telemetry::{self, Telemetry};
 use group::Group;
 
 /// A validated config with its compiled templates: everything a run needs
@@ -382,12 +382,14 @@ pub async fn run(
                 };
                 // A listing of everything stands for every scope of its watch
                 // (a kind found cluster-scoped only once it was served).
+                let mut synced_now = false;
                 if let Event::Listed { scope, objects } = &event.event {
                     let waiting = unsynced.len();
                     unsynced.retain(|(w, s)| !(*w == event.watch && (s == scope || scope.is_none())));
                     if unsynced.len() < waiting {
                         let watch = &sources.watches[event.watch];
                         tracing::info!(stores = %watch.stores.join(","), watch = %watch.spec.describe(), objects = objects.len(), "initial list done");
+                        synced_now = unsynced.is_empty();
                     }
                 }
                 let names = &sources.watches[event.watch].stores;
@@ -402,6 +404,16 @@ pub async fn run(
                 // would otherwise cause the next.
                 let only_ours = own_writes.only_ours(event.watch, &event.event);
                 let changed = apply(&mut stores, names, event.event, &telemetry);
+                if synced_now {
+                    // The first render is where memory peaks: the code the
+                    // listings ran need not stay resident through it.
+                    let trimmed = telemetry::resident::trim();
+                    tracing::debug!(
+                        mapped_bytes = trimmed.mapped_bytes,
+                        mappings = trimmed.mappings,
+                        "memory only the listings needed given back"
+                    );
+                }
                 if !only_ours {
                     let now = Instant::now();
                     for group in &mut groups {

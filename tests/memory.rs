@@ -100,7 +100,7 @@ fn a_listed_full_store_keeps_at_most_one_fifth_more_than_its_objects_json() {
 }
 
 #[test]
-fn a_run_gives_back_its_start_ups_code_pages_before_it_lists() {
+fn a_run_gives_back_its_start_ups_code_pages_before_it_lists_and_the_listings_before_it_renders() {
     // This process's allocations would be counted by the other tests.
     let _counting = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -128,5 +128,11 @@ fn a_run_gives_back_its_start_ups_code_pages_before_it_lists() {
             .and_then(|n| n.parse().ok())
             .expect("mapped_bytes logged");
         assert!(mapped > 0, "nothing given back\n{log}");
+        // And again once every listing is in, before the first render.
+        let after_listing = log
+            .find("memory only the listings needed given back")
+            .unwrap_or_else(|| panic!("no trim after the listings\n{log}"));
+        let rendered = log.find("render started").expect("the render is logged");
+        assert!(listed < after_listing && after_listing < rendered, "trimmed out of order\n{log}");
     }));
 }

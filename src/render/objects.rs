@@ -130,7 +130,7 @@ impl StoreView {
         })?;
         runtime
             .block_on(cache.read_all(&wanted))
-            .map(|bodies| bodies.iter().map(document).collect())
+            .map(|bodies| bodies.into_iter().map(document).collect())
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
     }
 
@@ -138,7 +138,7 @@ impl StoreView {
     /// Full documents are shared, not copied.
     fn objects(&self, prefix: Option<&[String]>) -> Result<Vec<Value>, Error> {
         match &self.store {
-            StoreSnapshot::Full(s) => Ok(documents(s, prefix).iter().map(document).collect()),
+            StoreSnapshot::Full(s) => Ok(documents(s, prefix).into_iter().map(document).collect()),
             StoreSnapshot::OnDemand { snapshot, cache } => self.fetch(snapshot, cache, &self.slots(prefix)),
         }
     }
@@ -163,7 +163,7 @@ impl Object for StoreView {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let index = key.as_usize()?;
         match &self.store {
-            StoreSnapshot::Full(s) => s.nth(index).map(|(_, d)| document(d)),
+            StoreSnapshot::Full(s) => s.nth(index).map(|(_, d)| document(d.clone())),
             StoreSnapshot::OnDemand { snapshot, cache } => {
                 let (slot, _) = snapshot.nth(index)?;
                 match self.fetch(snapshot, cache, std::slice::from_ref(slot)) {
@@ -182,7 +182,7 @@ impl Object for StoreView {
             // A loop makes each object a value only when it reaches it.
             StoreSnapshot::Full(s) => Enumerator::Iter(Box::new(documents(s, None).into_iter().map(|d| {
                 std::hint::black_box(d.warm());
-                document(&d)
+                document(d)
             }))),
             StoreSnapshot::OnDemand { .. } => Enumerator::Iter(Box::new(Bodies {
                 view: Arc::clone(self),

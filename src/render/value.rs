@@ -12,15 +12,25 @@ use serde_json::Value as Json;
 
 use crate::object::document::{self, Document, Table};
 
-/// The template value of a whole document.
-pub fn document(doc: &Document) -> Value {
-    node_value(doc, doc.root())
+/// The template value of a whole document (a store loop hands each over
+/// rather than cloning it again).
+pub fn document(doc: Document) -> Value {
+    let root = doc.root();
+    if let document::Json::List(_) | document::Json::Map(_) = root.json() {
+        let offset = root.offset();
+        return Value::from_object(Node {
+            doc,
+            offset,
+            child: OnceLock::new(),
+        });
+    }
+    node_value(&doc, doc.root())
 }
 
 /// The template value of a JSON value that is not part of a store (a test
 /// value, a filter's result).
 pub fn from_json(json: Json) -> Value {
-    document(&Document::from_json(&json))
+    document(Document::from_json(&json))
 }
 
 /// A mapping or list inside a shared document.

@@ -8,9 +8,10 @@
 //! the clean, read-only file mappings (code and constants of the executable
 //! and its libraries): the pages stay in the page cache, and what runs again
 //! is mapped again on its first use. It also hands the allocator's free pages
-//! back to the kernel. `run` calls it twice: once the start-up is over and
-//! before the listings fill the stores (where the memory peaks, a one-shot's
-//! too), and after the first render.
+//! back to the kernel. It is called three times: by `run` once the start-up
+//! is over and before the listings fill the stores, by the pipeline once
+//! every listing is in and before the first render (where the memory peaks,
+//! a one-shot's too), and by `run` after the first render.
 
 use std::fs;
 
