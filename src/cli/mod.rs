@@ -110,7 +110,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    crate::output::raise_open_files_limit();
+    crate::output::grow_open_files_table();
     match command {
         Command::Run(args) => run::run(args, None).await,
         Command::Check { config } => offline::check(&config),

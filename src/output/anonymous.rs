@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 use rustix::io::Errno;
-use rustix::process::{Resource, Rlimit};
+use rustix::process::Resource;
 
 /// Open files left for everything else: sockets, the store's watches, the
 /// files a render reads, a check's pipes.
@@ -147,11 +147,11 @@ pub(super) fn unsupported(e: &io::Error) -> bool {
     Errno::from_io_error(e).is_some_and(|errno| [Errno::OPNOTSUPP, Errno::ISDIR, Errno::INVAL].contains(&errno))
 }
 
-/// Raises this process's soft limit of open files to its hard limit, as Go's
-/// runtime does, for the anonymous files a large directory output keeps open
-/// until its commit. Called once at start, before any staging.
-pub fn raise_open_files_limit() {
-    raise_limit();
+/// Grows this process's table of open files, once at start and before any
+/// staging, to hold the anonymous files a large directory output keeps open
+/// until its commit. The limit of open files is left as it was given, so
+/// that children (exec mode, checks, actions) inherit it unchanged.
+pub fn grow_open_files_table() {
     // The kernel grows a process's table of files by doubling it, and each
     // growth in a process of several threads waits for an RCU grace period
     // (10–25 ms here, six of them for 10k files); one growth now, while
@@ -161,24 +161,6 @@ pub fn raise_open_files_limit() {
         && let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), (slots - 1) as i32)
     {
         drop(fd);
-    }
-}
-
-fn raise_limit() {
-    let limit = rustix::process::getrlimit(Resource::Nofile);
-    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
-        return;
-    };
-    if soft >= hard {
-        return;
-    }
-    let raised = Rlimit {
-        current: Some(hard),
-        maximum: Some(hard),
-    };
-    match rustix::process::setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::debug!(from = soft, to = hard, "open files limit raised"),
-        Err(error) => tracing::debug!(soft, hard, %error, "cannot raise the open files limit"),
     }
 }
 
@@ -194,22 +176,6 @@ mod tests {
         for errno in [Errno::NOENT, Errno::ACCESS, Errno::NOSPC, Errno::MFILE] {
             assert!(!unsupported(&errno.into()), "{errno:?}");
         }
-    }
-
-    #[test]
-    fn the_open_files_limit_is_raised_to_the_hard_limit() {
-        let hard = rustix::process::getrlimit(Resource::Nofile).maximum;
-        if let Some(hard) = hard {
-            // One below: the other tests of this process keep their files.
-            let lowered = Rlimit {
-                current: Some(hard - 1),
-                maximum: Some(hard),
-            };
-            rustix::process::setrlimit(Resource::Nofile, lowered).unwrap();
-        }
-        raise_open_files_limit();
-        let limit = rustix::process::getrlimit(Resource::Nofile);
-        assert_eq!(limit.current, limit.maximum);
     }
 
     #[test]

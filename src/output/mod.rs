@@ -22,7 +22,7 @@ use self::commit::Commit;
 use crate::command;
 use crate::redact::Redactor;
 use crate::render::{Content, Sink, Syntax, TemplateSource};
-pub use anonymous::raise_open_files_limit;
+pub use anonymous::grow_open_files_table;
 pub use guard::Guard;
 pub use owner::Owner;
 pub use stage::Stage;
