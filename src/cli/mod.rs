@@ -110,7 +110,6 @@ pub async fn main(cli: Cli) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    crate::output::grow_open_files_table();
     match command {
         Command::Run(args) => run::run(args, None).await,
         Command::Check { config } => offline::check(&config),

@@ -72,7 +72,6 @@ pub async fn main(args: SidecarArgs, log_level: Option<&str>) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    crate::output::grow_open_files_table();
     for note in &settings.notes {
         tracing::info!(%note, "k8s-sidecar variable");
     }
