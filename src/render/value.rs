@@ -18,11 +18,7 @@ pub fn document(doc: Document) -> Value {
     let root = doc.root();
     if let document::Json::List(_) | document::Json::Map(_) = root.json() {
         let offset = root.offset();
-        return Value::from_object(Node {
-            doc,
-            offset,
-            child: OnceLock::new(),
-        });
+        return Node::value(doc, offset);
     }
     node_value(&doc, doc.root())
 }
@@ -45,6 +41,15 @@ struct Node {
 }
 
 impl Node {
+    /// The mapping or list at `offset` of `doc`, as a template value.
+    fn value(doc: Document, offset: u32) -> Value {
+        Value::from_object(Node {
+            doc,
+            offset,
+            child: OnceLock::new(),
+        })
+    }
+
     fn table(&self) -> Option<(Table<'_>, bool)> {
         match self.doc.node(self.offset).json() {
             document::Json::Map(map) => Some((map, true)),
@@ -63,11 +68,7 @@ fn node_value(doc: &Document, node: document::Node<'_>) -> Value {
         document::Json::UInt(u) => Value::from(u),
         document::Json::Float(f) => Value::from(f),
         document::Json::String(s) => Value::from(s),
-        document::Json::List(_) | document::Json::Map(_) => Value::from_object(Node {
-            doc: doc.clone(),
-            offset: node.offset(),
-            child: OnceLock::new(),
-        }),
+        document::Json::List(_) | document::Json::Map(_) => Node::value(doc.clone(), node.offset()),
     }
 }
 
