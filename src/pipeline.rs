@@ -149,16 +149,32 @@ pub fn stores_from(config: &Config, objects: &[Value]) -> BTreeMap<String, AnySt
 /// One empty store per `watched_resources` entry: on-demand where a body
 /// cache is given for it, full otherwise.
 pub fn empty_stores(config: &Config, caches: &BTreeMap<String, Arc<BodyCache>>) -> BTreeMap<String, AnyStore> {
+    let watches = source::plan(config);
     config
         .watched_resources
         .iter()
         .map(|(name, resource)| {
             let store = match caches.get(name) {
+                // Its bodies come from GETs, with every field.
                 Some(cache) => AnyStore::OnDemand(
                     OnDemandStore::new(resource.indexer.clone(), resource.ignore_fields.clone()),
                     Arc::clone(cache),
                 ),
-                None => AnyStore::Full(FullStore::new(resource.indexer.clone(), resource.ignore_fields.clone())),
+                // Its objects come from its watch, without what the watch
+                // omits for all its stores: only the rest is left to prune.
+                None => {
+                    let omitted = watches
+                        .iter()
+                        .find(|watch| watch.stores.contains(name))
+                        .map_or(&[][..], |watch| &watch.omit[..]);
+                    let ignore = resource
+                        .ignore_fields
+                        .iter()
+                        .filter(|field| !omitted.contains(field))
+                        .cloned()
+                        .collect();
+                    AnyStore::Full(FullStore::new(resource.indexer.clone(), ignore))
+                }
             };
             (name.clone(), store)
         })

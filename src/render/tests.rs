@@ -181,3 +181,33 @@ fn a_mapping_read_by_several_keys_gives_each_its_own_value() {
     let template = "{% set c = resources.cms[0] %}{{ c.metadata.name }} {{ c.data.v }} {{ c.metadata.labels.app }} {{ c.data | length }} {{ c.metadata.namespace }}";
     assert_eq!(single(template, &objects).unwrap(), "x <&> a 1 ns");
 }
+
+#[test]
+fn entries_sharing_a_watch_each_leave_out_their_own_ignore_fields() {
+    // One watch feeds both: it omits what both ignore (managedFields), and
+    // each store still prunes what only it ignores.
+    let text = "watched_resources:
+  a: {api_version: v1, kind: ConfigMap, ignore_fields: [metadata.managedFields, metadata.annotations]}
+  b: {api_version: v1, kind: ConfigMap, ignore_fields: [metadata.managedFields, data]}
+templates:
+  t:
+    inline: \"{% for s in ['a', 'b'] %}{% for o in resources[s] %}{{ s }}: {{ o.metadata | list | join(',') }} {{ 'data' in o }}\\n{% endfor %}{% endfor %}\"
+    path: t.txt
+";
+    let config = Config::parse(text, Path::new("config.yaml"), Path::new(".")).unwrap();
+    let object = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "ns", "name": "x", "annotations": {"k": "v"}, "managedFields": [{"manager": "m"}]},
+        "data": {"v": "1"}
+    });
+    let stores = pipeline::stores_from(&config, &[object]);
+    let renderer = pipeline::renderer(&config).unwrap();
+    let rendered = renderer.render_all(&pipeline::snapshot(&stores)).unwrap();
+    let Content::File(bytes) = &rendered[0].content else {
+        unreachable!()
+    };
+    assert_eq!(
+        String::from_utf8_lossy(bytes),
+        "a: name,namespace True\nb: annotations,name,namespace False\n"
+    );
+}
