@@ -4,7 +4,9 @@
 //! rename, which also removes the name). Each stays an open file until the
 //! commit, so their number is kept within a [`Budget`] below the process's
 //! limit of open files; beyond it, where a file system has no anonymous
-//! files, or without `/proc` to link them from, files are staged named.
+//! files, or without `/proc` to link them from, files are staged named. A
+//! stage that finds no descriptor left all the same (other open files took
+//! them) names the anonymous files it holds and closes them.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -16,6 +18,9 @@ use std::sync::{Arc, OnceLock};
 use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::Resource;
+use tempfile::TempPath;
+
+use super::STAGING_PREFIX;
 
 /// Open files left for everything else: sockets, the store's watches, the
 /// files a render reads, a check's pipes.
@@ -125,6 +130,16 @@ impl Anonymous {
         Ok(())
     }
 
+    /// The file under a fresh staging name beside `target` (a commit whose
+    /// link found `target` taken goes the long way with it); the name is
+    /// removed when the returned path is dropped.
+    pub(super) fn named_beside(&self, target: &Path) -> io::Result<TempPath> {
+        let named = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .make_in(super::dir_of(target), |path| self.link(path))?;
+        Ok(named.into_temp_path())
+    }
+
     /// The whole content written so far.
     pub(super) fn read_back(&self) -> io::Result<Vec<u8>> {
         let mut file = &self.file;
@@ -145,6 +160,12 @@ pub(super) fn pays_in(dir: &Path) -> bool {
 /// the kernel) has no anonymous files: staging there goes named.
 pub(super) fn unsupported(e: &io::Error) -> bool {
     Errno::from_io_error(e).is_some_and(|errno| [Errno::OPNOTSUPP, Errno::ISDIR, Errno::INVAL].contains(&errno))
+}
+
+/// Whether `e` says that no more files can be opened: this process (or the
+/// system) has as many open as it may.
+pub(super) fn out_of_descriptors(e: &io::Error) -> bool {
+    Errno::from_io_error(e).is_some_and(|errno| [Errno::MFILE, Errno::NFILE].contains(&errno))
 }
 
 /// Grows this process's table of open files, once at start and before any

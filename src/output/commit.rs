@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tempfile::TempPath;
 
-use super::anonymous::Anonymous;
 use super::{Error, STAGING_PREFIX, Staging};
 
 /// One step of a commit, and how to undo it.
@@ -80,7 +79,7 @@ impl Commit {
             Staging::Anonymous(staged) => match staged.link(target) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    Err(named(&staged, target).map_err(|e| ("cannot stage", None, e))?)
+                    Err(staged.named_beside(target).map_err(|e| ("cannot stage", None, e))?)
                 }
                 Err(e) => return Err(("cannot link", None, e)),
             },
@@ -216,14 +215,6 @@ fn aside_name(path: &Path) -> PathBuf {
             return candidate;
         }
     }
-}
-
-/// `staged`, given a staging name beside `target` to go the long way.
-fn named(staged: &Anonymous, target: &Path) -> io::Result<TempPath> {
-    let named = tempfile::Builder::new()
-        .prefix(STAGING_PREFIX)
-        .make_in(super::dir_of(target), |path| staged.link(path))?;
-    Ok(named.into_temp_path())
 }
 
 /// A link to (or else a copy of) the file at `target`, which exists, under

@@ -206,6 +206,33 @@ impl Stage {
         }
         Ok(())
     }
+
+    /// Stages one file of a directory output.
+    fn stage_file(&mut self, target: &Path, existed: bool, content: &[u8]) -> io::Result<()> {
+        let mut pending = Pending::open(target.to_owned(), existed)?;
+        // A file of another size is not read.
+        if pending
+            .old
+            .as_ref()
+            .is_some_and(|old| old.len() != content.len() as u64)
+        {
+            pending.old = None;
+        }
+        pending.write(content, &mut self.place)?;
+        self.finish_file(pending)
+    }
+
+    /// Gives each anonymous file staged so far a staging name beside its
+    /// target and closes it; the files staged after it are named.
+    fn name_anonymous(&mut self) -> io::Result<()> {
+        self.place.anonymous = None;
+        for staged in &mut self.files {
+            if let Staging::Anonymous(file) = &staged.file {
+                staged.file = Staging::Named(file.named_beside(&staged.target)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Write for Stage {
@@ -236,20 +263,17 @@ impl Sink for Stage {
         let target = self.target.path().join(name);
         // A name the listing did not find needs no look at its target.
         let existed = self.existing.contains(Path::new(name));
-        let staged = Pending::open(target.clone(), existed)
-            .and_then(|mut pending| {
-                // A file of another size is not read.
-                if pending
-                    .old
-                    .as_ref()
-                    .is_some_and(|old| old.len() != content.len() as u64)
-                {
-                    pending.old = None;
-                }
-                pending.write(content, &mut self.place)?;
-                Ok(pending)
-            })
-            .and_then(|pending| self.finish_file(pending));
+        let staged = match self.stage_file(&target, existed, content) {
+            // Every descriptor the process may have is open: the anonymous
+            // files this stage holds get staging names and are closed, and
+            // its other files are staged named (closed once written).
+            Err(e) if anonymous::out_of_descriptors(&e) && self.place.anonymous.is_some() => {
+                tracing::debug!(error = %e, "out of file descriptors: staging named files");
+                self.name_anonymous()
+                    .and_then(|()| self.stage_file(&target, existed, content))
+            }
+            staged => staged,
+        };
         staged.map_err(|e| about(e, &target))?;
         self.emitted.insert(name.to_string(), (content.len() as u64, sum));
         self.size += 1;

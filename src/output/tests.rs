@@ -475,3 +475,54 @@ async fn a_failed_commit_removes_the_new_files_it_linked() {
     assert!(error.to_string().contains("b/b.txt"), "{error}");
     assert_eq!(names_in(&root.join("a")), ["x"]);
 }
+
+#[test]
+fn out_of_descriptors_a_stage_names_its_anonymous_files_and_stages_the_rest_named() {
+    // Run alone in a child process, whose limit of open files it lowers.
+    const CHILD: &str = "KUBE_TEMPLATE_TEST_FEW_DESCRIPTORS";
+    let name = "output::tests::out_of_descriptors_a_stage_names_its_anonymous_files_and_stages_the_rest_named";
+    if std::env::var_os(CHILD).is_none() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        return;
+    }
+    let dir = on_disk();
+    let out = dir.path().join("out");
+    let t = template(dir.path(), "    directory: out\n");
+    let open_now = fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let nofile = rustix::process::Resource::Nofile;
+    let limit = rustix::process::Rlimit {
+        current: Some(open_now + 24),
+        maximum: rustix::process::getrlimit(nofile).maximum,
+    };
+    rustix::process::setrlimit(nofile, limit).unwrap();
+
+    // A budget far beyond what the limit leaves: anonymous files run out of
+    // descriptors after some twenty.
+    let names: Vec<String> = (0..100).map(|i| format!("f{i:03}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let staged = stage_files(&t, &names, 1_000);
+    let named = names_in(&out);
+    assert!(
+        named.len() == names.len() && named.iter().all(|n| n.starts_with(STAGING_PREFIX)),
+        "every file staged under a name: {named:?}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime
+        .block_on(write_staged(vec![staged], &Redactor::default()))
+        .unwrap();
+    assert_eq!(names_in(&out), names);
+    for name in names {
+        assert_eq!(fs::read_to_string(out.join(name)).unwrap(), format!("v-{name}"));
+    }
+}
