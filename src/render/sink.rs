@@ -124,7 +124,10 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// A template writes in pieces of a few bytes (each `{{ }}` and the text
 /// between them); the sink gets them in chunks of exactly [`CHUNK`] bytes,
-/// and the rest on [`io::Write::flush`], which the render must call.
+/// and the rest on [`io::Write::flush`], which the render must call. Each
+/// chunk is counted as it goes to the sink: an output too large fails at
+/// most a chunk after it passes the budget, and every byte is counted once
+/// the render has flushed.
 pub(super) struct BudgetWriter<'a, S> {
     out: Option<&'a mut S>,
     budget: &'a Budget,
@@ -142,13 +145,25 @@ impl<'a, S: Sink> BudgetWriter<'a, S> {
     }
 }
 
+impl<S: Sink> BudgetWriter<'_, S> {
+    /// Counts the gathered text against the budget and gives it to the sink.
+    fn pass_on(&mut self) -> io::Result<()> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        if !self.budget.spend(self.pending.len()) {
+            return Err(io::Error::other("output too large"));
+        }
+        out.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 impl<S: Sink> io::Write for BudgetWriter<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(out) = self.out.as_mut() else {
+        if self.out.is_none() {
             return Ok(buf.len());
-        };
-        if !self.budget.spend(buf.len()) {
-            return Err(io::Error::other("output too large"));
         }
         let mut rest = buf;
         while !rest.is_empty() {
@@ -156,19 +171,14 @@ impl<S: Sink> io::Write for BudgetWriter<'_, S> {
             self.pending.extend_from_slice(now);
             rest = later;
             if self.pending.len() == CHUNK {
-                out.write_all(&self.pending)?;
-                self.pending.clear();
+                self.pass_on()?;
             }
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(&self.pending)?;
-            self.pending.clear();
-        }
-        Ok(())
+        self.pass_on()
     }
 }
 
