@@ -10,7 +10,7 @@
 //! already replaced (`commit`), and stale files are removed only after every
 //! rename succeeded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -432,14 +432,15 @@ fn nearest_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 /// A directory output cannot hold a file `a` and a file `a/b` at once.
-fn refuse_file_and_directory(template: &str, root: &Path, wanted: &BTreeSet<PathBuf>) -> Result<()> {
-    for target in wanted {
-        let parents = target.ancestors().skip(1).take_while(|a| *a != root);
-        if let Some(file) = parents.into_iter().find(|a| wanted.contains(*a)) {
+/// `names` are its files' names, relative to `root`.
+fn refuse_file_and_directory<V>(template: &str, root: &Path, names: &BTreeMap<String, V>) -> Result<()> {
+    for name in names.keys() {
+        let mut parents = Path::new(name).ancestors().skip(1);
+        if let Some(file) = parents.find(|a| a.to_str().is_some_and(|a| names.contains_key(a))) {
             return Err(Error::FileAndDirectory {
                 template: template.to_owned(),
-                file: file.to_owned(),
-                inner: target.clone(),
+                file: root.join(file),
+                inner: root.join(name),
             });
         }
     }

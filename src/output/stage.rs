@@ -166,8 +166,7 @@ impl Stage {
             }
             None => {
                 let root = self.target.path();
-                let names: BTreeSet<PathBuf> = self.emitted.keys().map(|name| root.join(name)).collect();
-                refuse_file_and_directory(&template, root, &names)?;
+                refuse_file_and_directory(&template, root, &self.emitted)?;
                 let mut digest = Sha256::new();
                 for (name, (len, sum)) in &self.emitted {
                     digest.update(name.as_bytes());

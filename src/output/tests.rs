@@ -313,6 +313,24 @@ async fn a_file_and_a_file_inside_it_in_one_render_is_an_error() {
             .contains("emitted both as a file and as the directory of"),
         "{error}"
     );
+    // Any depth; names that only share a prefix are no conflict.
+    let out = dir.path().join("out");
+    let error = write(
+        &t,
+        files(&[("k/l", "1"), ("k/l.txt", "2"), ("k/lm/n", "3"), ("k/l/m/n", "4")]),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    let (file, inner) = (out.join("k/l"), out.join("k/l/m/n"));
+    assert!(
+        error.contains(&*file.to_string_lossy()) && error.contains(&*inner.to_string_lossy()),
+        "{error}"
+    );
+    write(&t, files(&[("k/l.txt", "2"), ("k/lm/n", "3"), ("k/l/m/n", "4")]))
+        .await
+        .unwrap();
+    assert_eq!(names_in(&out), ["k"], "nothing of the failed renders is left");
 }
 
 /// An owner the test may give files: another one when running as root (so
